@@ -1,0 +1,180 @@
+"""Event data models, one per event type and schema version.
+
+A new version of an event is a new model registered beside the old one; consumers keep
+accepting every version still in the registry. JSON Schemas exported from these models are
+checked in under ``schemas/json`` (``make schemas``) with examples under ``schemas/examples``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
+
+from factura.common.envelope import Envelope
+
+Locale = Literal["es", "pt", "en", "ro"]
+Channel = Literal["email", "sms"]
+Money = Annotated[Decimal, Field(max_digits=18, decimal_places=2)]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+E164 = Annotated[str, Field(pattern=r"^\+[1-9]\d{6,14}$", description="Phone number in E.164")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Customer(_Model):
+    customer_id: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=300)
+    email: EmailStr | None = None
+    phone: E164 | None = None
+    locale: Locale = "en"
+    tax_id: str | None = Field(default=None, max_length=50)
+
+
+class Line(_Model):
+    description: str = Field(min_length=1, max_length=1000)
+    quantity: Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=4)]
+    unit_price: Annotated[Decimal, Field(max_digits=18, decimal_places=4)]
+    tax_rate: Annotated[Decimal, Field(ge=0, le=100, max_digits=5, decimal_places=2)] = Decimal("0")
+    amount: Money = Field(description="quantity × unit_price, before tax")
+
+
+class InvoiceCreatedV1(_Model):
+    """A valid, normalised invoice accepted from an ERP."""
+
+    invoice_number: str = Field(min_length=1, max_length=100)
+    issue_date: date
+    due_date: date
+    currency: Currency
+    seller_name: str = Field(min_length=1, max_length=300)
+    customer: Customer
+    lines: list[Line] = Field(min_length=1)
+    subtotal: Money
+    tax_total: Money
+    total: Money
+    erp_source: str = Field(min_length=1, max_length=100, description="ERP system that sent it")
+
+
+class FieldError(_Model):
+    field: str = Field(description="Dotted path of the offending field, or '$' for the whole message")
+    message: str
+
+
+class InvoiceRejectedV1(_Model):
+    """An ERP message that was not accepted, with every reason."""
+
+    source_topic: str
+    source_offset: str = Field(description="topic/partition/offset of the rejected message")
+    stage: Literal["ingest", "render"]
+    reasons: list[FieldError] = Field(min_length=1)
+    erp_reference: str | None = Field(default=None, description="Invoice number or payment id, if readable")
+
+
+class DocumentRef(_Model):
+    bucket: str
+    key: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(gt=0)
+    content_type: Literal["application/pdf"] = "application/pdf"
+
+
+class InvoiceSummary(_Model):
+    """What a sender needs to address the customer, carried in the event (no lookups)."""
+
+    invoice_number: str
+    customer: Customer
+    currency: Currency
+    total: Money
+    due_date: date
+
+
+class InvoiceRenderedV1(_Model):
+    document: DocumentRef
+    invoice: InvoiceSummary
+
+
+class DeliverySucceededV1(_Model):
+    channel: Channel
+    recipient: str
+    provider_message_id: str
+    document: DocumentRef
+
+
+FailureReason = Literal["no_address", "rejected_by_server", "provider_error"]
+
+
+class DeliveryFailedV1(_Model):
+    channel: Channel
+    reason: FailureReason
+    detail: str = Field(description="Human-readable explanation, e.g. the SMTP reply text")
+    code: int | None = Field(default=None, description="SMTP reply code or provider error code")
+    enhanced_code: str | None = Field(default=None, description="SMTP enhanced status, e.g. 5.1.1")
+    recipient: str | None = None
+    invoice: InvoiceSummary
+    document: DocumentRef
+
+
+class PaymentReceivedV1(_Model):
+    payment_id: str = Field(min_length=1, max_length=100)
+    amount: Money
+    currency: Currency
+    paid_at: AwareDatetime
+    method: str = Field(min_length=1, max_length=50)
+
+
+class ReminderDueV1(_Model):
+    kind: Literal["overdue"]
+    due_date: date
+    days_overdue: int = Field(ge=1)
+    invoice: InvoiceSummary
+
+
+#: (type, schema_version) → data model. The single source for parsing and schema export.
+EVENT_MODELS: dict[tuple[str, int], type[_Model]] = {
+    ("invoice.created", 1): InvoiceCreatedV1,
+    ("invoice.rejected", 1): InvoiceRejectedV1,
+    ("invoice.rendered", 1): InvoiceRenderedV1,
+    ("delivery.succeeded", 1): DeliverySucceededV1,
+    ("delivery.failed", 1): DeliveryFailedV1,
+    ("payment.received", 1): PaymentReceivedV1,
+    ("reminder.due", 1): ReminderDueV1,
+}
+
+#: The version producers write today.
+CURRENT_VERSION: dict[str, int] = {t: max(v for (tt, v) in EVENT_MODELS if tt == t) for (t, _) in EVENT_MODELS}
+
+
+class UnknownEventType(ValueError):
+    pass
+
+
+def parse_event(raw: bytes | str) -> Envelope[Any]:
+    """Validate an envelope and its data against the registered model for its type and version.
+
+    Raises ``pydantic.ValidationError`` or :class:`UnknownEventType`; the consumer loop treats
+    both as an invalid message (DLQ), never as a transient error.
+    """
+    generic = Envelope[dict[str, Any]].model_validate_json(raw)
+    model = EVENT_MODELS.get((generic.type, generic.schema_version))
+    if model is None:
+        raise UnknownEventType(f"unknown event type/version {generic.type} v{generic.schema_version}")
+    return Envelope[model].model_validate(generic.model_dump() | {"data": model.model_validate(generic.data)})  # type: ignore[valid-type]
+
+
+def summary_of(invoice: InvoiceCreatedV1) -> InvoiceSummary:
+    return InvoiceSummary(
+        invoice_number=invoice.invoice_number,
+        customer=invoice.customer,
+        currency=invoice.currency,
+        total=invoice.total,
+        due_date=invoice.due_date,
+    )
+
+
+def as_datetime(value: date) -> datetime:
+    """A date as midnight UTC, for stores that only keep datetimes (BSON)."""
+    return datetime.combine(value, time.min, tzinfo=UTC)

@@ -1,0 +1,1 @@
+"""Kafka plumbing: the publisher, the one consumer loop, and topic administration."""

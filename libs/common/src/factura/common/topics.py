@@ -1,0 +1,70 @@
+"""The topic registry: every topic the product uses, in one place.
+
+Logical names (``invoice.created``) are what code and docs use; the physical name adds the
+deployment's prefix (``staging.invoice.created``) so several environments or test runs can share
+one cluster. Every topic that a consumer reads has a dead-letter topic ``<physical>.dlq``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    description: str
+    partitions: int = 4
+    #: False for inbound ERP topics: raw JSON in the ERP contract, not an Envelope.
+    enveloped: bool = True
+
+    def physical(self, prefix: str = "") -> str:
+        return f"{prefix}{self.name}"
+
+    def dlq(self, prefix: str = "") -> str:
+        return f"{self.physical(prefix)}.dlq"
+
+
+ERP_INVOICES = Topic("erp.invoices", "Raw invoices from ERP systems (ERP contract erp.invoice v1).", enveloped=False)
+ERP_PAYMENTS = Topic("erp.payments", "Raw payments from ERP systems (ERP contract erp.payment v1).", enveloped=False)
+INVOICE_CREATED = Topic("invoice.created", "A validated, normalised invoice.")
+INVOICE_REJECTED = Topic("invoice.rejected", "An ERP message refused, with field-level reasons.")
+INVOICE_RENDERED = Topic("invoice.rendered", "The invoice PDF is stored in S3.")
+DELIVERY_SUCCEEDED = Topic("delivery.succeeded", "A channel delivered the invoice.")
+DELIVERY_FAILED = Topic("delivery.failed", "A channel could not deliver the invoice, and why.")
+PAYMENT_RECEIVED = Topic("payment.received", "A validated payment against an invoice.")
+REMINDER_DUE = Topic("reminder.due", "An invoice needs a payment reminder.")
+
+REGISTRY: dict[str, Topic] = {
+    t.name: t
+    for t in (
+        ERP_INVOICES,
+        ERP_PAYMENTS,
+        INVOICE_CREATED,
+        INVOICE_REJECTED,
+        INVOICE_RENDERED,
+        DELIVERY_SUCCEEDED,
+        DELIVERY_FAILED,
+        PAYMENT_RECEIVED,
+        REMINDER_DUE,
+    )
+}
+
+
+def topic_for_event(event_type: str) -> Topic:
+    """Each event type is published on the topic of the same name."""
+    return REGISTRY[event_type]
+
+
+def event_topics() -> list[Topic]:
+    """Topics that carry enveloped events (what audit records)."""
+    return [t for t in REGISTRY.values() if t.enveloped]
+
+
+def all_physical_names(prefix: str = "", topics: Iterable[Topic] | None = None) -> list[str]:
+    """Every topic and its DLQ, as the cluster must have them."""
+    names: list[str] = []
+    for t in topics if topics is not None else REGISTRY.values():
+        names += [t.physical(prefix), t.dlq(prefix)]
+    return names
