@@ -86,6 +86,7 @@ class InvoiceSummary(_Model):
     """What a sender needs to address the customer, carried in the event (no lookups)."""
 
     invoice_number: str
+    seller_name: str
     customer: Customer
     currency: Currency
     total: Money
@@ -168,6 +169,7 @@ def parse_event(raw: bytes | str) -> Envelope[Any]:
 def summary_of(invoice: InvoiceCreatedV1) -> InvoiceSummary:
     return InvoiceSummary(
         invoice_number=invoice.invoice_number,
+        seller_name=invoice.seller_name,
         customer=invoice.customer,
         currency=invoice.currency,
         total=invoice.total,

@@ -1,0 +1,162 @@
+"""Email sender handler: invoice.rendered → SMTP → delivery.succeeded | delivery.failed.
+
+Permanent refusals (5xx on the recipient or the message) and a missing address are outcomes,
+published as ``delivery.failed`` so the SMS fallback takes over. Temporary ones (4xx, a dropped
+connection) are raised so the consumer loop retries with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from email.message import EmailMessage
+from typing import Any, Protocol
+
+import aiosmtplib
+
+from factura.common.envelope import Envelope, child_of
+from factura.common.events import (
+    CURRENT_VERSION,
+    DeliveryFailedV1,
+    DeliverySucceededV1,
+    FailureReason,
+    InvoiceRenderedV1,
+)
+from factura.common.kafka.consumer import Message
+from factura.common.kafka.producer import Publisher
+from factura.common.ledger import DeliveryLedger
+from factura.common.metrics import counter
+from factura.common.storage import DocumentStore
+from factura.email_sender.message import build_invoice_email
+from factura.email_sender.settings import SmtpSettings
+
+PRODUCER = "email-sender"
+CHANNEL = "email"
+SENT = counter("emails_total", "Invoice emails by outcome.", ("outcome",))
+ENHANCED_CODE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+log = logging.getLogger(__name__)
+
+
+class Mailer(Protocol):
+    async def send(self, message: EmailMessage) -> str: ...
+
+
+class SmtpMailer:
+    """aiosmtplib over one connection per message (simple, and what relays rate-limit anyway)."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self._s = settings
+
+    async def send(self, message: EmailMessage) -> str:
+        await aiosmtplib.send(
+            message,
+            hostname=self._s.host,
+            port=self._s.port,
+            username=self._s.username,
+            password=self._s.password.get_secret_value() if self._s.password else None,
+            start_tls=self._s.start_tls,
+            timeout=self._s.timeout_s,
+        )
+        return str(message["Message-ID"])
+
+
+class PermanentFailure(Exception):
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text
+
+
+def classify(error: aiosmtplib.SMTPException) -> PermanentFailure | None:
+    """A 5xx reply is permanent; everything else (4xx, connection trouble) is worth a retry."""
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused) and error.recipients:
+        first = error.recipients[0]
+        return PermanentFailure(first.code, first.message) if first.code >= 500 else None
+    if isinstance(error, aiosmtplib.SMTPResponseException) and error.code >= 500:
+        return PermanentFailure(error.code, error.message)
+    return None
+
+
+class EmailHandlers:
+    def __init__(
+        self,
+        publisher: Publisher,
+        store: DocumentStore,
+        ledger: DeliveryLedger,
+        mailer: Mailer,
+        sender: tuple[str, str],
+    ) -> None:
+        self._publisher = publisher
+        self._store = store
+        self._ledger = ledger
+        self._mailer = mailer
+        self._sender = sender
+
+    async def on_invoice_rendered(self, message: Message[Envelope[InvoiceRenderedV1]]) -> None:
+        event = message.value
+        key = f"{event.event_id}:{CHANNEL}"
+        previous = await self._ledger.begin(key, event, CHANNEL)
+        if previous is not None:
+            log.info("already delivered; re-publishing the recorded outcome", extra={"key": key})
+            await self._publisher.publish(previous)
+            return
+        outcome = await self._deliver(event)
+        await self._ledger.finish(key, outcome)
+        await self._publisher.publish(outcome)
+
+    async def _deliver(self, event: Envelope[InvoiceRenderedV1]) -> Envelope[Any]:
+        rendered = event.data
+        email = rendered.invoice.customer.email
+        if email is None:
+            return self._failed(event, "no_address", "customer has no email address", None, None)
+        pdf = await self._store.get(rendered.document.key)
+        mail = build_invoice_email(
+            invoice=rendered.invoice, sender=self._sender, pdf=pdf, message_id_seed=str(event.event_id)
+        )
+        try:
+            message_id = await self._mailer.send(mail)
+        except aiosmtplib.SMTPException as e:
+            permanent = classify(e)
+            if permanent is None:
+                raise
+            match = ENHANCED_CODE.search(permanent.text)
+            return self._failed(
+                event, "rejected_by_server", permanent.text, permanent.code, match.group(1) if match else None
+            )
+        SENT.labels(outcome="sent").inc()
+        return child_of(
+            event,
+            type="delivery.succeeded",
+            schema_version=CURRENT_VERSION["delivery.succeeded"],
+            data=DeliverySucceededV1(
+                channel=CHANNEL, recipient=str(email), provider_message_id=message_id, document=rendered.document
+            ),
+            producer=PRODUCER,
+        )
+
+    def _failed(
+        self,
+        event: Envelope[InvoiceRenderedV1],
+        reason: FailureReason,
+        detail: str,
+        code: int | None,
+        enhanced: str | None,
+    ) -> Envelope[DeliveryFailedV1]:
+        SENT.labels(outcome=reason).inc()
+        email = event.data.invoice.customer.email
+        return child_of(
+            event,
+            type="delivery.failed",
+            schema_version=CURRENT_VERSION["delivery.failed"],
+            data=DeliveryFailedV1(
+                channel=CHANNEL,
+                reason=reason,
+                detail=detail,
+                code=code,
+                enhanced_code=enhanced,
+                recipient=str(email) if email else None,
+                invoice=event.data.invoice,
+                document=event.data.document,
+            ),
+            producer=PRODUCER,
+        )

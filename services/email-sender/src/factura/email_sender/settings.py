@@ -1,0 +1,23 @@
+from pydantic import BaseModel, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from factura.common.settings import MongoSettings, S3Settings, ServiceSettings
+
+
+class SmtpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 25
+    username: str | None = None
+    password: SecretStr | None = None
+    start_tls: bool = False
+    timeout_s: float = 30.0
+    from_address: str = "invoices@factura.example"
+    from_name: str = "Factura"
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FACTURA_EMAIL_SENDER_", env_nested_delimiter="__", extra="ignore")
+
+    smtp: SmtpSettings = SmtpSettings()
+    s3: S3Settings = S3Settings()
+    mongo: MongoSettings = MongoSettings()

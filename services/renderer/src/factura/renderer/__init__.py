@@ -1,0 +1,1 @@
+"""Renderer: turns ``invoice.created`` into a PDF in S3 and announces it as ``invoice.rendered``."""

@@ -1,0 +1,33 @@
+"""Wire the scheduler: MongoDB schedules, the two handlers and the periodic sweep."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+
+from factura.common.kafka.producer import Publisher
+from factura.common.mongo import create_client, database, ping
+from factura.common.runtime import Wiring
+from factura.scheduler.handlers import SchedulerHandlers
+from factura.scheduler.schedule import Schedules
+from factura.scheduler.settings import Settings
+
+
+async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
+    mongo = create_client(settings.mongo)
+    stack.push_async_callback(mongo.close)
+    schedules = Schedules(database(mongo, settings.mongo)["schedules"])
+    await schedules.ensure_indexes()
+    handlers = SchedulerHandlers(publisher, schedules)
+
+    async def sweeps(stopping: asyncio.Event) -> None:
+        await handlers.run_sweeps(stopping, settings.tick_seconds)
+
+    async def mongo_ok() -> None:
+        await ping(mongo)
+
+    return Wiring(
+        routes={"invoice.created": handlers.on_invoice_created, "payment.received": handlers.on_payment_received},
+        checks={"mongo": mongo_ok},
+        tasks=[sweeps],
+    )

@@ -1,0 +1,10 @@
+from pydantic_settings import SettingsConfigDict
+
+from factura.common.settings import MongoSettings, ServiceSettings
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FACTURA_SCHEDULER_", env_nested_delimiter="__", extra="ignore")
+
+    mongo: MongoSettings = MongoSettings()
+    tick_seconds: float = 60.0

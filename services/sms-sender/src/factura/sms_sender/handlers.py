@@ -1,0 +1,97 @@
+"""SMS fallback handler: delivery.failed (email) → SMS with a link → delivery.succeeded | failed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from factura.common.envelope import Envelope, child_of
+from factura.common.events import CURRENT_VERSION, DeliveryFailedV1, DeliverySucceededV1, FailureReason
+from factura.common.kafka.consumer import Message
+from factura.common.kafka.producer import Publisher
+from factura.common.ledger import DeliveryLedger
+from factura.common.locales import money
+from factura.common.metrics import counter
+from factura.common.storage import DocumentStore
+from factura.sms_sender.provider import ProviderRefusal, SmsProvider
+
+PRODUCER = "sms-sender"
+CHANNEL = "sms"
+SENT = counter("sms_total", "Invoice SMS by outcome.", ("outcome",))
+TEXT = {
+    "en": "{seller}: invoice {number}, {total}. Download: {link}",
+    "es": "{seller}: factura {number}, {total}. Descárguela: {link}",
+    "pt": "{seller}: fatura {number}, {total}. Descarregue: {link}",
+    "ro": "{seller}: factura {number}, {total}. Descărcați: {link}",
+}
+log = logging.getLogger(__name__)
+
+
+class SmsHandlers:
+    def __init__(
+        self, publisher: Publisher, store: DocumentStore, ledger: DeliveryLedger, provider: SmsProvider, link_ttl_s: int
+    ) -> None:
+        self._publisher = publisher
+        self._store = store
+        self._ledger = ledger
+        self._provider = provider
+        self._link_ttl_s = link_ttl_s
+
+    async def on_delivery_failed(self, message: Message[Envelope[DeliveryFailedV1]]) -> None:
+        event = message.value
+        if event.data.channel != "email":
+            return  # SMS is the email fallback; an SMS failure is final for now
+        key = f"{event.event_id}:{CHANNEL}"
+        previous = await self._ledger.begin(key, event, CHANNEL)
+        if previous is not None:
+            await self._publisher.publish(previous)
+            return
+        outcome = await self._deliver(event)
+        await self._ledger.finish(key, outcome)
+        await self._publisher.publish(outcome)
+
+    async def _deliver(self, event: Envelope[DeliveryFailedV1]) -> Envelope[Any]:
+        failed = event.data
+        phone = failed.invoice.customer.phone
+        if phone is None:
+            return self._failed(event, "no_address", "customer has no phone number", None)
+        link = await self._store.presigned_url(failed.document.key, self._link_ttl_s)
+        lang = failed.invoice.customer.locale
+        body = TEXT[lang].format(
+            seller=failed.invoice.seller_name,
+            number=failed.invoice.invoice_number,
+            total=money(failed.invoice.total, failed.invoice.currency, lang),
+            link=link,
+        )
+        try:
+            sid = await self._provider.send(phone, body)
+        except ProviderRefusal as e:
+            return self._failed(event, "provider_error", e.text, e.code)
+        SENT.labels(outcome="sent").inc()
+        return child_of(
+            event,
+            type="delivery.succeeded",
+            schema_version=CURRENT_VERSION["delivery.succeeded"],
+            data=DeliverySucceededV1(channel=CHANNEL, recipient=phone, provider_message_id=sid, document=failed.document),
+            producer=PRODUCER,
+        )
+
+    def _failed(
+        self, event: Envelope[DeliveryFailedV1], reason: FailureReason, detail: str, code: int | None
+    ) -> Envelope[DeliveryFailedV1]:
+        SENT.labels(outcome=reason).inc()
+        return child_of(
+            event,
+            type="delivery.failed",
+            schema_version=CURRENT_VERSION["delivery.failed"],
+            data=DeliveryFailedV1(
+                channel=CHANNEL,
+                reason=reason,
+                detail=detail,
+                code=code,
+                recipient=event.data.invoice.customer.phone,
+                invoice=event.data.invoice,
+                document=event.data.document,
+            ),
+            producer=PRODUCER,
+        )
