@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-D = TypeVar("D", bound=BaseModel)
+D = TypeVar("D")
 
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 #: Namespace for ids derived from things that are not events (ERP messages, schedules).
@@ -73,19 +73,26 @@ def make_event(
     producer: str,
 ) -> Envelope[D]:
     """Build an envelope typed by its data model, stamped now."""
-    model: type[Envelope[D]] = Envelope[type(data)]  # type: ignore[misc]
-    return model(
-        event_id=event_id,
-        type=type,
-        schema_version=schema_version,
-        occurred_at=utcnow(),
-        tenant_id=tenant_id,
-        invoice_id=invoice_id,
-        correlation_id=correlation_id,
-        causation_id=causation_id,
-        producer=producer,
-        data=data,
+    return cast(
+        Envelope[D],
+        _typed_envelope(data)(
+            event_id=event_id,
+            type=type,
+            schema_version=schema_version,
+            occurred_at=utcnow(),
+            tenant_id=tenant_id,
+            invoice_id=invoice_id,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            producer=producer,
+            data=data,
+        ),
     )
+
+
+def _typed_envelope(data: object) -> type[Envelope[Any]]:
+    """``Envelope[<the data's model>]``: pydantic then serialises ``data`` by its real model."""
+    return Envelope[data.__class__]  # type: ignore[name-defined]
 
 
 def child_of(

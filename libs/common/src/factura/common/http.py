@@ -27,7 +27,9 @@ def create_app(service: str, checks: dict[str, HealthCheck], routers: Sequence[A
             except Exception as e:  # noqa: BLE001 - a health check reports, never raises
                 results[name] = f"failing: {type(e).__name__}: {e}"
         ok = all(v == "ok" for v in results.values())
-        return JSONResponse({"service": service, "status": "ok" if ok else "failing", "checks": results}, 200 if ok else 503)
+        return JSONResponse(
+            {"service": service, "status": "ok" if ok else "failing", "checks": results}, 200 if ok else 503
+        )
 
     @app.get("/metrics", tags=["ops"])
     async def metrics() -> Response:

@@ -24,7 +24,9 @@ class AuditStore:
 
     async def ensure_indexes(self) -> None:
         await self._events.create_index("event_id", unique=True)
-        await self._events.create_index([("tenant_id", ASCENDING), ("invoice_id", ASCENDING), ("occurred_at", ASCENDING)])
+        await self._events.create_index(
+            [("tenant_id", ASCENDING), ("invoice_id", ASCENDING), ("occurred_at", ASCENDING)]
+        )
 
     async def append(self, event: Envelope[Any], source: str) -> bool:
         """Store ``event``; False if it was already stored (a redelivery)."""

@@ -12,12 +12,15 @@ from factura.common.events import InvoiceSummary
 from factura.common.locales import day, money
 
 STRINGS: dict[str, dict[str, str]] = {
-    "en": {"subject": "Invoice {number} from {seller}", "greeting": "Dear", "invoice": "Invoice", "total": "Total",
-           "due": "Due date", "body": "Please find your invoice attached.", "closing": "Kind regards,"},
+    "en": {"subject": "Invoice {number} from {seller}", "greeting": "Dear", "invoice": "Invoice",
+           "total": "Total", "due": "Due date", "body": "Please find your invoice attached.",
+           "closing": "Kind regards,"},
     "es": {"subject": "Factura {number} de {seller}", "greeting": "Estimado/a", "invoice": "Factura",
-           "total": "Total", "due": "Vencimiento", "body": "Le adjuntamos su factura.", "closing": "Saludos cordiales,"},
+           "total": "Total", "due": "Vencimiento", "body": "Le adjuntamos su factura.",
+           "closing": "Saludos cordiales,"},
     "pt": {"subject": "Fatura {number} de {seller}", "greeting": "Caro/a", "invoice": "Fatura", "total": "Total",
-           "due": "Vencimento", "body": "Segue em anexo a sua fatura.", "closing": "Com os melhores cumprimentos,"},
+           "due": "Vencimento", "body": "Segue em anexo a sua fatura.",
+           "closing": "Com os melhores cumprimentos,"},
     "ro": {"subject": "Factura {number} de la {seller}", "greeting": "Stimate/Stimată", "invoice": "Factura",
            "total": "Total", "due": "Scadență", "body": "Vă transmitem atașat factura.", "closing": "Cu stimă,"},
 }  # fmt: skip

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import logging
+import re
 from typing import Any
 
 from factura.common.envelope import TENANT_PATTERN, Envelope, make_event, stable_id

@@ -56,7 +56,7 @@ def _customer(c: ErpCustomer, errors: list[FieldError]) -> Customer | None:
         errors.append(FieldError(field="customer.locale", message=f"{c.locale!r} is not one of {', '.join(LOCALES)}"))
     if errors:
         return None
-    return Customer(customer_id=c.id, name=c.name, email=email, phone=phone, locale=locale, tax_id=c.tax_id)  # type: ignore[arg-type]
+    return Customer(customer_id=c.id, name=c.name, email=email, phone=phone, locale=locale, tax_id=c.tax_id)
 
 
 def invoice_from_erp(payload: dict[str, Any]) -> InvoiceCreatedV1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -40,7 +41,9 @@ class SchedulerHandlers:
             kind = "overdue"
             # Same invoice, due date and kind → same event id: a crash before mark_reminded is harmless.
             event = make_event(
-                event_id=stable_id(item.tenant_id, item.invoice_id, "reminder", kind, item.summary.due_date.isoformat()),
+                event_id=stable_id(
+                    item.tenant_id, item.invoice_id, "reminder", kind, item.summary.due_date.isoformat()
+                ),
                 type="reminder.due",
                 schema_version=CURRENT_VERSION["reminder.due"],
                 data=ReminderDueV1(
@@ -65,9 +68,7 @@ class SchedulerHandlers:
         while not stopping.is_set():
             try:
                 await self.sweep()
-            except Exception:  # noqa: BLE001 - a failed sweep is retried at the next tick
+            except Exception:
                 log.exception("reminder sweep failed")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=every_s)
-            except TimeoutError:
-                pass

@@ -80,7 +80,9 @@ class Schedules:
             paid = sum((Decimal(p["amount"]) for p in doc.get("payments", [])), Decimal("0"))
             if paid >= summary.total:
                 continue
-            yield Overdue(doc["tenant_id"], doc["invoice_id"], doc["correlation_id"], doc["cause_event_id"], summary, paid)
+            yield Overdue(
+                doc["tenant_id"], doc["invoice_id"], doc["correlation_id"], doc["cause_event_id"], summary, paid
+            )
 
     async def mark_reminded(self, tenant_id: str, invoice_id: str, at: datetime) -> None:
         await self._c.update_one({"_id": _id(tenant_id, invoice_id)}, {"$set": {"reminded": True, "reminded_at": at}})

@@ -72,7 +72,9 @@ class SmsHandlers:
             event,
             type="delivery.succeeded",
             schema_version=CURRENT_VERSION["delivery.succeeded"],
-            data=DeliverySucceededV1(channel=CHANNEL, recipient=phone, provider_message_id=sid, document=failed.document),
+            data=DeliverySucceededV1(
+                channel=CHANNEL, recipient=phone, provider_message_id=sid, document=failed.document
+            ),
             producer=PRODUCER,
         )
 

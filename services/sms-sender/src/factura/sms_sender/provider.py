@@ -37,7 +37,9 @@ class SmsProvider:
             payload = _json(response)
             code = payload.get("code")
             raise ProviderRefusal(
-                response.status_code, code if isinstance(code, int) else None, str(payload.get("message", response.text))
+                response.status_code,
+                code if isinstance(code, int) else None,
+                str(payload.get("message", response.text)),
             )
         sid = _json(response).get("sid")
         if not isinstance(sid, str):

@@ -6,6 +6,8 @@ the tests call :func:`ensure_topics` so consumers never race auto-creation.
 
 from __future__ import annotations
 
+import contextlib
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -25,10 +27,8 @@ async def ensure_topics(settings: KafkaSettings, replication_factor: int = 1) ->
             if name not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass  # another process won the race: what we wanted exists
         return [t.name for t in wanted]
     finally:
         await admin.close()

@@ -205,7 +205,7 @@ class ConsumerLoop:
                     MESSAGES_FAILED.labels(topic=topic.name, error="InvalidMessage").inc()
                     log.warning("invalid message", extra={"source": message.source, "error": str(e)})
                     return await self._dead_letter(topic, record, "invalid", str(e), attempts=attempt)
-                except Exception as e:  # noqa: BLE001 - anything else is presumed transient
+                except Exception as e:
                     MESSAGES_FAILED.labels(topic=topic.name, error=type(e).__name__).inc()
                     if attempt >= self._settings.retry_max_attempts:
                         log.error("retries exhausted", exc_info=True, extra={"source": message.source})
@@ -219,7 +219,7 @@ class ConsumerLoop:
                         return False
 
     def _backoff(self, attempt: int) -> float:
-        base = min(self._settings.retry_max_s, self._settings.retry_initial_s * 2 ** (attempt - 1))
+        base = min(self._settings.retry_max_s, self._settings.retry_initial_s * 2.0 ** (attempt - 1))
         return base * random.uniform(0.5, 1.0)
 
     async def _sleep_unless_stopping(self, delay: float) -> bool:
@@ -248,7 +248,7 @@ class ConsumerLoop:
             try:
                 await self._publisher.send(dlq, record.value or b"", key=record.key, headers=headers)
                 break
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("DLQ publish failed", extra={"dlq": dlq})
                 if await self._sleep_unless_stopping(self._backoff(attempt)):
                     return False

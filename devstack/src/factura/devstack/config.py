@@ -1,0 +1,153 @@
+"""Where every piece of the local stack listens, and the environment each service gets from it.
+
+One :class:`StackConfig` describes a whole stack, so ``make up`` (fixed, well-known ports) and the
+integration tests (free ports, a temp data dir, a topic prefix per run) share the same launcher.
+The services only ever see URLs through :func:`service_env`, exactly as in production.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+INFRA = ("kafka", "mongo", "s3", "smtp", "sms")
+SERVICES = ("ingest", "renderer", "email-sender", "sms-sender", "scheduler", "audit")
+ALL = INFRA + SERVICES
+HOST = "127.0.0.1"
+
+_USES_MONGO = frozenset({"email-sender", "sms-sender", "scheduler", "audit"})
+_USES_S3 = frozenset({"renderer", "email-sender", "sms-sender"})
+
+
+def _attr(name: str) -> str:
+    return name.replace("-", "_") + "_port"
+
+
+@dataclass
+class StackConfig:
+    data_dir: Path = field(default_factory=lambda: Path(".data"))
+    topic_prefix: str = ""
+    mongo_database: str = "factura"
+    kafka_port: int = 9092
+    mongo_port: int = 27017
+    s3_port: int = 9000
+    smtp_port: int = 2525
+    sms_port: int = 8090
+    ingest_port: int = 8101
+    renderer_port: int = 8102
+    email_sender_port: int = 8103
+    sms_sender_port: int = 8104
+    scheduler_port: int = 8105
+    audit_port: int = 8106
+    sms_account_sid: str = "AC" + "factura".ljust(32, "0")
+    sms_auth_token: str = "devtoken"
+    s3_bucket: str = "factura-documents"
+    bounce_domain: str = "bounce.test"
+
+    def __post_init__(self) -> None:
+        # Children get absolute paths, and pid ownership checks compare this exact string.
+        self.data_dir = Path(self.data_dir).resolve()
+
+    @classmethod
+    def free_ports(cls, data_dir: Path, topic_prefix: str = "", mongo_database: str = "factura") -> StackConfig:
+        """A config on ports that are free right now, so parallel test runs never collide."""
+        with ExitStack() as held:
+            # Keep every socket bound until all are picked so no port is handed out twice.
+            socks = [held.enter_context(socket.socket()) for _ in ALL]
+            for s in socks:
+                s.bind((HOST, 0))
+            ports = {_attr(name): s.getsockname()[1] for name, s in zip(ALL, socks, strict=True)}
+        return cls(data_dir=data_dir, topic_prefix=topic_prefix, mongo_database=mongo_database, **ports)
+
+    def port(self, name: str) -> int:
+        value: int = getattr(self, _attr(name))
+        return value
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def maildir(self) -> Path:
+        return self.data_dir / "maildir"
+
+    @property
+    def sms_dir(self) -> Path:
+        return self.data_dir / "sms"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{HOST}:{self.kafka_port}"
+
+    @property
+    def mongo_url(self) -> str:
+        return f"mongodb://{HOST}:{self.mongo_port}"
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://{HOST}:{self.s3_port}"
+
+    @property
+    def sms_url(self) -> str:
+        """Base URL of the Twilio-shaped capture server (``/_capture/messages`` lists what it got)."""
+        return f"http://{HOST}:{self.sms_port}"
+
+    def service_url(self, name: str) -> str:
+        """Base URL of a service's HTTP face, e.g. ``service_url("audit")``."""
+        return f"http://{HOST}:{self.port(name)}"
+
+    def save(self) -> None:
+        """Remember the config of a detached stack so ``status`` probes the ports ``up`` used."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        data = dataclasses.asdict(self) | {"data_dir": str(self.data_dir)}
+        (self.run_dir / "stack.json").write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, data_dir: Path) -> StackConfig | None:
+        path = Path(data_dir) / "run" / "stack.json"
+        if not path.exists():
+            return None
+        data: dict[str, Any] = json.loads(path.read_text())
+        return cls(**data | {"data_dir": Path(data["data_dir"])})
+
+
+def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
+    """The settings (``FACTURA_<SERVICE>_...``) that point one service at this stack."""
+    if name not in SERVICES:
+        raise ValueError(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
+    p = f"FACTURA_{name.upper().replace('-', '_')}_"
+    env = {
+        p + "KAFKA__BOOTSTRAP_SERVERS": cfg.kafka_bootstrap,
+        p + "KAFKA__TOPIC_PREFIX": cfg.topic_prefix,
+        p + "KAFKA__IDEMPOTENCE": "false",  # Tansu cannot do InitProducerId
+        # Tansu holds group joins for the rebalance timeout; keep it short so services start fast.
+        p + "KAFKA__REBALANCE_TIMEOUT_MS": "2000",
+        p + "KAFKA__SESSION_TIMEOUT_MS": "6000",
+        p + "KAFKA__RETRY_MAX_S": "2",
+        p + "HTTP__PORT": str(cfg.port(name)),
+        p + "LOG_LEVEL": "INFO",
+    }
+    if name in _USES_MONGO:
+        env |= {p + "MONGO__URL": cfg.mongo_url, p + "MONGO__DATABASE": cfg.mongo_database}
+    if name in _USES_S3:
+        env |= {p + "S3__ENDPOINT_URL": cfg.s3_url, p + "S3__BUCKET": cfg.s3_bucket}
+    if name == "email-sender":
+        env |= {p + "SMTP__HOST": HOST, p + "SMTP__PORT": str(cfg.smtp_port)}
+    if name == "sms-sender":
+        env |= {
+            p + "PROVIDER__BASE_URL": cfg.sms_url,
+            p + "PROVIDER__ACCOUNT_SID": cfg.sms_account_sid,
+            p + "PROVIDER__AUTH_TOKEN": cfg.sms_auth_token,
+        }
+    if name == "scheduler":
+        env[p + "TICK_SECONDS"] = "1"
+    return env
