@@ -1,0 +1,60 @@
+# Factura: `make demo` shows the whole flow, `make test` runs lint and every test.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV ?= python3 -m uv
+STAMP := $(VENV)/.installed
+SRC := libs/common/src services/*/src devstack/src
+
+.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock libs/common/pyproject.toml services/*/pyproject.toml devstack/pyproject.toml
+	./scripts/system-deps.sh
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv==0.13.9
+	$(UV) venv --quiet --allow-existing -p 3.11 $(VENV)
+	$(UV) pip install --quiet -p $(VENV) -r requirements.lock
+	@touch $@
+
+lock:  ## re-pin every dependency (the output names no download host)
+	$(UV) pip compile -q -p 3.11 requirements.in --generate-hashes -o requirements.lock
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(SRC) tests
+
+fmt: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+schemas: install  ## re-export the JSON Schemas from the pydantic models
+	$(PY) -m factura.common.schemas
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+test-unit: install
+	$(VENV)/bin/pytest -q tests/unit
+
+test-integration: install
+	$(VENV)/bin/pytest -q tests/integration tests/e2e
+
+up: install
+	$(PY) -m factura.devstack up
+
+down:
+	$(PY) -m factura.devstack down
+
+status:
+	$(PY) -m factura.devstack status
+
+logs:
+	$(PY) -m factura.devstack logs --follow
+
+demo: install
+	$(PY) -m factura.devstack.demo
+
+clean: down
+	rm -rf .data
