@@ -84,3 +84,9 @@ def test_payment_normalised() -> None:
     with pytest.raises(InvalidMessage) as info:
         payment_from_erp(payload | {"amount": "-5"})
     assert info.value.reasons[0].field == "amount"
+
+
+def test_reserved_test_domains_only_when_allowed() -> None:
+    payload = variant(customer__email="billing@acme.test")
+    assert "customer.email" in reasons(payload)
+    assert invoice_from_erp(payload, allow_test_domains=True).customer.email == "billing@acme.test"

@@ -81,6 +81,11 @@ class StackConfig:
         return self.data_dir / "maildir"
 
     @property
+    def mongo_dir(self) -> Path:
+        """nx-27017's data: one SQLite file per database."""
+        return self.data_dir / "mongo"
+
+    @property
     def sms_dir(self) -> Path:
         return self.data_dir / "sms"
 
@@ -150,4 +155,6 @@ def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
         }
     if name == "scheduler":
         env[p + "TICK_SECONDS"] = "1"
+    if name == "ingest":
+        env[p + "ALLOW_TEST_EMAIL_DOMAINS"] = "true"  # sample customers live under the reserved .test TLD
     return env

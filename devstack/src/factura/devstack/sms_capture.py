@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 
 log = logging.getLogger("factura.devstack.sms")
 
-DEFAULT_FAILING_PREFIXES = ("+1555",)
+DEFAULT_FAILING_PREFIXES = ("+1312555",)
 #: Twilio's answers when a required field is missing.
 _MISSING = {
     "To": (21604, "A 'To' phone number is required."),
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--account-sid", required=True)
     parser.add_argument("--auth-token", required=True)
-    parser.add_argument("--failing-prefix", action="append", help="repeatable; default +1555")
+    parser.add_argument("--failing-prefix", action="append", help="repeatable; default +1312555")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     prefixes = tuple(args.failing_prefix or DEFAULT_FAILING_PREFIXES)

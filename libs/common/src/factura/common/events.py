@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from factura.common.envelope import Envelope
 
@@ -19,6 +19,8 @@ Locale = Literal["es", "pt", "en", "ro"]
 Channel = Literal["email", "sms"]
 Money = Annotated[Decimal, Field(max_digits=18, decimal_places=2)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+#: Ingest validates and normalises addresses (email-validator); events only keep the shape.
+Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)]
 E164 = Annotated[str, Field(pattern=r"^\+[1-9]\d{6,14}$", description="Phone number in E.164")]
 
 
@@ -29,7 +31,7 @@ class _Model(BaseModel):
 class Customer(_Model):
     customer_id: str = Field(min_length=1, max_length=100)
     name: str = Field(min_length=1, max_length=300)
-    email: EmailStr | None = None
+    email: Email | None = None
     phone: E164 | None = None
     locale: Locale = "en"
     tax_id: str | None = Field(default=None, max_length=50)

@@ -11,5 +11,5 @@ from factura.ingest.settings import Settings
 
 
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
-    handlers = IngestHandlers(publisher)
+    handlers = IngestHandlers(publisher, allow_test_email_domains=settings.allow_test_email_domains)
     return Wiring(routes={"erp.invoices": handlers.on_erp_invoice, "erp.payments": handlers.on_erp_payment})

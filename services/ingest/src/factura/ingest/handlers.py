@@ -29,12 +29,13 @@ def _text(value: Any, pattern: str = r"^.{1,200}$") -> str | None:
 
 
 class IngestHandlers:
-    def __init__(self, publisher: Publisher) -> None:
+    def __init__(self, publisher: Publisher, *, allow_test_email_domains: bool = False) -> None:
         self._publisher = publisher
+        self._allow_test_domains = allow_test_email_domains
 
     async def on_erp_invoice(self, message: Message[dict[str, Any]]) -> None:
         try:
-            invoice = invoice_from_erp(message.value)
+            invoice = invoice_from_erp(message.value, allow_test_domains=self._allow_test_domains)
         except InvalidMessage as e:
             await self._reject(message, e, reference=_text(message.value.get("invoice_number")))
             raise

@@ -35,11 +35,11 @@ def _money(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-def _customer(c: ErpCustomer, errors: list[FieldError]) -> Customer | None:
+def _customer(c: ErpCustomer, errors: list[FieldError], allow_test_domains: bool) -> Customer | None:
     email = None
     if c.email:
         try:
-            email = validate_email(c.email, check_deliverability=False).normalized
+            email = validate_email(c.email, check_deliverability=False, test_environment=allow_test_domains).normalized
         except EmailNotValidError as e:
             errors.append(FieldError(field="customer.email", message=str(e)))
     phone = None
@@ -59,14 +59,18 @@ def _customer(c: ErpCustomer, errors: list[FieldError]) -> Customer | None:
     return Customer(customer_id=c.id, name=c.name, email=email, phone=phone, locale=locale, tax_id=c.tax_id)
 
 
-def invoice_from_erp(payload: dict[str, Any]) -> InvoiceCreatedV1:
-    """Validate and normalise; raise :class:`InvalidMessage` listing every problem found."""
+def invoice_from_erp(payload: dict[str, Any], *, allow_test_domains: bool = False) -> InvoiceCreatedV1:
+    """Validate and normalise; raise :class:`InvalidMessage` listing every problem found.
+
+    ``allow_test_domains`` admits addresses under the reserved ``.test`` TLD (RFC 2606), which
+    real invoices never use but local stacks and demos do.
+    """
     try:
         erp = ErpInvoiceV1.model_validate(payload)
     except ValidationError as e:
         raise InvalidMessage(field_errors(e)) from e
     errors: list[FieldError] = []
-    customer = _customer(erp.customer, errors)
+    customer = _customer(erp.customer, errors, allow_test_domains)
     if erp.due_date < erp.issue_date:
         errors.append(FieldError(field="due_date", message=f"{erp.due_date} is before issue_date {erp.issue_date}"))
     lines = [

@@ -1,0 +1,137 @@
+"""Realistic sample traffic for the demo and the end-to-end tests.
+
+Five tenants in four languages, and one invoice for each path through the flow: plain email,
+a bouncing mailbox, a customer without email, a customer SMS cannot reach either, a message
+that breaks the ERP contract, a payment before the due date, and an invoice already overdue.
+Dates are relative to "today" so the demo means the same thing on any day.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Literal
+
+Outcome = Literal["email", "sms", "rejected", "failed"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    tenant_id: str
+    invoice_number: str
+    payload: dict[str, Any]
+    expected: Outcome
+    expect_reminder: bool = False
+    payment: dict[str, Any] | None = None
+    note: str = ""
+    raw: bytes = field(default=b"", repr=False)
+
+    def message(self) -> bytes:
+        return self.raw or json.dumps(self.payload, ensure_ascii=False).encode()
+
+
+TENANTS: dict[str, dict[str, str]] = {
+    "harinas-sur": {"seller": "Harinas del Sur S.A.", "country": "ES", "currency": "EUR", "erp": "sap-s4"},
+    "lisboa-tech": {"seller": "Lisboa Tech, Lda.", "country": "PT", "currency": "EUR", "erp": "primavera"},
+    "sampa-logistica": {"seller": "Sampa Logística Ltda.", "country": "BR", "currency": "BRL", "erp": "totvs"},
+    "acme-us": {"seller": "ACME Supplies Inc.", "country": "US", "currency": "USD", "erp": "netsuite"},
+    "carpati-energie": {"seller": "Carpați Energie S.R.L.", "country": "RO", "currency": "RON", "erp": "odoo"},
+}
+
+PHONES = {
+    "ES": "612 345 678",
+    "PT": "912 345 678",
+    "BR": "(11) 91234-5678",
+    "US": "(202) 555-0147",
+    "RO": "0721 234 567",
+}
+
+ITEMS = [
+    ("Harina de trigo T55, saco 25 kg", "12", "18.50", "10"),
+    ("Consultoria técnica (horas)", "6", "75.00", "23"),
+    ("Frete São Paulo → Campinas", "1", "480.00", "0"),
+    ("Office chairs, ergonomic", "4", "189.99", "0"),
+    ("Energie electrică, kWh", "1250", "0.92", "19"),
+]
+
+
+def _invoice(
+    tenant_id: str, n: int, today: date, *, email: str | None, phone: str | None = "", due_in: int = 30
+) -> dict[str, Any]:
+    t = TENANTS[tenant_id]
+    item = ITEMS[n % len(ITEMS)]
+    customer: dict[str, Any] = {"id": f"C-{n:04d}", "name": f"Cliente {n} {t['country']}", "country": t["country"]}
+    if email is not None:
+        customer["email"] = email
+    if phone == "":
+        phone = PHONES[t["country"]]
+    if phone is not None:
+        customer["phone"] = phone
+    issued = today + timedelta(days=due_in - 30)
+    return {
+        "tenant_id": tenant_id,
+        "erp_source": t["erp"],
+        "invoice_number": f"{tenant_id[:3].upper()}-{today:%Y}-{n:05d}",
+        "issue_date": issued.isoformat(),
+        "due_date": (issued + timedelta(days=30)).isoformat(),
+        "currency": t["currency"],
+        "seller_name": t["seller"],
+        "customer": customer,
+        "lines": [
+            {"description": item[0], "quantity": item[1], "unit_price": item[2], "tax_rate": item[3]},
+            {"description": "Servicio de entrega / delivery", "quantity": "1", "unit_price": "15.00", "tax_rate": "0"},
+        ],
+    }
+
+
+def _total(payload: dict[str, Any]) -> Decimal:
+    cent = Decimal("0.01")
+    total = Decimal("0")
+    for line in payload["lines"]:
+        amount = (Decimal(line["quantity"]) * Decimal(line["unit_price"])).quantize(cent, ROUND_HALF_UP)
+        total += amount + (amount * Decimal(line["tax_rate"]) / 100).quantize(cent, ROUND_HALF_UP)
+    return total
+
+
+def _sample(payload: dict[str, Any], expected: Outcome, **kw: Any) -> Sample:
+    return Sample(payload["tenant_id"], payload["invoice_number"], payload, expected, **kw)
+
+
+def demo_samples(today: date | None = None) -> list[Sample]:
+    today = today or datetime.now(UTC).date()
+    tenants = list(TENANTS)
+    samples: list[Sample] = []
+    for n in range(1, 15):  # the plain path: email with the PDF attached
+        tenant = tenants[n % len(tenants)]
+        samples.append(_sample(_invoice(tenant, n, today, email=f"billing{n}@{tenant}.test"), "email"))
+
+    bounce = _invoice("harinas-sur", 15, today, email="contabilidad@bounce.test")
+    samples.append(_sample(bounce, "sms", note="mailbox answers 550 5.1.1 → SMS fallback"))
+    no_email = _invoice("lisboa-tech", 16, today, email=None)
+    samples.append(_sample(no_email, "sms", note="no email address → SMS"))
+    unreachable = _invoice("acme-us", 17, today, email=None, phone="(312) 555-0199")
+    samples.append(_sample(unreachable, "failed", note="no email, SMS provider refuses the number"))
+
+    invalid = _invoice("carpati-energie", 18, today, email="facturi@client18.test")
+    invalid["currency"] = "LEI!"
+    invalid["lines"] = []
+    samples.append(_sample(invalid, "rejected", note="breaks the ERP contract: currency, lines"))
+
+    paid = _invoice("sampa-logistica", 19, today, email="financeiro@client19.test")
+    payment = {
+        "tenant_id": "sampa-logistica",
+        "erp_source": "totvs",
+        "payment_id": f"PIX-{today:%Y%m%d}-19",
+        "invoice_number": paid["invoice_number"],
+        "amount": str(_total(paid)),
+        "currency": "BRL",
+        "paid_at": datetime.now(UTC).isoformat(),
+        "method": "pix",
+    }
+    samples.append(_sample(paid, "email", payment=payment, note="paid before the due date → no reminder"))
+
+    overdue = _invoice("carpati-energie", 20, today, email="facturi@client20.test", due_in=-5)
+    samples.append(_sample(overdue, "email", expect_reminder=True, note="due 5 days ago, unpaid → reminder.due"))
+    return samples
