@@ -24,7 +24,7 @@ def table(samples: list[Sample], seen: dict[str, Observation]) -> str:
     rows = [("tenant", "invoice", "country", "expected", "got", "ok", "detail")]
     for s in samples:
         o = seen.get(s.invoice_number)
-        got = (o.outcome or "—") if o else "—"
+        got: str = (o.outcome or "—") if o else "—"
         if o and o.reminder:
             got += "+reminder"
         expected = s.expected + ("+reminder" if s.expect_reminder else "")

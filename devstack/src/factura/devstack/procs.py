@@ -21,7 +21,7 @@ STOP_TIMEOUT_S = 10.0
 
 
 def spawn(
-    name: str, argv: Sequence[str], env: Mapping[str, str], data_dir: Path, logs_dir: Path, run_dir: Path
+    name: str, argv: Sequence[str], env: Mapping[str, str], *, data_dir: Path, logs_dir: Path, run_dir: Path
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` detached, output appended to ``<logs_dir>/<name>.log``, pid in ``<run_dir>``."""
     logs_dir.mkdir(parents=True, exist_ok=True)

@@ -122,7 +122,9 @@ class Stack:
             raise StackError(f"already running: {', '.join(running)} (stop them first)")
         for name in names:
             argv, env = self._command(name)
-            self._procs[name] = procs.spawn(name, argv, env, self.cfg.data_dir, self.cfg.logs_dir, self.cfg.run_dir)
+            self._procs[name] = procs.spawn(
+                name, argv, env, data_dir=self.cfg.data_dir, logs_dir=self.cfg.logs_dir, run_dir=self.cfg.run_dir
+            )
         with ThreadPoolExecutor(max(1, len(names))) as pool:
             outcomes = list(pool.map(self._await_ready, names))
         if errors := [e for e in outcomes if e]:
