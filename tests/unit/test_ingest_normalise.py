@@ -68,9 +68,14 @@ def test_refusals_name_the_field(changes: dict[str, Any], field: str) -> None:
     assert field in reasons(variant(**changes))
 
 
-def test_all_problems_are_reported_at_once() -> None:
-    found = reasons(variant(customer__email="x@", customer__phone="000", total="1.00"))
-    assert {"customer.email", "customer.phone", "total"} <= set(found)
+def test_all_field_problems_are_reported_at_once() -> None:
+    found = reasons(variant(customer__email="x@", customer__phone="000", currency="EURO", due_date="soon"))
+    assert {"customer.email", "customer.phone", "currency", "due_date"} <= set(found)
+
+
+def test_cross_field_rules_are_reported_together() -> None:
+    found = reasons(variant(due_date="2026-01-01", total="1.00"))
+    assert {"due_date", "total"} <= set(found)
 
 
 def test_customer_without_email_is_valid() -> None:

@@ -57,7 +57,7 @@ ITEMS = [
 ]
 
 
-def _invoice(
+def invoice_payload(
     tenant_id: str, n: int, today: date, *, email: str | None, phone: str | None = "", due_in: int = 30
 ) -> dict[str, Any]:
     t = TENANTS[tenant_id]
@@ -105,21 +105,21 @@ def demo_samples(today: date | None = None) -> list[Sample]:
     samples: list[Sample] = []
     for n in range(1, 15):  # the plain path: email with the PDF attached
         tenant = tenants[n % len(tenants)]
-        samples.append(_sample(_invoice(tenant, n, today, email=f"billing{n}@{tenant}.test"), "email"))
+        samples.append(_sample(invoice_payload(tenant, n, today, email=f"billing{n}@{tenant}.test"), "email"))
 
-    bounce = _invoice("harinas-sur", 15, today, email="contabilidad@bounce.test")
+    bounce = invoice_payload("harinas-sur", 15, today, email="contabilidad@bounce.test")
     samples.append(_sample(bounce, "sms", note="mailbox answers 550 5.1.1 → SMS fallback"))
-    no_email = _invoice("lisboa-tech", 16, today, email=None)
+    no_email = invoice_payload("lisboa-tech", 16, today, email=None)
     samples.append(_sample(no_email, "sms", note="no email address → SMS"))
-    unreachable = _invoice("acme-us", 17, today, email=None, phone="(312) 555-0199")
+    unreachable = invoice_payload("acme-us", 17, today, email=None, phone="(312) 555-0199")
     samples.append(_sample(unreachable, "failed", note="no email, SMS provider refuses the number"))
 
-    invalid = _invoice("carpati-energie", 18, today, email="facturi@client18.test")
+    invalid = invoice_payload("carpati-energie", 18, today, email="facturi@client18.test")
     invalid["currency"] = "LEI!"
     invalid["lines"] = []
     samples.append(_sample(invalid, "rejected", note="breaks the ERP contract: currency, lines"))
 
-    paid = _invoice("sampa-logistica", 19, today, email="financeiro@client19.test")
+    paid = invoice_payload("sampa-logistica", 19, today, email="financeiro@client19.test")
     payment = {
         "tenant_id": "sampa-logistica",
         "erp_source": "totvs",
@@ -132,6 +132,6 @@ def demo_samples(today: date | None = None) -> list[Sample]:
     }
     samples.append(_sample(paid, "email", payment=payment, note="paid before the due date → no reminder"))
 
-    overdue = _invoice("carpati-energie", 20, today, email="facturi@client20.test", due_in=-5)
+    overdue = invoice_payload("carpati-energie", 20, today, email="facturi@client20.test", due_in=-5)
     samples.append(_sample(overdue, "email", expect_reminder=True, note="due 5 days ago, unpaid → reminder.due"))
     return samples

@@ -11,9 +11,12 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from factura.common.envelope import TENANT_PATTERN
+from factura.common.events import LOCALES
 
 Amount = Annotated[Decimal, Field(max_digits=18, decimal_places=4)]
 
@@ -24,13 +27,59 @@ class _Erp(BaseModel):
 
 
 class ErpCustomer(_Erp):
+    """Contact fields are validated *and normalised* here, so one pass reports every problem.
+
+    Validation context ``{"allow_test_domains": True}`` admits the reserved ``.test`` TLD (RFC 2606),
+    which real invoices never use but local stacks and demos do.
+    """
+
     id: str = Field(min_length=1, max_length=100)
     name: str = Field(min_length=1, max_length=300)
-    email: str | None = Field(default=None, max_length=320)
-    phone: str | None = Field(default=None, max_length=40, description="Any format; normalised to E.164")
     country: str = Field(pattern=r"^[A-Za-z]{2}$", description="ISO 3166-1 alpha-2, used to read local phone numbers")
+    email: str | None = Field(default=None, max_length=320, description="Normalised with email-validator")
+    phone: str | None = Field(default=None, max_length=40, description="Any format; normalised to E.164")
     locale: str | None = Field(default=None, description="es, pt, en or ro; defaults from country")
     tax_id: str | None = Field(default=None, max_length=50)
+
+    @field_validator("country")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value:
+            return None
+        allow_test = bool((info.context or {}).get("allow_test_domains", False))
+        try:
+            return validate_email(value, check_deliverability=False, test_environment=allow_test).normalized
+        except EmailNotValidError as e:
+            raise ValueError(str(e)) from e
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value:
+            return None
+        region = info.data.get("country")  # absent if the country itself was invalid
+        try:
+            number = phonenumbers.parse(value, region)
+        except phonenumbers.NumberParseException as e:
+            raise ValueError(f"{value!r} is not a phone number ({e._msg})") from e
+        if not phonenumbers.is_valid_number(number):
+            raise ValueError(f"{value!r} is not a valid phone number for {region}")
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        lang = value.lower().replace("_", "-").split("-")[0]
+        if lang not in LOCALES:
+            raise ValueError(f"{value!r} is not one of {', '.join(LOCALES)}")
+        return lang
 
 
 class ErpLine(_Erp):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from factura.common.envelope import Envelope
 
 Locale = Literal["es", "pt", "en", "ro"]
+LOCALES: tuple[str, ...] = get_args(Locale)
 Channel = Literal["email", "sms"]
 Money = Annotated[Decimal, Field(max_digits=18, decimal_places=2)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]

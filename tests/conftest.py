@@ -1,0 +1,70 @@
+"""Fixtures that start the real local servers once per test session.
+
+Each run gets free ports, its own data directory, its own topic prefix and its own MongoDB
+database, so concurrent runs on one machine never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from factura.common.settings import KafkaSettings, MongoSettings, S3Settings
+from factura.devstack.config import StackConfig
+from factura.devstack.stack import Stack
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Iterator[Stack]:
+    """Broker, MongoDB-wire, S3, SMTP and SMS capture servers (no services)."""
+    data_dir: Path = tmp_path_factory.mktemp("stack")
+    cfg = StackConfig.free_ports(data_dir, topic_prefix=f"t{run_id}.", mongo_database=f"t{run_id}")
+    stack = Stack(cfg)
+    try:
+        stack.start_infra()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def cfg(infra: Stack) -> StackConfig:
+    return infra.cfg
+
+
+@pytest.fixture(scope="session")
+def services(infra: Stack) -> Stack:
+    """The six services, running as processes against ``infra``."""
+    infra.start_services()
+    return infra
+
+
+def kafka_settings(cfg: StackConfig, prefix: str | None = None) -> KafkaSettings:
+    """Client settings for the test broker; a fresh ``prefix`` isolates a test's topics and groups."""
+    return KafkaSettings(
+        bootstrap_servers=cfg.kafka_bootstrap,
+        topic_prefix=cfg.topic_prefix if prefix is None else prefix,
+        idempotence=False,
+        rebalance_timeout_ms=2000,
+        session_timeout_ms=6000,
+        retry_initial_s=0.05,
+        retry_max_s=0.2,
+        retry_max_attempts=3,
+        poll_timeout_ms=200,
+    )
+
+
+def mongo_settings(cfg: StackConfig) -> MongoSettings:
+    return MongoSettings(url=cfg.mongo_url, database=cfg.mongo_database)
+
+
+def s3_settings(cfg: StackConfig) -> S3Settings:
+    return S3Settings(endpoint_url=cfg.s3_url, bucket=cfg.s3_bucket)

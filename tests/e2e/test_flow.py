@@ -1,0 +1,196 @@
+"""End to end: the six services as processes, over the real broker, MongoDB-wire, S3, SMTP and SMS.
+
+Each test publishes its own invoices (unique numbers) like an ERP would and judges the outcome
+from the audit API, the Maildir and the SMS capture server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import uuid
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import Any
+
+import httpx
+import pytest
+
+from factura.common.kafka.producer import Publisher
+from factura.common.topics import ERP_INVOICES, INVOICE_RENDERED
+from factura.devstack.config import StackConfig
+from factura.devstack.flow import Observation, observe, publish, timeline, wait_for_outcomes
+from factura.devstack.samples import Outcome, Sample, invoice_payload
+from factura.devstack.smtp_capture import read_messages
+from factura.devstack.stack import Stack
+from tests.conftest import kafka_settings
+from tests.kafka_helpers import read_topic
+
+pytestmark = pytest.mark.e2e
+
+
+def sample(expected: Outcome, *, email: str | None, phone: str | None = "", tenant: str = "harinas-sur") -> Sample:
+    n = uuid.uuid4().int % 10**5
+    payload = invoice_payload(tenant, n, datetime.now(UTC).date(), email=email, phone=phone)
+    payload["invoice_number"] = f"E2E-{uuid.uuid4().hex[:10]}"
+    return Sample(tenant, payload["invoice_number"], payload, expected)
+
+
+async def flow(cfg: StackConfig, samples: list[Sample]) -> dict[str, Observation]:
+    await publish(cfg, samples)
+    seen = await wait_for_outcomes(cfg, samples, timeout_s=90)
+    for s in samples:
+        assert seen[s.invoice_number].matches(s), (s.invoice_number, s.expected, seen[s.invoice_number])
+    return seen
+
+
+def mails_to(cfg: StackConfig, address: str) -> list[EmailMessage]:
+    return [m for m in read_messages(cfg.maildir) if address in str(m["To"])]
+
+
+async def sms_to(cfg: StackConfig, number: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient() as client:
+        messages: list[dict[str, Any]] = (await client.get(f"{cfg.sms_url}/_capture/messages")).json()
+    return [m for m in messages if m.get("to") == number]
+
+
+async def test_happy_path_email_with_pdf(services: Stack) -> None:
+    cfg = services.cfg
+    s = sample("email", email=f"ana.{uuid.uuid4().hex[:6]}@cliente.test")
+    await flow(cfg, [s])
+    [mail] = mails_to(cfg, s.payload["customer"]["email"])
+    assert mail["Subject"].startswith(f"Factura {s.invoice_number}")
+    [pdf] = list(mail.iter_attachments())
+    assert pdf.get_content_type() == "application/pdf"
+    assert pdf.get_content().startswith(b"%PDF-")
+    async with httpx.AsyncClient() as client:
+        events = await timeline(client, cfg, s)
+    assert [e["type"] for e in events] == ["invoice.created", "invoice.rendered", "delivery.succeeded"]
+    assert len({e["correlation_id"] for e in events}) == 1
+
+
+async def test_bounce_falls_back_to_sms(services: Stack) -> None:
+    cfg = services.cfg
+    s = sample("sms", email="nadie@bounce.test", phone="+34 699 111 222")
+    seen = await flow(cfg, [s])
+    assert "5.1.1" in seen[s.invoice_number].detail
+    [sms] = await sms_to(cfg, "+34699111222")
+    assert s.invoice_number in sms["body"] and "http" in sms["body"]
+    assert mails_to(cfg, "nadie@bounce.test") == []
+
+
+async def test_customer_without_email_gets_sms(services: Stack) -> None:
+    cfg = services.cfg
+    s = sample("sms", email=None, phone="+351 913 000 111", tenant="lisboa-tech")
+    await flow(cfg, [s])
+    [sms] = await sms_to(cfg, "+351913000111")
+    assert sms["body"].startswith("Lisboa Tech, Lda.: fatura")
+
+
+async def test_invalid_erp_message_is_rejected_and_dead_lettered_while_valid_ones_flow(services: Stack) -> None:
+    cfg = services.cfg
+    good = sample("email", email=f"ok.{uuid.uuid4().hex[:6]}@cliente.test")
+    bad = sample("rejected", email="bad@@cliente.test")
+    bad.payload["due_date"] = "not-a-date"
+    garbage = Sample("harinas-sur", "never-parsed", {}, "rejected", raw=b"\x00\x01 binary junk")
+    await publish(cfg, [garbage])
+    seen = await flow(cfg, [bad, good])
+    reasons = seen[bad.invoice_number].detail
+    assert "due_date" in reasons and "customer" in reasons
+    dlq = await read_topic(cfg.kafka_bootstrap, ERP_INVOICES.dlq(cfg.topic_prefix), expect=50, timeout_s=3)
+    dead = {r.value: dict(r.headers) for r in dlq}
+    assert dead[b"\x00\x01 binary junk"]["dlq.reason"] == b"invalid"
+    assert b"due_date" in dead[bad.message()]["dlq.error"]
+
+
+async def test_redelivered_events_store_once_and_send_once(services: Stack) -> None:
+    cfg = services.cfg
+    s = sample("email", email=f"dup.{uuid.uuid4().hex[:6]}@cliente.test")
+    await flow(cfg, [s])
+    rendered = [
+        r
+        for r in await read_topic(
+            cfg.kafka_bootstrap, INVOICE_RENDERED.physical(cfg.topic_prefix), expect=10**6, timeout_s=3
+        )
+        if json.loads(r.value)["invoice_id"] == s.invoice_number
+    ]
+    assert len(rendered) == 1
+    # Redeliver: the very same rendered event, and the same ERP message again.
+    publisher = Publisher(kafka_settings(cfg), client_id="redeliver")
+    await publisher.start()
+    try:
+        await publisher.send(
+            INVOICE_RENDERED.physical(cfg.topic_prefix), rendered[0].value, key=rendered[0].key, headers=[]
+        )
+    finally:
+        await publisher.stop()
+    await publish(cfg, [s])
+    await asyncio.sleep(6)  # time for both to travel the whole flow again
+    assert len(mails_to(cfg, s.payload["customer"]["email"])) == 1
+    async with httpx.AsyncClient() as client:
+        events = await timeline(client, cfg, s)
+    assert [e["type"] for e in events] == ["invoice.created", "invoice.rendered", "delivery.succeeded"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_email_sender_restart_mid_stream_loses_nothing(services: Stack, sig: signal.Signals) -> None:
+    cfg = services.cfg
+    batch = [sample("email", email=f"r{i}.{uuid.uuid4().hex[:6]}@cliente.test") for i in range(12)]
+    await publish(cfg, batch)
+    # Stop the sender as soon as the first of the batch went out.
+    for _ in range(400):
+        if any(mails_to(cfg, s.payload["customer"]["email"]) for s in batch):
+            break
+        await asyncio.sleep(0.05)
+    services.stop_service("email-sender", sig)
+    services.start_service("email-sender")
+    seen = await wait_for_outcomes(cfg, batch, timeout_s=90)
+    for s in batch:
+        assert seen[s.invoice_number].outcome == "email", (s.invoice_number, seen[s.invoice_number])
+        assert len(mails_to(cfg, s.payload["customer"]["email"])) == 1, s.invoice_number
+    async with httpx.AsyncClient() as client:
+        for s in batch:
+            types = [e["type"] for e in await timeline(client, cfg, s)]
+            assert types.count("delivery.succeeded") == 1
+
+
+async def test_scheduler_reminds_overdue_unpaid_not_paid(services: Stack) -> None:
+    cfg = services.cfg
+    today = datetime.now(UTC).date()
+    overdue = Sample(
+        "carpati-energie",
+        f"E2E-{uuid.uuid4().hex[:10]}",
+        invoice_payload("carpati-energie", 7, today, email="late@client.test", due_in=-3),
+        "email",
+        expect_reminder=True,
+    )
+    overdue.payload["invoice_number"] = overdue.invoice_number
+    paid_payload = invoice_payload("carpati-energie", 8, today, email="paid@client.test", due_in=-3)
+    paid_payload["invoice_number"] = f"E2E-{uuid.uuid4().hex[:10]}"
+    payment = {
+        "tenant_id": "carpati-energie",
+        "erp_source": "odoo",
+        "payment_id": f"P-{uuid.uuid4().hex[:8]}",
+        "invoice_number": paid_payload["invoice_number"],
+        "amount": "100000.00",
+        "currency": "RON",
+        "paid_at": datetime.now(UTC).isoformat(),
+    }
+    paid = Sample("carpati-energie", paid_payload["invoice_number"], paid_payload, "email", payment=payment)
+    await flow(cfg, [overdue, paid])
+    await asyncio.sleep(3)  # several scheduler ticks
+    async with httpx.AsyncClient() as client:
+        late_types = [e["type"] for e in await timeline(client, cfg, overdue)]
+        paid_types = [e["type"] for e in await timeline(client, cfg, paid)]
+    assert late_types.count("reminder.due") == 1
+    assert "reminder.due" not in paid_types and "payment.received" in paid_types
+
+
+def test_observe_reduces_a_timeline() -> None:
+    events = [
+        {"type": "delivery.failed", "data": {"channel": "email", "reason": "rejected_by_server", "detail": "550"}},
+        {"type": "delivery.succeeded", "data": {"channel": "sms", "recipient": "+34600000000"}},
+    ]
+    o = observe(events)
+    assert o.outcome == "sms" and "rejected_by_server" in o.detail and not o.reminder
