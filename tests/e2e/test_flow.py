@@ -194,3 +194,23 @@ def test_observe_reduces_a_timeline() -> None:
     ]
     o = observe(events)
     assert o.outcome == "sms" and "rejected_by_server" in o.detail and not o.reminder
+
+
+async def test_every_service_reports_health_and_metrics(services: Stack) -> None:
+    async with httpx.AsyncClient() as client:
+        for name in ("ingest", "renderer", "email-sender", "sms-sender", "scheduler", "audit"):
+            health = await client.get(f"{services.cfg.service_url(name)}/healthz")
+            assert health.status_code == 200, (name, health.text)
+            assert health.json()["status"] == "ok"
+            metrics = (await client.get(f"{services.cfg.service_url(name)}/metrics")).text
+            assert "factura_messages_consumed_total" in metrics
+            assert "factura_consumer_lag_messages" in metrics
+
+
+async def test_audit_api_refuses_bad_tenant_and_unknown_invoice(services: Stack) -> None:
+    base = services.cfg.service_url("audit")
+    async with httpx.AsyncClient() as client:
+        bad = await client.get(f"{base}/v1/invoices/X/timeline", params={"tenant_id": "Bad Tenant!"})
+        assert bad.status_code == 422 and "tenant_id" in bad.text
+        missing = await client.get(f"{base}/v1/invoices/nope/timeline", params={"tenant_id": "harinas-sur"})
+        assert missing.status_code == 404
