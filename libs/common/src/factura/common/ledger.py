@@ -9,6 +9,8 @@ repeat a send: the unavoidable at-least-once window, kept to one network round t
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -18,6 +20,8 @@ from factura.common.envelope import Envelope, utcnow
 from factura.common.events import parse_event
 from factura.common.mongo import Document
 
+log = logging.getLogger(__name__)
+
 
 class DeliveryLedger:
     def __init__(self, collection: AsyncCollection[Document]) -> None:
@@ -25,6 +29,24 @@ class DeliveryLedger:
 
     async def ensure_indexes(self) -> None:
         await self._deliveries.create_index([("tenant_id", 1), ("invoice_id", 1)])
+
+    async def deliver_once(
+        self,
+        cause: Envelope[Any],
+        channel: str,
+        deliver: Callable[[], Awaitable[Envelope[Any]]],
+        publish: Callable[[Envelope[Any]], Awaitable[None]],
+    ) -> None:
+        """Run ``deliver`` at most once per (cause, channel); always publish its outcome event."""
+        key = f"{cause.event_id}:{channel}"
+        outcome = await self.begin(key, cause, channel)
+        if outcome is None:
+            outcome = await deliver()
+            await self.finish(key, outcome)
+            log.info("delivery finished", extra={"key": key, "outcome": outcome.type})
+        else:
+            log.info("already delivered; re-publishing the recorded outcome", extra={"key": key})
+        await publish(outcome)
 
     async def begin(self, key: str, cause: Envelope[Any], channel: str) -> Envelope[Any] | None:
         """Claim ``key``; return the stored outcome event if this delivery already happened."""

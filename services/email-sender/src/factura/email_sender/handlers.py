@@ -7,7 +7,6 @@ connection) are raised so the consumer loop retries with backoff.
 
 from __future__ import annotations
 
-import logging
 import re
 from email.message import EmailMessage
 from typing import Any, Protocol
@@ -34,7 +33,6 @@ PRODUCER = "email-sender"
 CHANNEL = "email"
 SENT = counter("emails_total", "Invoice emails by outcome.", ("outcome",))
 ENHANCED_CODE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-log = logging.getLogger(__name__)
 
 
 class Mailer(Protocol):
@@ -94,15 +92,7 @@ class EmailHandlers:
 
     async def on_invoice_rendered(self, message: Message[Envelope[InvoiceRenderedV1]]) -> None:
         event = message.value
-        key = f"{event.event_id}:{CHANNEL}"
-        previous = await self._ledger.begin(key, event, CHANNEL)
-        if previous is not None:
-            log.info("already delivered; re-publishing the recorded outcome", extra={"key": key})
-            await self._publisher.publish(previous)
-            return
-        outcome = await self._deliver(event)
-        await self._ledger.finish(key, outcome)
-        await self._publisher.publish(outcome)
+        await self._ledger.deliver_once(event, CHANNEL, lambda: self._deliver(event), self._publisher.publish)
 
     async def _deliver(self, event: Envelope[InvoiceRenderedV1]) -> Envelope[Any]:
         rendered = event.data

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from factura.common.envelope import Envelope, child_of
@@ -24,7 +23,6 @@ TEXT = {
     "pt": "{seller}: fatura {number}, {total}. Descarregue: {link}",
     "ro": "{seller}: factura {number}, {total}. Descărcați: {link}",
 }
-log = logging.getLogger(__name__)
 
 
 class SmsHandlers:
@@ -41,14 +39,7 @@ class SmsHandlers:
         event = message.value
         if event.data.channel != "email":
             return  # SMS is the email fallback; an SMS failure is final for now
-        key = f"{event.event_id}:{CHANNEL}"
-        previous = await self._ledger.begin(key, event, CHANNEL)
-        if previous is not None:
-            await self._publisher.publish(previous)
-            return
-        outcome = await self._deliver(event)
-        await self._ledger.finish(key, outcome)
-        await self._publisher.publish(outcome)
+        await self._ledger.deliver_once(event, CHANNEL, lambda: self._deliver(event), self._publisher.publish)
 
     async def _deliver(self, event: Envelope[DeliveryFailedV1]) -> Envelope[Any]:
         failed = event.data
