@@ -17,8 +17,13 @@ def rendered() -> InvoiceRenderedV1:
 
 
 def test_email_has_localised_parts_and_the_pdf() -> None:
+    data = rendered()
     msg = build_invoice_email(
-        invoice=rendered().invoice, sender=("Factura", "inv@example.com"), pdf=b"%PDF-1.7 x", message_id_seed="abc"
+        invoice=data.invoice,
+        sender=("Factura", "inv@example.com"),
+        attachment=b"%PDF-1.7 x",
+        document=data.document,
+        message_id_seed="abc",
     )
     assert msg["Subject"] == "Factura F-2026-000123 de Harinas del Sur S.A."
     assert msg["Message-ID"] == "<abc@example.com>"
@@ -34,7 +39,9 @@ def test_html_part_escapes_customer_text() -> None:
     hostile = invoice.model_copy(
         update={"customer": invoice.customer.model_copy(update={"name": "<script>x</script>"})}
     )
-    msg = build_invoice_email(invoice=hostile, sender=("F", "a@b.c"), pdf=b"%PDF", message_id_seed="s")
+    msg = build_invoice_email(
+        invoice=hostile, sender=("F", "a@b.c"), attachment=b"%PDF", document=rendered().document, message_id_seed="s"
+    )
     html = msg.get_body(("html",))
     assert html is not None and "<script>" not in html.get_content() and "&lt;script&gt;" in html.get_content()
 

@@ -7,8 +7,11 @@ from weasyprint.urls import URLFetcher
 
 from factura.common.events import InvoiceCreatedV1, parse_event
 from factura.common.schemas import EXAMPLES_DIR
+from factura.common.tenants import TenantConfig
 from factura.renderer.document import render_html, render_pdf
 from factura.renderer.fetcher import AssetFetcher
+
+DEFAULT = TenantConfig.default("acme")
 
 
 def invoice() -> InvoiceCreatedV1:
@@ -18,14 +21,14 @@ def invoice() -> InvoiceCreatedV1:
 
 
 def test_html_is_localised() -> None:
-    html = render_html(invoice())
+    html = render_html(invoice(), DEFAULT)
     assert "Factura F-2026-000123" in html and "286,55" in html and 'lang="es"' in html
 
 
 def test_untrusted_text_is_rendered_literally() -> None:
     base = invoice()
     line = base.lines[0].model_copy(update={"description": '{{ 7*7 }} <img src="file:///etc/passwd">'})
-    html = render_html(base.model_copy(update={"lines": [line]}))
+    html = render_html(base.model_copy(update={"lines": [line]}), DEFAULT)
     assert "{{ 7*7 }}" in html and "49" not in html
     assert "<img" not in html and "&lt;img" in html
 

@@ -19,6 +19,8 @@ INFRA = ("kafka", "mongo", "s3", "smtp", "sms")
 SERVICES = ("ingest", "renderer", "email-sender", "sms-sender", "scheduler", "audit")
 ALL = INFRA + SERVICES
 HOST = "127.0.0.1"
+#: Sample tenant configs (branding, e-invoice, packaging) shipped with the devstack.
+TENANTS_DIR = Path(__file__).resolve().parents[3] / "tenants"
 
 _USES_MONGO = frozenset({"email-sender", "sms-sender", "scheduler", "audit"})
 _USES_S3 = frozenset({"renderer", "email-sender", "sms-sender"})
@@ -48,6 +50,8 @@ class StackConfig:
     sms_auth_token: str = "devtoken"
     s3_bucket: str = "factura-documents"
     bounce_domain: str = "bounce.test"
+    link_secret: str = "devstack-only-link-secret"
+    tenants_dir: Path = field(default_factory=lambda: TENANTS_DIR)
 
     def __post_init__(self) -> None:
         # Children get absolute paths, and pid ownership checks compare this exact string.
@@ -113,7 +117,7 @@ class StackConfig:
     def save(self) -> None:
         """Remember the config of a detached stack so ``status`` probes the ports ``up`` used."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        data = dataclasses.asdict(self) | {"data_dir": str(self.data_dir)}
+        data = dataclasses.asdict(self) | {"data_dir": str(self.data_dir), "tenants_dir": str(self.tenants_dir)}
         (self.run_dir / "stack.json").write_text(json.dumps(data, indent=2))
 
     @classmethod
@@ -122,7 +126,7 @@ class StackConfig:
         if not path.exists():
             return None
         data: dict[str, Any] = json.loads(path.read_text())
-        return cls(**data | {"data_dir": Path(data["data_dir"])})
+        return cls(**data | {"data_dir": Path(data["data_dir"]), "tenants_dir": Path(data["tenants_dir"])})
 
 
 def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
@@ -155,6 +159,10 @@ def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
         }
     if name == "scheduler":
         env[p + "TICK_SECONDS"] = "1"
+    if name in ("renderer", "email-sender", "sms-sender"):
+        env[p + "TENANTS_DIR"] = str(cfg.tenants_dir)
+    if name in ("renderer", "sms-sender"):
+        env |= {p + "LINKS__SECRET": cfg.link_secret, p + "LINKS__BASE_URL": cfg.service_url("renderer")}
     if name == "ingest":
         env[p + "ALLOW_TEST_EMAIL_DOMAINS"] = "true"  # sample customers live under the reserved .test TLD
     return env

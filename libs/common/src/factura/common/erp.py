@@ -89,6 +89,14 @@ class ErpLine(_Erp):
     tax_rate: Annotated[Decimal, Field(ge=0, le=100)] = Decimal("0")
 
 
+class ErpDocument(_Erp):
+    """A document the ERP produced itself, already uploaded to the documents bucket."""
+
+    s3_key: str = Field(min_length=1, max_length=1024)
+    xml_s3_key: str | None = Field(default=None, max_length=1024)
+    annex_s3_keys: list[str] = Field(default_factory=list, max_length=20)
+
+
 class ErpInvoiceV1(_Erp):
     tenant_id: str = Field(pattern=TENANT_PATTERN)
     erp_source: str = Field(min_length=1, max_length=100)
@@ -100,6 +108,7 @@ class ErpInvoiceV1(_Erp):
     customer: ErpCustomer
     lines: list[ErpLine] = Field(min_length=1, max_length=500)
     total: Amount | None = Field(default=None, description="If given, must match the computed total (±0.01)")
+    document: ErpDocument | None = Field(default=None, description="Send this ERP-produced PDF instead of rendering")
 
 
 class ErpPaymentV1(_Erp):

@@ -29,9 +29,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")]
+
+
 class Customer(_Model):
     customer_id: str = Field(min_length=1, max_length=100)
     name: str = Field(min_length=1, max_length=300)
+    country: Country
     email: Email | None = None
     phone: E164 | None = None
     locale: Locale = "en"
@@ -44,6 +48,14 @@ class Line(_Model):
     unit_price: Annotated[Decimal, Field(max_digits=18, decimal_places=4)]
     tax_rate: Annotated[Decimal, Field(ge=0, le=100, max_digits=5, decimal_places=2)] = Decimal("0")
     amount: Money = Field(description="quantity × unit_price, before tax")
+
+
+class SuppliedDocument(_Model):
+    """A document the ERP already produced and placed in the documents bucket: sent as is."""
+
+    key: str = Field(min_length=1, max_length=1024, description="S3 key of the PDF")
+    xml_key: str | None = Field(default=None, max_length=1024, description="S3 key of its e-invoice XML")
+    annex_keys: list[str] = Field(default_factory=list, max_length=20)
 
 
 class InvoiceCreatedV1(_Model):
@@ -60,6 +72,9 @@ class InvoiceCreatedV1(_Model):
     tax_total: Money
     total: Money
     erp_source: str = Field(min_length=1, max_length=100, description="ERP system that sent it")
+    supplied_document: SuppliedDocument | None = Field(
+        default=None, description="Set when the ERP produced the document itself; the renderer then only verifies it"
+    )
 
 
 class FieldError(_Model):
@@ -82,7 +97,8 @@ class DocumentRef(_Model):
     key: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int = Field(gt=0)
-    content_type: Literal["application/pdf"] = "application/pdf"
+    content_type: Literal["application/pdf", "application/zip"] = "application/pdf"
+    filename: str = Field(min_length=1, max_length=200, description="Name to give the attachment or download")
 
 
 class InvoiceSummary(_Model):
@@ -96,9 +112,21 @@ class InvoiceSummary(_Model):
     due_date: date
 
 
+Packaging = Literal["pdf", "zip"]
+
+
 class InvoiceRenderedV1(_Model):
-    document: DocumentRef
+    document: DocumentRef = Field(description="What the customer receives: the PDF, or the zip package")
     invoice: InvoiceSummary
+    source: Literal["rendered", "erp_supplied"]
+    packaging: Packaging
+    einvoice: Literal["none", "factur-x-en16931", "erp_supplied"] = Field(
+        description="Whether machine-readable XML travels with (inside, or zipped beside) the PDF"
+    )
+    pdf_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hash of the PDF itself (inside a zip, too)")
+    retention_days: int = Field(ge=1, description="Days the stored document is kept before S3 expires it")
+    expires_on: date
+    tenant_config_version: str = Field(description="Version (hash) of the tenant configuration used")
 
 
 class DeliverySucceededV1(_Model):
@@ -120,6 +148,16 @@ class DeliveryFailedV1(_Model):
     recipient: str | None = None
     invoice: InvoiceSummary
     document: DocumentRef
+
+
+class DocumentDownloadedV1(_Model):
+    """Someone opened a signed download link (delivery tracking evidence)."""
+
+    document: DocumentRef
+    link_id: str = Field(description="Id of the signed link that was used")
+    channel: Literal["sms", "email", "portal"] = Field(description="Channel the link was sent through")
+    user_agent: str | None = Field(default=None, max_length=300)
+    client_ip_hash: str | None = Field(default=None, description="sha256 of the client address (no raw IPs stored)")
 
 
 class PaymentReceivedV1(_Model):
@@ -144,6 +182,7 @@ EVENT_MODELS: dict[tuple[str, int], type[_Model]] = {
     ("invoice.rendered", 1): InvoiceRenderedV1,
     ("delivery.succeeded", 1): DeliverySucceededV1,
     ("delivery.failed", 1): DeliveryFailedV1,
+    ("document.downloaded", 1): DocumentDownloadedV1,
     ("payment.received", 1): PaymentReceivedV1,
     ("reminder.due", 1): ReminderDueV1,
 }

@@ -48,6 +48,14 @@ class S3Settings(BaseModel):
     secret_access_key: SecretStr = SecretStr("factura")
 
 
+class LinkSettings(BaseModel):
+    """Signed download links (HMAC-SHA256). The secret is shared by signers and the download endpoint."""
+
+    secret: SecretStr = SecretStr("")
+    base_url: str = Field(default="http://127.0.0.1:8102", description="Default public base; tenants may override")
+    ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
+
+
 class ServiceSettings(BaseSettings):
     """Fields every service has; subclasses set ``env_prefix`` and add their own."""
 

@@ -16,11 +16,17 @@ from botocore.exceptions import ClientError
 
 from factura.common.settings import S3Settings
 
+RETENTION_TAG = "retention-days"
+
+
+def safe_name(invoice_number: str) -> str:
+    """An invoice number as a file name (S3 key segment, attachment name)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", invoice_number)
+
 
 def document_key(tenant_id: str, issued: date, invoice_number: str, suffix: str = "pdf") -> str:
-    """``<tenant>/<yyyy>/<mm>/<invoice>.pdf``: lists and lifecycle rules work per tenant and month."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", invoice_number)
-    return f"{tenant_id}/{issued:%Y}/{issued:%m}/{safe}.{suffix}"
+    """``<tenant>/<yyyy>/<mm>/<invoice>.<suffix>``: lists and lifecycle rules work per tenant and month."""
+    return f"{tenant_id}/{issued:%Y}/{issued:%m}/{safe_name(invoice_number)}.{suffix}"
 
 
 class DocumentStore:
@@ -51,17 +57,66 @@ class DocumentStore:
     async def ping(self) -> None:
         await self._s3.head_bucket(Bucket=self.bucket)
 
-    async def put_pdf(self, key: str, body: bytes, sha256: str, metadata: dict[str, str]) -> None:
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        content_type: str,
+        sha256: str,
+        metadata: dict[str, str],
+        retention_days: int | None = None,
+    ) -> None:
+        """Store a document; ``retention_days`` tags it for the matching lifecycle (expiry) rule."""
+        extra = {"Tagging": f"{RETENTION_TAG}={retention_days}"} if retention_days else {}
         await self._s3.put_object(
             Bucket=self.bucket,
             Key=key,
             Body=body,
-            ContentType="application/pdf",
+            ContentType=content_type,
             Metadata={"sha256": sha256, **metadata},
+            **extra,
         )
 
-    async def get(self, key: str) -> bytes:
-        response = await self._s3.get_object(Bucket=self.bucket, Key=key)
+    async def put_pdf(self, key: str, body: bytes, sha256: str, metadata: dict[str, str]) -> None:
+        await self.put(key, body, content_type="application/pdf", sha256=sha256, metadata=metadata)
+
+    async def ensure_retention_rules(self, retention_days: set[int]) -> None:
+        """One expiry rule per retention period in use, matching objects by their retention tag.
+
+        Tag-based rules let each tenant keep its own period in one bucket, and a tenant that
+        changes its period only affects documents stored after the change.
+        """
+        rules = [
+            {
+                "ID": f"expire-after-{days}-days",
+                "Filter": {"Tag": {"Key": RETENTION_TAG, "Value": str(days)}},
+                "Status": "Enabled",
+                "Expiration": {"Days": days},
+            }
+            for days in sorted(retention_days)
+        ]
+        await self._s3.put_bucket_lifecycle_configuration(Bucket=self.bucket, LifecycleConfiguration={"Rules": rules})
+
+    async def lifecycle_rules(self) -> list[dict[str, Any]]:
+        response = await self._s3.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+        rules: list[dict[str, Any]] = response["Rules"]
+        return rules
+
+    async def tags(self, key: str) -> dict[str, str]:
+        response = await self._s3.get_object_tagging(Bucket=self.bucket, Key=key)
+        return {t["Key"]: t["Value"] for t in response["TagSet"]}
+
+    async def get_if_exists(self, key: str) -> bytes | None:
+        try:
+            return await self.get(key)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    async def get(self, key: str, bucket: str | None = None) -> bytes:
+        response = await self._s3.get_object(Bucket=bucket or self.bucket, Key=key)
         async with response["Body"] as stream:
             data: bytes = await stream.read()
             return data

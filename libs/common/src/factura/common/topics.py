@@ -33,6 +33,7 @@ INVOICE_REJECTED = Topic("invoice.rejected", "An ERP message refused, with field
 INVOICE_RENDERED = Topic("invoice.rendered", "The invoice PDF is stored in S3.")
 DELIVERY_SUCCEEDED = Topic("delivery.succeeded", "A channel delivered the invoice.")
 DELIVERY_FAILED = Topic("delivery.failed", "A channel could not deliver the invoice, and why.")
+DOCUMENT_DOWNLOADED = Topic("document.downloaded", "A customer opened a signed download link.")
 PAYMENT_RECEIVED = Topic("payment.received", "A validated payment against an invoice.")
 REMINDER_DUE = Topic("reminder.due", "An invoice needs a payment reminder.")
 
@@ -46,6 +47,7 @@ REGISTRY: dict[str, Topic] = {
         INVOICE_RENDERED,
         DELIVERY_SUCCEEDED,
         DELIVERY_FAILED,
+        DOCUMENT_DOWNLOADED,
         PAYMENT_RECEIVED,
         REMINDER_DUE,
     )

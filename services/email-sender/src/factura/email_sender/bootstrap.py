@@ -9,6 +9,7 @@ from factura.common.ledger import DeliveryLedger
 from factura.common.mongo import create_client, database, ping
 from factura.common.runtime import Wiring
 from factura.common.storage import DocumentStore
+from factura.common.tenants import TenantDirectory
 from factura.email_sender.handlers import EmailHandlers, SmtpMailer
 from factura.email_sender.settings import Settings
 
@@ -20,7 +21,12 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     ledger = DeliveryLedger(database(mongo, settings.mongo)["deliveries"])
     await ledger.ensure_indexes()
     handlers = EmailHandlers(
-        publisher, store, ledger, SmtpMailer(settings.smtp), (settings.smtp.from_name, settings.smtp.from_address)
+        publisher=publisher,
+        store=store,
+        ledger=ledger,
+        mailer=SmtpMailer(settings.smtp),
+        tenants=TenantDirectory(settings.tenants_dir),
+        default_sender=(settings.smtp.from_name, settings.smtp.from_address),
     )
 
     async def mongo_ok() -> None:

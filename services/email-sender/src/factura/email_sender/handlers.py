@@ -26,6 +26,7 @@ from factura.common.kafka.producer import Publisher
 from factura.common.ledger import DeliveryLedger
 from factura.common.metrics import counter
 from factura.common.storage import DocumentStore
+from factura.common.tenants import TenantDirectory
 from factura.email_sender.message import build_invoice_email
 from factura.email_sender.settings import SmtpSettings
 
@@ -78,17 +79,20 @@ def classify(error: aiosmtplib.SMTPException) -> PermanentFailure | None:
 class EmailHandlers:
     def __init__(
         self,
+        *,
         publisher: Publisher,
         store: DocumentStore,
         ledger: DeliveryLedger,
         mailer: Mailer,
-        sender: tuple[str, str],
+        tenants: TenantDirectory,
+        default_sender: tuple[str, str],
     ) -> None:
         self._publisher = publisher
         self._store = store
         self._ledger = ledger
         self._mailer = mailer
-        self._sender = sender
+        self._tenants = tenants
+        self._default_sender = default_sender
 
     async def on_invoice_rendered(self, message: Message[Envelope[InvoiceRenderedV1]]) -> None:
         event = message.value
@@ -99,9 +103,15 @@ class EmailHandlers:
         email = rendered.invoice.customer.email
         if email is None:
             return self._failed(event, "no_address", "customer has no email address", None, None)
-        pdf = await self._store.get(rendered.document.key)
+        attachment = await self._store.get(rendered.document.key, bucket=rendered.document.bucket)
+        identity = self._tenants.get(event.tenant_id).sender
         mail = build_invoice_email(
-            invoice=rendered.invoice, sender=self._sender, pdf=pdf, message_id_seed=str(event.event_id)
+            invoice=rendered.invoice,
+            sender=(identity.from_name, identity.from_address) if identity else self._default_sender,
+            reply_to=identity.reply_to if identity else None,
+            attachment=attachment,
+            document=rendered.document,
+            message_id_seed=str(event.event_id),
         )
         try:
             message_id = await self._mailer.send(mail)

@@ -8,7 +8,7 @@ from email.utils import formataddr, make_msgid
 from jinja2 import PackageLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
-from factura.common.events import InvoiceSummary
+from factura.common.events import DocumentRef, InvoiceSummary
 from factura.common.locales import day, money
 
 STRINGS: dict[str, dict[str, str]] = {
@@ -36,7 +36,9 @@ def build_invoice_email(
     *,
     invoice: InvoiceSummary,
     sender: tuple[str, str],
-    pdf: bytes,
+    reply_to: str | None = None,
+    attachment: bytes,
+    document: DocumentRef,
     message_id_seed: str,
 ) -> EmailMessage:
     seller = invoice.seller_name
@@ -57,8 +59,10 @@ def build_invoice_email(
     domain = sender[1].rpartition("@")[2] or "factura.local"
     # Deterministic Message-ID: a retried send of the same delivery is recognisable downstream.
     msg["Message-ID"] = f"<{message_id_seed}@{domain}>" if message_id_seed else make_msgid(domain=domain)
+    if reply_to:
+        msg["Reply-To"] = reply_to
     msg.set_content(_env.get_template("invoice.txt.j2").render(ctx))
     msg.add_alternative(_env.get_template("invoice.html.j2").render(ctx), subtype="html")
-    safe_number = "".join(c if c.isalnum() or c in "-_." else "_" for c in invoice.invoice_number)
-    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{safe_number}.pdf")
+    maintype, _, subtype = document.content_type.partition("/")
+    msg.add_attachment(attachment, maintype=maintype, subtype=subtype, filename=document.filename)
     return msg

@@ -1,4 +1,6 @@
-from pydantic import BaseModel, SecretStr
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from factura.common.settings import MongoSettings, S3Settings, ServiceSettings
@@ -21,3 +23,4 @@ class Settings(ServiceSettings):
     smtp: SmtpSettings = SmtpSettings()
     s3: S3Settings = S3Settings()
     mongo: MongoSettings = MongoSettings()
+    tenants_dir: Path | None = Field(default=None, description="Per-tenant configs (sender identity)")

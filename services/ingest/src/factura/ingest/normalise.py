@@ -15,6 +15,7 @@ from factura.common.events import (
     Line,
     Locale,
     PaymentReceivedV1,
+    SuppliedDocument,
 )
 from factura.common.kafka.consumer import InvalidMessage, field_errors
 
@@ -36,7 +37,13 @@ def _customer(c: ErpCustomer) -> Customer:
     """Contacts arrive normalised by the contract; what is left is the default language."""
     locale = c.locale or COUNTRY_LOCALE.get(c.country, "en")
     return Customer(
-        customer_id=c.id, name=c.name, email=c.email, phone=c.phone, locale=cast(Locale, locale), tax_id=c.tax_id
+        customer_id=c.id,
+        name=c.name,
+        country=c.country,
+        email=c.email,
+        phone=c.phone,
+        locale=cast(Locale, locale),
+        tax_id=c.tax_id,
     )
 
 
@@ -82,6 +89,11 @@ def invoice_from_erp(payload: dict[str, Any], *, allow_test_domains: bool = Fals
         tax_total=tax_total,
         total=total,
         erp_source=erp.erp_source,
+        supplied_document=SuppliedDocument(
+            key=erp.document.s3_key, xml_key=erp.document.xml_s3_key, annex_keys=erp.document.annex_s3_keys
+        )
+        if erp.document
+        else None,
     )
 
 

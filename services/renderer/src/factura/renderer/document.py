@@ -1,46 +1,57 @@
-"""Invoice → HTML (sandboxed Jinja2, autoescaped) → PDF (WeasyPrint, allow-listed fetches).
+"""Invoice → HTML (sandboxed Jinja2, autoescaped, tenant-overridable) → PDF (WeasyPrint).
 
-Pure and synchronous: the handler runs it on a dedicated worker thread so the event loop keeps
-heartbeating while WeasyPrint, which is CPU-bound and single-threaded, works.
+Everything here is synchronous and pure so it runs inside the render worker processes
+(:mod:`factura.renderer.pool`): WeasyPrint is CPU-bound and single-threaded, so throughput comes
+from one process per core.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import cache
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from babel.numbers import format_decimal, format_percent
-from jinja2 import PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 from weasyprint import HTML
 
 from factura.common.events import InvoiceCreatedV1
 from factura.common.locales import BABEL_LOCALE, day, money
+from factura.common.tenants import TenantConfig
 from factura.renderer.fetcher import AssetFetcher
-
-LABELS: dict[str, dict[str, str]] = {
-    "en": {"invoice": "Invoice", "issued": "Issued", "due": "Due", "from": "From", "to": "Bill to",
-           "description": "Description", "quantity": "Qty", "unit_price": "Unit price", "tax": "Tax",
-           "amount": "Amount", "subtotal": "Subtotal", "total": "Total"},
-    "es": {"invoice": "Factura", "issued": "Emitida", "due": "Vence", "from": "Emisor", "to": "Cliente",
-           "description": "Descripción", "quantity": "Cant.", "unit_price": "Precio unitario", "tax": "IVA",
-           "amount": "Importe", "subtotal": "Base imponible", "total": "Total"},
-    "pt": {"invoice": "Fatura", "issued": "Emitida", "due": "Vencimento", "from": "Emitente", "to": "Cliente",
-           "description": "Descrição", "quantity": "Qtd.", "unit_price": "Preço unitário", "tax": "IVA",
-           "amount": "Valor", "subtotal": "Subtotal", "total": "Total"},
-    "ro": {"invoice": "Factură", "issued": "Emisă", "due": "Scadentă", "from": "Furnizor", "to": "Client",
-           "description": "Descriere", "quantity": "Cant.", "unit_price": "Preț unitar", "tax": "TVA",
-           "amount": "Valoare", "subtotal": "Subtotal", "total": "Total"},
-}  # fmt: skip
-
-_env = SandboxedEnvironment(
-    loader=PackageLoader("factura.renderer", "templates"),
-    autoescape=select_autoescape(["html", "j2"]),
-    undefined=StrictUndefined,
-)
+from factura.renderer.strings import LABELS
 
 
-def context(invoice: InvoiceCreatedV1) -> dict[str, Any]:
+@cache
+def environment(template_dir: Path | None) -> SandboxedEnvironment:
+    """One sandboxed environment per template folder: the tenant's overrides first, then ours."""
+    loaders: list[Any] = [FileSystemLoader(template_dir)] if template_dir is not None else []
+    loaders.append(PackageLoader("factura.renderer", "templates"))
+    return SandboxedEnvironment(
+        loader=ChoiceLoader(loaders),
+        autoescape=select_autoescape(["html", "j2"]),
+        undefined=StrictUndefined,
+    )
+
+
+def payment_url(invoice: InvoiceCreatedV1, tenant: TenantConfig) -> str | None:
+    """The tenant's payment link with this invoice's values, each URL-encoded (they are untrusted)."""
+    if tenant.payment_url_template is None:
+        return None
+    values = {
+        "tenant_id": tenant.tenant_id,
+        "invoice_number": invoice.invoice_number,
+        "total": str(invoice.total),
+        "currency": invoice.currency,
+        "customer_id": invoice.customer.customer_id,
+    }
+    return tenant.payment_url_template.format(**{k: quote(v, safe="") for k, v in values.items()})
+
+
+def context(invoice: InvoiceCreatedV1, tenant: TenantConfig) -> dict[str, Any]:
     """Everything the template shows, already formatted for the customer's locale."""
     lang = invoice.customer.locale
     loc = BABEL_LOCALE[lang]
@@ -52,6 +63,11 @@ def context(invoice: InvoiceCreatedV1) -> dict[str, Any]:
         "locale": lang,
         "t": LABELS[lang],
         "invoice": invoice,
+        "brand": tenant.branding,
+        "logo": tenant.branding.logo,
+        "seller": tenant.seller,
+        "seller_name": tenant.seller.legal_name if tenant.seller else invoice.seller_name,
+        "payment_url": payment_url(invoice, tenant),
         "issue_date": day(invoice.issue_date, lang),
         "due_date": day(invoice.due_date, lang),
         "lines": [
@@ -70,10 +86,25 @@ def context(invoice: InvoiceCreatedV1) -> dict[str, Any]:
     }
 
 
-def render_html(invoice: InvoiceCreatedV1) -> str:
-    return _env.get_template("invoice.html.j2").render(context(invoice))
+def template_dir(tenant: TenantConfig) -> Path | None:
+    if tenant.directory is None:
+        return None
+    folder = tenant.directory / "templates"
+    return folder if folder.is_dir() else None
 
 
-def render_pdf(invoice: InvoiceCreatedV1) -> bytes:
-    pdf: bytes = HTML(string=render_html(invoice), url_fetcher=AssetFetcher()).write_pdf()
+def render_html(invoice: InvoiceCreatedV1, tenant: TenantConfig) -> str:
+    return environment(template_dir(tenant)).get_template("invoice.html.j2").render(context(invoice, tenant))
+
+
+def layout(html: str, tenant: TenantConfig, *, pdf_a: bool) -> Any:
+    """Lay the document out (the expensive part) without writing it, so pages can be counted first."""
+    options = {"pdf_variant": "pdf/a-3b"} if pdf_a else {}
+    return HTML(string=html, url_fetcher=AssetFetcher(tenant.directory)).render(**options)
+
+
+def render_pdf(invoice: InvoiceCreatedV1, tenant: TenantConfig | None = None) -> bytes:
+    """HTML → PDF in one go (tests, tools). The service goes through :func:`pipeline.produce`."""
+    tenant = tenant or TenantConfig.default("default")
+    pdf: bytes = layout(render_html(invoice, tenant), tenant, pdf_a=False).write_pdf()
     return pdf

@@ -1,9 +1,25 @@
+from pathlib import Path
+
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
-from factura.common.settings import S3Settings, ServiceSettings
+from factura.common.settings import LinkSettings, S3Settings, ServiceSettings
+
+
+class RenderLimits(BaseModel):
+    """Guards that turn a hostile or absurd invoice into a rejection instead of a stuck worker."""
+
+    max_lines: int = Field(default=200, ge=1)
+    max_text_bytes: int = Field(default=256 * 1024, ge=1024, description="All invoice text fields together")
+    max_pages: int = Field(default=20, ge=1)
+    max_supplied_bytes: int = Field(default=20 * 1024 * 1024, description="Largest ERP-supplied document accepted")
 
 
 class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FACTURA_RENDERER_", env_nested_delimiter="__", extra="ignore")
 
     s3: S3Settings = S3Settings()
+    links: LinkSettings = LinkSettings()
+    limits: RenderLimits = RenderLimits()
+    tenants_dir: Path | None = Field(default=None, description="Folder of per-tenant configs (see docs/documents.md)")
+    workers: int = Field(default=0, ge=0, description="Render processes; 0 = one per CPU core")

@@ -8,22 +8,28 @@ import httpx
 
 from factura.common.kafka.producer import Publisher
 from factura.common.ledger import DeliveryLedger
+from factura.common.links import LinkSigner
 from factura.common.mongo import create_client, database, ping
 from factura.common.runtime import Wiring
-from factura.common.storage import DocumentStore
+from factura.common.tenants import TenantDirectory
 from factura.sms_sender.handlers import SmsHandlers
 from factura.sms_sender.provider import SmsProvider
 from factura.sms_sender.settings import Settings
 
 
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
-    store = await DocumentStore.connect(settings.s3, stack)
     mongo = create_client(settings.mongo)
     stack.push_async_callback(mongo.close)
     http = await stack.enter_async_context(httpx.AsyncClient())
     ledger = DeliveryLedger(database(mongo, settings.mongo)["deliveries"])
     await ledger.ensure_indexes()
-    handlers = SmsHandlers(publisher, store, ledger, SmsProvider(settings.provider, http), settings.link_ttl_s)
+    handlers = SmsHandlers(
+        publisher,
+        ledger,
+        SmsProvider(settings.provider, http),
+        LinkSigner.from_settings(settings.links),
+        TenantDirectory(settings.tenants_dir),
+    )
 
     async def mongo_ok() -> None:
         await ping(mongo)

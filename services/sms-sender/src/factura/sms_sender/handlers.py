@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from factura.common.envelope import Envelope, child_of
 from factura.common.events import CURRENT_VERSION, DeliveryFailedV1, DeliverySucceededV1, FailureReason
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
 from factura.common.ledger import DeliveryLedger
+from factura.common.links import LinkSigner
 from factura.common.locales import money
 from factura.common.metrics import counter
-from factura.common.storage import DocumentStore
+from factura.common.tenants import TenantDirectory
 from factura.sms_sender.provider import ProviderRefusal, SmsProvider
 
 PRODUCER = "sms-sender"
-CHANNEL = "sms"
+CHANNEL: Final = "sms"
 SENT = counter("sms_total", "Invoice SMS by outcome.", ("outcome",))
 TEXT = {
     "en": "{seller}: invoice {number}, {total}. Download: {link}",
@@ -27,13 +28,18 @@ TEXT = {
 
 class SmsHandlers:
     def __init__(
-        self, publisher: Publisher, store: DocumentStore, ledger: DeliveryLedger, provider: SmsProvider, link_ttl_s: int
+        self,
+        publisher: Publisher,
+        ledger: DeliveryLedger,
+        provider: SmsProvider,
+        signer: LinkSigner,
+        tenants: TenantDirectory,
     ) -> None:
         self._publisher = publisher
-        self._store = store
         self._ledger = ledger
         self._provider = provider
-        self._link_ttl_s = link_ttl_s
+        self._signer = signer
+        self._tenants = tenants
 
     async def on_delivery_failed(self, message: Message[Envelope[DeliveryFailedV1]]) -> None:
         event = message.value
@@ -46,7 +52,15 @@ class SmsHandlers:
         phone = failed.invoice.customer.phone
         if phone is None:
             return self._failed(event, "no_address", "customer has no phone number", None)
-        link = await self._store.presigned_url(failed.document.key, self._link_ttl_s)
+        link = self._signer.sign_document(
+            failed.document,
+            tenant_id=event.tenant_id,
+            invoice_id=event.invoice_id or failed.invoice.invoice_number,
+            channel=CHANNEL,
+            correlation_id=event.correlation_id,
+            link_id=event.event_id.hex[:12],  # the same link again if this event is redelivered
+            base_url=self._tenants.get(event.tenant_id).links_base_url,
+        )
         lang = failed.invoice.customer.locale
         body = TEXT[lang].format(
             seller=failed.invoice.seller_name,

@@ -1,7 +1,9 @@
-from pydantic import BaseModel, SecretStr
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from factura.common.settings import MongoSettings, S3Settings, ServiceSettings
+from factura.common.settings import LinkSettings, MongoSettings, S3Settings, ServiceSettings
 
 
 class ProviderSettings(BaseModel):
@@ -20,4 +22,5 @@ class Settings(ServiceSettings):
     provider: ProviderSettings = ProviderSettings()
     s3: S3Settings = S3Settings()
     mongo: MongoSettings = MongoSettings()
-    link_ttl_s: int = 7 * 24 * 3600
+    links: LinkSettings = LinkSettings()
+    tenants_dir: Path | None = Field(default=None, description="Per-tenant configs (white-label link domain)")

@@ -1,0 +1,144 @@
+"""Per-tenant configuration: versioned files, one folder per tenant.
+
+Why files: a tenant's branding and legal identity change rarely, must be reviewed, and must be
+reproducible for an invoice issued years ago. So they live in version control:
+
+    <tenants_dir>/<tenant_id>/tenant.toml      settings below
+    <tenants_dir>/<tenant_id>/<logo file>      referenced by branding.logo
+    <tenants_dir>/<tenant_id>/templates/       optional Jinja2 overrides (same names as the defaults)
+
+Each config's ``version`` is the sha256 of its folder's files, recorded in every rendered event,
+so compliance can tell which branding and legal text a document was issued with. A tenant
+without a folder gets :meth:`TenantConfig.default`: a clean, neutral document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from factura.common.envelope import TENANT_PATTERN
+
+HEX_COLOR = r"^#[0-9a-fA-F]{6}$"
+#: Placeholders a payment URL template may use.
+PAYMENT_PLACEHOLDERS = frozenset({"tenant_id", "invoice_number", "total", "currency", "customer_id"})
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Branding(_Config):
+    display_name: str | None = Field(default=None, max_length=200)
+    logo: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+\.(png|svg|jpg|jpeg)$")
+    primary_color: str = Field(default="#1f6feb", pattern=HEX_COLOR)
+    text_color: str = Field(default="#1f2933", pattern=HEX_COLOR)
+    font_family: str = Field(default="DejaVu Sans", pattern=r"^[A-Za-z0-9 -]{1,60}$")
+    legal_footer: str = Field(default="", max_length=2000)
+
+
+class Seller(_Config):
+    """The legal issuer, as the e-invoice XML and the legal footer need it."""
+
+    legal_name: str = Field(min_length=1, max_length=300)
+    vat_id: str = Field(min_length=3, max_length=30, description="VAT identifier with country prefix, e.g. ESB12345678")
+    street: str = Field(min_length=1, max_length=200)
+    city: str = Field(min_length=1, max_length=100)
+    postcode: str = Field(min_length=1, max_length=20)
+    country: str = Field(pattern=r"^[A-Z]{2}$")
+    email: str | None = Field(default=None, max_length=320)
+    iban: str | None = Field(default=None, pattern=r"^[A-Z]{2}[0-9]{2}[A-Z0-9]{10,30}$")
+
+
+class Sender(_Config):
+    from_name: str = Field(min_length=1, max_length=200)
+    from_address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    reply_to: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
+
+
+class TenantConfig(_Config):
+    tenant_id: str = Field(pattern=TENANT_PATTERN)
+    version: str = "default"
+    directory: Path | None = None
+    branding: Branding = Branding()
+    seller: Seller | None = None
+    sender: Sender | None = None
+    payment_url_template: str | None = Field(
+        default=None, description="e.g. https://pay.example.com/{tenant_id}/{invoice_number}?amount={total}"
+    )
+    einvoice: Literal["none", "factur-x-en16931"] = "none"
+    packaging: Literal["pdf", "zip"] = "pdf"
+    retention_days: int = Field(default=3650, ge=1, le=36500)
+    links_base_url: str | None = Field(default=None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._/-]*)?$")
+
+    @field_validator("payment_url_template")
+    @classmethod
+    def _placeholders(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        used = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        unknown = used - PAYMENT_PLACEHOLDERS
+        if unknown:
+            raise ValueError(f"unknown placeholders {sorted(unknown)}; allowed: {sorted(PAYMENT_PLACEHOLDERS)}")
+        if not value.startswith("https://") and not value.startswith("http://"):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @classmethod
+    def default(cls, tenant_id: str) -> TenantConfig:
+        return cls(tenant_id=tenant_id)
+
+    def asset(self, name: str) -> Path | None:
+        """A file from the tenant's folder (logo), or None."""
+        if self.directory is None:
+            return None
+        path = self.directory / name
+        return path if path.is_file() else None
+
+
+class TenantConfigError(ValueError):
+    pass
+
+
+def _version(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class TenantDirectory:
+    """All tenant configs, loaded and validated once at startup (a bad file stops the service)."""
+
+    def __init__(self, root: Path | None) -> None:
+        self._configs: dict[str, TenantConfig] = {}
+        if root is None:
+            return
+        if not root.is_dir():
+            raise TenantConfigError(f"tenants directory {root} does not exist")
+        for folder in sorted(p for p in root.iterdir() if (p / "tenant.toml").is_file()):
+            path = folder / "tenant.toml"
+            try:
+                raw = tomllib.loads(path.read_text(encoding="utf-8"))
+                config = TenantConfig.model_validate(
+                    raw | {"tenant_id": folder.name, "version": _version(folder), "directory": folder.resolve()}
+                )
+            except (tomllib.TOMLDecodeError, ValidationError) as e:
+                raise TenantConfigError(f"{path}: {e}") from e
+            if config.branding.logo and config.asset(config.branding.logo) is None:
+                raise TenantConfigError(f"{path}: branding.logo {config.branding.logo!r} is not in {folder}")
+            if config.einvoice != "none" and config.seller is None:
+                raise TenantConfigError(f"{path}: einvoice needs a [seller] section (legal identity for the XML)")
+            self._configs[folder.name] = config
+
+    def get(self, tenant_id: str) -> TenantConfig:
+        return self._configs.get(tenant_id) or TenantConfig.default(tenant_id)
+
+    def __iter__(self) -> Iterator[TenantConfig]:
+        return iter(self._configs.values())

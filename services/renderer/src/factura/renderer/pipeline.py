@@ -1,0 +1,36 @@
+"""The CPU-bound part of rendering, as one picklable function for the worker processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from factura.common.events import InvoiceCreatedV1
+from factura.common.tenants import TenantConfig
+from factura.renderer.document import layout, render_html
+from factura.renderer.einvoice import build_cii_xml, embed_xml
+from factura.renderer.limits import check_input, check_pages
+from factura.renderer.settings import RenderLimits
+
+
+@dataclass(frozen=True)
+class Produced:
+    pdf: bytes
+    xml: bytes | None
+    pages: int
+
+
+def produce(invoice: InvoiceCreatedV1, tenant: TenantConfig, limits: RenderLimits) -> Produced:
+    """Limits → HTML → layout → page limit → PDF (PDF/A-3b with embedded EN 16931 XML if configured).
+
+    Raises :class:`~factura.renderer.limits.DocumentRejected` for an invoice that must not become a
+    document, :class:`~factura.renderer.einvoice.EInvoiceError` if the XML cannot be built or validated.
+    """
+    check_input(invoice, limits)
+    einvoice = tenant.einvoice != "none" and tenant.seller is not None
+    document = layout(render_html(invoice, tenant), tenant, pdf_a=einvoice)
+    check_pages(len(document.pages), limits)
+    if not einvoice or tenant.seller is None:
+        return Produced(document.write_pdf(), None, len(document.pages))
+    xml = build_cii_xml(invoice, tenant.seller)
+    pdf = embed_xml(document.write_pdf(pdf_variant="pdf/a-3b"), xml)
+    return Produced(pdf, xml, len(document.pages))

@@ -1,0 +1,213 @@
+"""The download endpoint against the real S3 (moto) and broker (Tansu); only HTTP runs in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from factura.common.envelope import Envelope
+from factura.common.kafka.admin import ensure_topics
+from factura.common.kafka.producer import Publisher
+from factura.common.links import LinkSigner
+from factura.common.storage import DocumentStore
+from factura.devstack.config import StackConfig
+from factura.renderer.download import download_router
+from tests.conftest import kafka_settings, s3_settings
+from tests.kafka_helpers import read_topic
+
+pytestmark = pytest.mark.integration
+
+SECRET = b"integration-secret-0123456789abcdef"
+CLIENT_IP = "203.0.113.77"
+USER_AGENT = "Mozilla/5.0 (test) " + "x" * 400
+PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+
+
+@pytest.fixture(scope="module")
+async def store(cfg: StackConfig) -> AsyncIterator[DocumentStore]:
+    async with AsyncExitStack() as stack:
+        documents = await DocumentStore.connect(s3_settings(cfg), stack)
+        await documents.ensure_bucket()
+        yield documents
+
+
+@pytest.fixture(scope="module")
+async def publisher(cfg: StackConfig) -> AsyncIterator[Publisher]:
+    settings = kafka_settings(cfg)
+    await ensure_topics(settings)
+    producer = Publisher(settings, client_id="test-download")
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+@pytest.fixture(scope="module")
+def signer() -> LinkSigner:
+    return LinkSigner(SECRET, "https://links.factura.test", ttl_s=3600)
+
+
+def client_for(signer: LinkSigner, store: DocumentStore, publisher: Publisher) -> httpx.AsyncClient:
+    app = FastAPI()
+    app.include_router(download_router(signer, store, publisher))
+    transport = httpx.ASGITransport(app=app, client=(CLIENT_IP, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="https://links.factura.test")
+
+
+async def stored_pdf(store: DocumentStore, body: bytes = PDF) -> tuple[str, str]:
+    """A fresh object per test, so tests never see each other's documents."""
+    key = f"harinas-sur/2026/11/T-{uuid.uuid4().hex[:8]}.pdf"
+    sha = hashlib.sha256(body).hexdigest()
+    await store.put_pdf(key, body, sha, {"tenant-id": "harinas-sur"})
+    return key, sha
+
+
+def path_of(signer: LinkSigner, store: DocumentStore, key: str, sha: str, **extra: Any) -> str:
+    url = signer.sign(
+        tenant_id="harinas-sur",
+        invoice_id=key.rsplit("/", 1)[1].removesuffix(".pdf"),
+        bucket=store.bucket,
+        key=key,
+        sha256=sha,
+        channel="sms",
+        filename='Factura Pastelería "1".pdf',
+        correlation_id="0b9a7c1e-5f0e-5d7a-9a43-1f2e3d4c5b6a",
+        **extra,
+    )
+    return url.removeprefix("https://links.factura.test")
+
+
+async def downloaded_events(
+    cfg: StackConfig, link_id: str, count: int = 1, timeout_s: float = 20.0
+) -> list[tuple[bytes, dict[str, Any]]]:
+    """Our events on the shared topic, found by link id among whatever other tests published."""
+    topic = f"{cfg.topic_prefix}document.downloaded"
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        records = await read_topic(cfg.kafka_bootstrap, topic, expect=seen + 1, timeout_s=3)
+        ours = [(r.value, json.loads(r.value)) for r in records]
+        ours = [(raw, event) for raw, event in ours if event["data"]["link_id"] == link_id]
+        if len(ours) >= count:
+            return ours
+        seen = len(records)
+    raise AssertionError(f"fewer than {count} document.downloaded for link {link_id}")
+
+
+async def test_valid_link_serves_the_document_and_records_the_download(
+    cfg: StackConfig, store: DocumentStore, publisher: Publisher, signer: LinkSigner
+) -> None:
+    key, sha = await stored_pdf(store)
+    link_id = f"it-{uuid.uuid4().hex[:8]}"
+    async with client_for(signer, store, publisher) as client:
+        response = await client.get(
+            path_of(signer, store, key, sha, link_id=link_id), headers={"User-Agent": USER_AGENT}
+        )
+    assert response.status_code == 200
+    assert response.content == PDF
+    assert response.headers["content-type"] == "application/pdf"
+    assert response.headers["cache-control"] == "private, no-store"
+    disposition = response.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="Factura Pasteleria _1_.pdf"')
+    assert "filename*=UTF-8''Factura%20Pasteler%C3%ADa%20%221%22.pdf" in disposition
+
+    [(raw, event)] = await downloaded_events(cfg, link_id)
+    Envelope[dict[str, Any]].model_validate(event)
+    assert event["type"] == "document.downloaded"
+    assert (event["tenant_id"], event["invoice_id"]) == ("harinas-sur", key.rsplit("/", 1)[1].removesuffix(".pdf"))
+    assert event["correlation_id"] == "0b9a7c1e-5f0e-5d7a-9a43-1f2e3d4c5b6a"
+    assert event["producer"] == "renderer"
+    data = event["data"]
+    assert data["channel"] == "sms"
+    assert data["document"] == {
+        "bucket": store.bucket,
+        "key": key,
+        "sha256": sha,
+        "size_bytes": len(PDF),
+        "content_type": "application/pdf",
+        "filename": 'Factura Pastelería "1".pdf',
+    }
+    assert data["user_agent"] == USER_AGENT[:300]
+    assert data["client_ip_hash"] == hashlib.sha256(CLIENT_IP.encode()).hexdigest()
+    assert CLIENT_IP.encode() not in raw
+
+
+async def test_each_download_is_its_own_event(
+    cfg: StackConfig, store: DocumentStore, publisher: Publisher, signer: LinkSigner
+) -> None:
+    key, sha = await stored_pdf(store)
+    link_id = f"it-{uuid.uuid4().hex[:8]}"
+    path = path_of(signer, store, key, sha, link_id=link_id)
+    async with client_for(signer, store, publisher) as client:
+        assert (await client.get(path)).status_code == 200
+        assert (await client.get(path)).status_code == 200
+    events = await downloaded_events(cfg, link_id, count=2)
+    assert len({event["event_id"] for _, event in events}) == 2
+
+
+async def test_tampered_expired_and_malformed_links_get_the_same_403(
+    store: DocumentStore, publisher: Publisher, signer: LinkSigner
+) -> None:
+    key, sha = await stored_pdf(store)
+    good = path_of(signer, store, key, sha)
+    body, sig = good.removeprefix("/d/").split(".")
+    tampered = f"/d/{body[:-2]}{'A' if body[-2] != 'A' else 'B'}{body[-1]}.{sig}"
+    expired = path_of(signer, store, key, sha, now=time.time() - 7200)
+    other_secret = path_of(LinkSigner(b"not-our-secret", "https://x.test", 3600), store, key, sha)
+    async with client_for(signer, store, publisher) as client:
+        responses = [await client.get(p) for p in (tampered, expired, other_secret, "/d/garbage", "/d/a.b")]
+    for response in responses:
+        assert response.status_code == 403
+        assert response.json() == {"detail": "link invalid or expired"}
+        assert response.headers["cache-control"] == "private, no-store"
+    assert len({r.content for r in responses}) == 1
+
+
+async def test_replaced_or_missing_object_is_not_served(
+    store: DocumentStore, publisher: Publisher, signer: LinkSigner, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, sha = await stored_pdf(store)
+    path = path_of(signer, store, key, sha)
+    forged = PDF.replace(b"1 0 obj", b"2 0 obj")
+    await store.put_pdf(key, forged, hashlib.sha256(forged).hexdigest(), {})
+    missing = path_of(signer, store, f"harinas-sur/2026/11/gone-{uuid.uuid4().hex[:6]}.pdf", sha)
+    async with client_for(signer, store, publisher) as client:
+        with caplog.at_level(logging.ERROR, logger="factura.renderer.download"):
+            changed = await client.get(path)
+        gone = await client.get(missing)
+    assert changed.status_code == 410
+    assert forged not in changed.content
+    assert "changed since the link was signed" in caplog.text
+    assert gone.status_code == 404
+    assert changed.json() == gone.json() == {"detail": "document not available"}
+
+
+class BrokenPublisher(Publisher):
+    """A broker that refuses everything: the download must still succeed."""
+
+    async def publish(self, event: Envelope[Any]) -> None:
+        raise ConnectionError("broker down")
+
+
+async def test_document_is_served_when_publishing_fails(
+    cfg: StackConfig, store: DocumentStore, signer: LinkSigner, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, sha = await stored_pdf(store)
+    broken = BrokenPublisher(kafka_settings(cfg), client_id="never-started")
+    async with client_for(signer, store, broken) as client:
+        with caplog.at_level(logging.ERROR, logger="factura.renderer.download"):
+            response = await client.get(path_of(signer, store, key, sha))
+    assert response.status_code == 200
+    assert response.content == PDF
+    assert "document.downloaded not published" in caplog.text
