@@ -232,6 +232,8 @@ def test_inconsistent_totals_are_refused() -> None:
         build_cii_xml(invoice(tax_total=Decimal("29.50"), total=Decimal("286.50")), SELLER)
     with pytest.raises(EInvoiceError, match="total"):
         build_cii_xml(invoice(total=Decimal("286.56")), SELLER)
+    with pytest.raises(EInvoiceError, match="country prefix"):
+        build_cii_xml(invoice(), SELLER.model_copy(update={"vat_id": "A41234567"}))
 
 
 def test_document_failing_the_xsd_is_not_built(monkeypatch: pytest.MonkeyPatch) -> None:

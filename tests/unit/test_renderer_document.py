@@ -43,3 +43,21 @@ def test_fetcher_refuses_everything_but_assets(url: str) -> None:
 def test_pdf_renders() -> None:
     pdf = render_pdf(invoice())
     assert pdf.startswith(b"%PDF-") and len(pdf) > 2000
+
+
+def test_fonts_are_subset_by_harfbuzz_never_the_fonttools_fallback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without Debian's libharfbuzz-subset0 WeasyPrint silently takes a ~5x slower path."""
+    from weasyprint.pdf.fonts import Font
+    from weasyprint.text import ffi
+
+    assert ffi.harfbuzz_subset is not None, "libharfbuzz-subset0 is not installed (scripts/system-deps.sh)"
+
+    def fallback(*args: object, **kwargs: object) -> None:
+        raise AssertionError("WeasyPrint fell back to fontTools for font subsetting")
+
+    monkeypatch.setattr(Font, "_fonttools_subset", fallback)
+    with caplog.at_level("WARNING", logger="weasyprint"):
+        assert render_pdf(invoice()).startswith(b"%PDF-")
+    assert not [r for r in caplog.records if "fontTools" in r.getMessage()]

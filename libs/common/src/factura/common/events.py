@@ -157,7 +157,9 @@ class DocumentDownloadedV1(_Model):
     link_id: str = Field(description="Id of the signed link that was used")
     channel: Literal["sms", "email", "portal"] = Field(description="Channel the link was sent through")
     user_agent: str | None = Field(default=None, max_length=300)
-    client_ip_hash: str | None = Field(default=None, description="sha256 of the client address (no raw IPs stored)")
+    client_ip_hash: str | None = Field(
+        default=None, description="Keyed HMAC-SHA256 of the client address: no raw IPs stored, none recoverable"
+    )
 
 
 class PaymentReceivedV1(_Model):

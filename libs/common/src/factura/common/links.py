@@ -119,6 +119,10 @@ class LinkSigner:
     def from_settings(cls, settings: LinkSettings, old_secrets: Sequence[bytes] = ()) -> LinkSigner:
         return cls(settings.secret.get_secret_value().encode(), settings.base_url, settings.ttl_s, old_secrets)
 
+    def pseudonym(self, value: str) -> str:
+        """A keyed hash of personal data (a client IP): comparable, but not reversible by brute force."""
+        return hmac.new(self._secrets[0], b"pseudonym:" + value.encode(), hashlib.sha256).hexdigest()
+
     def _mac(self, secret: bytes, payload: str) -> bytes:
         return hmac.new(secret, payload.encode("ascii"), hashlib.sha256).digest()
 

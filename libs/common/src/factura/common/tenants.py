@@ -47,7 +47,9 @@ class Seller(_Config):
     """The legal issuer, as the e-invoice XML and the legal footer need it."""
 
     legal_name: str = Field(min_length=1, max_length=300)
-    vat_id: str = Field(min_length=3, max_length=30, description="VAT identifier with country prefix, e.g. ESB12345678")
+    vat_id: str = Field(
+        pattern=r"^[A-Z]{2}[A-Z0-9+*.]{2,28}$", description="VAT identifier with country prefix, e.g. ESB12345678"
+    )
     street: str = Field(min_length=1, max_length=200)
     city: str = Field(min_length=1, max_length=100)
     postcode: str = Field(min_length=1, max_length=20)

@@ -49,10 +49,6 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(cleaned, safe='')}"
 
 
-def _hash_client(request: Request) -> str | None:
-    return hashlib.sha256(request.client.host.encode()).hexdigest() if request.client else None
-
-
 def download_router(signer: LinkSigner, store: DocumentStore, publisher: Publisher) -> APIRouter:
     """The public download endpoint; mounted by the renderer, which already holds the S3 client."""
     router = APIRouter(tags=["downloads"])
@@ -120,7 +116,11 @@ def download_router(signer: LinkSigner, store: DocumentStore, publisher: Publish
             return body
         user_agent = request.headers.get("user-agent")
         background.add_task(
-            record, claims, len(body), user_agent[:USER_AGENT_MAX] if user_agent else None, _hash_client(request)
+            record,
+            claims,
+            len(body),
+            user_agent[:USER_AGENT_MAX] if user_agent else None,
+            signer.pseudonym(request.client.host) if request.client else None,
         )
         DOWNLOADS.labels(outcome="served").inc()
         return Response(

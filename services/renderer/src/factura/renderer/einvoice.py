@@ -185,6 +185,9 @@ def _build_document(invoice: InvoiceCreatedV1, seller: Seller) -> Document:
 
 def _add_seller(party: SellerTradeParty, invoice: InvoiceCreatedV1, seller: Seller) -> None:
     """BG-4: the tenant's legal identity, with the VAT id that S and Z categories require."""
+    if not _VAT_PREFIX.match(seller.vat_id):
+        # The XSD accepts any text; BR-CO-09 doesn't, and a rejected e-invoice surfaces at the customer.
+        raise EInvoiceError(f"seller VAT id {seller.vat_id!r} has no country prefix (e.g. ESB12345678)")
     party.name = seller.legal_name
     if invoice.seller_name != seller.legal_name:
         # BT-28: the brand on the page, when it differs from the registered name.
