@@ -80,12 +80,25 @@ async def test_bounce_falls_back_to_sms(services: Stack) -> None:
     assert mails_to(cfg, "nadie@bounce.test") == []
 
 
-async def test_customer_without_email_gets_sms(services: Stack) -> None:
+async def test_customer_without_email_gets_sms_with_a_tracked_link(services: Stack) -> None:
     cfg = services.cfg
     s = sample("sms", email=None, phone="+351 913 000 111", tenant="lisboa-tech")
     await flow(cfg, [s])
     [sms] = await sms_to(cfg, "+351913000111")
     assert sms["body"].startswith("Lisboa Tech, Lda.: fatura")
+    link = sms["body"].rsplit(" ", 1)[-1]
+    assert link.startswith(f"{cfg.service_url('renderer')}/d/")
+    async with httpx.AsyncClient() as client:
+        document = await client.get(link)
+        assert document.status_code == 200 and document.content.startswith(b"%PDF-")
+        tampered = await client.get(link[:-2] + ("AA" if not link.endswith("AA") else "BB"))
+        assert tampered.status_code == 403 and tampered.json() == {"detail": "link invalid or expired"}
+        for _ in range(100):
+            types = [e["type"] for e in await timeline(client, cfg, s)]
+            if "document.downloaded" in types:
+                break
+            await asyncio.sleep(0.1)
+    assert types.count("document.downloaded") == 1
 
 
 async def test_invalid_erp_message_is_rejected_and_dead_lettered_while_valid_ones_flow(services: Stack) -> None:
