@@ -85,9 +85,17 @@ class DocumentStore:
         """One expiry rule per retention period in use, matching objects by their retention tag.
 
         Tag-based rules let each tenant keep its own period in one bucket, and a tenant that
-        changes its period only affects documents stored after the change.
+        changes its period only affects documents stored after the change. Existing rules are kept
+        (others' rules, and periods another renderer still uses): the result is the union.
         """
-        rules = [
+        try:
+            existing = await self.lifecycle_rules()
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                raise
+            existing = []
+        ids = {rule.get("ID") for rule in existing}
+        rules = existing + [
             {
                 "ID": f"expire-after-{days}-days",
                 "Filter": {"Tag": {"Key": RETENTION_TAG, "Value": str(days)}},
@@ -95,7 +103,10 @@ class DocumentStore:
                 "Expiration": {"Days": days},
             }
             for days in sorted(retention_days)
+            if f"expire-after-{days}-days" not in ids
         ]
+        if len(rules) == len(existing):
+            return
         await self._s3.put_bucket_lifecycle_configuration(Bucket=self.bucket, LifecycleConfiguration={"Rules": rules})
 
     async def lifecycle_rules(self) -> list[dict[str, Any]]:
@@ -106,6 +117,11 @@ class DocumentStore:
     async def tags(self, key: str) -> dict[str, str]:
         response = await self._s3.get_object_tagging(Bucket=self.bucket, Key=key)
         return {t["Key"]: t["Value"] for t in response["TagSet"]}
+
+    async def size(self, key: str) -> int:
+        response = await self._s3.head_object(Bucket=self.bucket, Key=key)
+        length: int = response["ContentLength"]
+        return length
 
     async def get_if_exists(self, key: str) -> bytes | None:
         try:

@@ -20,6 +20,8 @@ from weasyprint.urls import URLFetcher, URLFetcherResponse
 PACKAGE = "factura-asset:"
 TENANT = "tenant-asset:"
 NAME = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9]{1,5}$")
+#: What a tenant folder may serve to a document: images, styles and fonts, never its config.
+TENANT_TYPES = (".png", ".svg", ".jpg", ".jpeg", ".css", ".woff", ".woff2", ".ttf", ".otf")
 
 
 class FetchRefused(ValueError):
@@ -37,6 +39,8 @@ class AssetFetcher(URLFetcher):  # type: ignore[misc]
             body = files("factura.renderer").joinpath("templates", name).read_bytes()
         elif url.startswith(TENANT) and self._tenant_dir is not None:
             name = self._name(url.removeprefix(TENANT))
+            if not name.lower().endswith(TENANT_TYPES):
+                raise FetchRefused(f"fetch refused (not an asset type): {name[:100]}")
             body = (self._tenant_dir / name).read_bytes()
         else:
             raise FetchRefused(f"fetch refused (not an allow-listed asset): {url[:100]}")

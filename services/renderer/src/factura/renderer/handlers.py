@@ -100,7 +100,9 @@ class RenderHandlers:
 
     async def _files(self, invoice: InvoiceCreatedV1, tenant: TenantConfig) -> Files:
         if invoice.supplied_document is not None:
-            supplied = await fetch_supplied(self._store, invoice.supplied_document, self._limits.max_supplied_bytes)
+            supplied = await fetch_supplied(
+                self._store, tenant.tenant_id, invoice.supplied_document, self._limits.max_supplied_bytes
+            )
             einvoice: EInvoice = "erp_supplied" if supplied.xml else "none"
             return Files(supplied.pdf, supplied.xml, supplied.annexes, "erp_supplied", einvoice)
         produced = await self._pool.run(produce, invoice, tenant, self._limits)

@@ -23,10 +23,13 @@ def check_input(invoice: InvoiceCreatedV1, limits: RenderLimits) -> None:
         reasons.append(
             FieldError(field="lines", message=f"{len(invoice.lines)} lines; the limit is {limits.max_lines}")
         )
-    text = sum(len(line.description.encode()) for line in invoice.lines)
-    text += sum(len(str(v).encode()) for v in (invoice.customer.name, invoice.seller_name, invoice.invoice_number))
+    sizes = {f"lines.{i}.description": len(line.description.encode()) for i, line in enumerate(invoice.lines)}
+    sizes |= {"customer.name": len(invoice.customer.name.encode()), "seller_name": len(invoice.seller_name.encode())}
+    text = sum(sizes.values())
     if text > limits.max_text_bytes:
-        reasons.append(FieldError(field="$", message=f"{text} bytes of text; the limit is {limits.max_text_bytes}"))
+        largest = max(sizes, key=lambda name: sizes[name])
+        message = f"{text} bytes of text, the largest {sizes[largest]} here; the limit is {limits.max_text_bytes}"
+        reasons.append(FieldError(field=largest, message=message))
     if reasons:
         raise DocumentRejected(reasons)
 
