@@ -224,13 +224,6 @@ def bare(html: str, tenant: TenantConfig) -> bytes:
     return pdf
 
 
-def bench_bare(label: str, invoice: InvoiceCreatedV1, tenant: TenantConfig, n: int) -> Samples:
-    html = render_html(invoice, tenant)
-    for _ in range(WARMUP):
-        bare(html, tenant)
-    return Samples(label, [timed(lambda: bare(html, tenant)) for _ in range(n)])
-
-
 @dataclass
 class Steps:
     """``pipeline.produce`` step by step, in this process."""
@@ -278,15 +271,6 @@ def produce_steps(invoice: InvoiceCreatedV1, tenant: TenantConfig, limits: Rende
     steps.total.ms.append((marks[-2] - marks[0]) * 1000)
 
 
-def bench_steps(invoice: InvoiceCreatedV1, tenant: TenantConfig, limits: RenderLimits, n: int) -> Steps:
-    for _ in range(WARMUP):
-        produce_steps(invoice, tenant, limits, None)
-    steps = Steps()
-    for _ in range(n):
-        produce_steps(invoice, tenant, limits, steps)
-    return steps
-
-
 # ----------------------------------------------------------------------------- against the stack
 
 
@@ -316,12 +300,25 @@ def created(invoice: InvoiceCreatedV1, offset: int) -> Message[Envelope[InvoiceC
 
 @dataclass
 class Live:
+    bare_1page: Samples
     handler_1page: Samples
+    steps: Steps
+    bare_3page: Samples
     handler_3page: Samples
     io: list[Samples]
     pdf_bytes: int
     tput: dict[int, float]
-    peak_mb: dict[int, float]
+    memory: list[Memory]
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One render worker: RSS peak after start-up (imports, fonts, a trivial page) and at the end."""
+
+    pool: str
+    pid: int
+    started_mb: float
+    peak_mb: float
 
 
 def worker_pids(pool: RenderPool) -> list[int]:
@@ -336,11 +333,15 @@ def vm_hwm_mb(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
-async def warm(pool: RenderPool, invoice: InvoiceCreatedV1, tenant: TenantConfig, limits: RenderLimits) -> None:
-    """Start every worker (fonts loaded, modules imported) and render real invoices in each."""
+async def warm(
+    pool: RenderPool, invoice: InvoiceCreatedV1, tenant: TenantConfig, limits: RenderLimits
+) -> dict[int, float]:
+    """Start every worker as the service does, note its RSS, then render real invoices in each."""
     await pool.warm_up()
+    started = {pid: vm_hwm_mb(pid) for pid in worker_pids(pool)}
     for _ in range(WARMUP):
         await asyncio.gather(*(pool.run(produce, invoice, tenant, limits) for _ in range(pool.workers)))
+    return started
 
 
 async def throughput(pool: RenderPool, tenant: TenantConfig, limits: RenderLimits, numbers: Numbers) -> float:
@@ -351,16 +352,44 @@ async def throughput(pool: RenderPool, tenant: TenantConfig, limits: RenderLimit
     return len(invoices) / (time.perf_counter() - start)
 
 
-async def handler_samples(
-    label: str, handlers: RenderHandlers, *, lines: int, n: int, numbers: Numbers, offset: int
-) -> Samples:
-    for i in range(WARMUP):
-        await handlers.on_invoice_created(created(make_invoice(lines, numbers.next()), offset + i))
-    samples = Samples(label)
-    for i in range(n):
-        message = created(make_invoice(lines, numbers.next()), offset + WARMUP + i)
-        samples.ms.append(await atimed(partial(handlers.on_invoice_created, message)))
-    return samples
+@dataclass(frozen=True)
+class Case:
+    lines: int
+    samples: int
+    offset: int
+    warmup: int = WARMUP
+
+
+async def interleaved(
+    handlers: RenderHandlers,
+    tenant: TenantConfig,
+    limits: RenderLimits,
+    case: Case,
+    numbers: Numbers,
+    *,
+    steps: Steps | None,
+) -> tuple[Samples, Samples]:
+    """Bare baseline, (optionally) produce() step by step, and the full handler, in turn per sample.
+
+    Alternating keeps the three exposed to the same machine load, so their ratio holds even when
+    something else runs on the machine. The first ``case.warmup`` rounds are discarded.
+    """
+    pages_name = "1-page" if case.lines == LINES_1PAGE else f"3-page ({case.lines} lines)"
+    reference = make_invoice(case.lines, f"BENCH-REF-{case.lines}")
+    html = render_html(reference, tenant)
+    bares = Samples(f"bare WeasyPrint, {pages_name}")
+    full = Samples(f"full cost, {pages_name} (handler call → return)")
+    for i in range(case.warmup + case.samples):
+        keep = i >= case.warmup
+        bare_ms = timed(partial(bare, html, tenant))
+        if steps is not None:
+            produce_steps(reference, tenant, limits, steps if keep else None)
+        message = created(make_invoice(case.lines, numbers.next()), case.offset + i)
+        full_ms = await atimed(partial(handlers.on_invoice_created, message))
+        if keep:
+            bares.ms.append(bare_ms)
+            full.ms.append(full_ms)
+    return bares, full
 
 
 async def io_samples(
@@ -409,27 +438,16 @@ async def live(cfg: StackConfig, tenant: TenantConfig, limits: RenderLimits, lin
         stack.push_async_callback(publisher.stop)
         pool2 = RenderPool(2)
         stack.callback(pool2.close)
-        await warm(pool2, reference, tenant, limits)
+        started = {"RenderPool(2)": await warm(pool2, reference, tenant, limits)}
         handlers = RenderHandlers(publisher, store, tenants, pool2, limits)
 
-        progress("full cost, 1-page (RenderHandlers.on_invoice_created)")
-        one = await handler_samples(
-            "full cost, 1-page (handler → return)",
-            handlers,
-            lines=LINES_1PAGE,
-            n=SAMPLES_1PAGE,
-            numbers=numbers,
-            offset=0,
-        )
-        progress("full cost, 3-page")
-        three = await handler_samples(
-            f"full cost, 3-page ({lines_3page} lines)",
-            handlers,
-            lines=lines_3page,
-            n=SAMPLES_3PAGE,
-            numbers=numbers,
-            offset=1000,
-        )
+        progress("1-page: bare, produce() step by step, full handler, in turn")
+        steps = Steps()
+        one = Case(LINES_1PAGE, SAMPLES_1PAGE, 0)
+        bare1, full1 = await interleaved(handlers, tenant, limits, one, numbers, steps=steps)
+        progress("3-page: bare, full handler, in turn")
+        three = Case(lines_3page, SAMPLES_3PAGE, 1000, warmup=1)  # fonts and code are warm by now
+        bare3, full3 = await interleaved(handlers, tenant, limits, three, numbers, steps=None)
 
         progress("S3 and Kafka round trips on their own")
         produced = await pool2.run(produce, reference, tenant, limits)
@@ -443,10 +461,14 @@ async def live(cfg: StackConfig, tenant: TenantConfig, limits: RenderLimits, lin
         tput = {2: await throughput(pool2, tenant, limits, numbers)}
         pool1 = RenderPool(1)
         stack.callback(pool1.close)
-        await warm(pool1, reference, tenant, limits)
+        started["RenderPool(1)"] = await warm(pool1, reference, tenant, limits)
         tput[1] = await throughput(pool1, tenant, limits, numbers)
-        peak = {pid: vm_hwm_mb(pid) for pool in (pool1, pool2) for pid in worker_pids(pool)}
-        return Live(one, three, io, len(produced.pdf), tput, peak)
+        memory = [
+            Memory(name, pid, started[name].get(pid, math.nan), vm_hwm_mb(pid))
+            for name, pool in (("RenderPool(2)", pool2), ("RenderPool(1)", pool1))
+            for pid in worker_pids(pool)
+        ]
+        return Live(bare1, full1, steps, bare3, full3, io, len(produced.pdf), tput, memory)
 
 
 def run_live(tenant: TenantConfig, limits: RenderLimits, lines_3page: int) -> Live:
@@ -487,19 +509,13 @@ def main() -> None:
     print("baseline = weasyprint.HTML(string=render_html(invoice, tenant), url_fetcher=AssetFetcher(tenant dir))")
     print("           .write_pdf(): same HTML; the fetcher only reads invoice.css and logo.svg from disk")
 
-    progress("bare WeasyPrint, 1-page")
-    bare1 = bench_bare("bare WeasyPrint, 1-page", reference, tenant, SAMPLES_1PAGE)
-    progress("bare WeasyPrint, 3-page")
-    bare3 = bench_bare("bare WeasyPrint, 3-page", make_invoice(lines_3page, "BENCH-REF-3"), tenant, SAMPLES_3PAGE)
-    progress("produce() step by step")
-    steps = bench_steps(reference, tenant, limits, SAMPLES_1PAGE)
     progress("starting the local stack")
-    result = run_live(tenant, limits, lines_3page)
-    report(bare1, bare3, steps, result)
+    report(run_live(tenant, limits, lines_3page))
 
 
-def report(bare1: Samples, bare3: Samples, steps: Steps, result: Live) -> None:
-    header("Baseline and full cost (warm-up samples discarded)")
+def report(result: Live) -> None:
+    bare1, bare3, steps = result.bare_1page, result.bare_3page, result.steps
+    header("Baseline and full cost, measured in turn (warm-up rounds discarded)")
     for samples in (bare1, result.handler_1page, bare3, result.handler_3page):
         print(samples.row())
     header("Breakdown, 1-page: produce() step by step in this process")
@@ -518,12 +534,13 @@ def report(bare1: Samples, bare3: Samples, steps: Steps, result: Live) -> None:
     print(f"  (layout alone {steps.layout.p50 / result.handler_1page.p50:.0%}); PDF {result.pdf_bytes / 1024:.0f} KiB")
 
     scaling = result.tput[2] / result.tput[1]
-    peak = max(result.peak_mb.values())
+    peak = max(m.peak_mb for m in result.memory)
     print(f"\nThroughput, produce() for {THROUGHPUT_INVOICES} 1-page invoices at once")
     print(f"  RenderPool(1): {result.tput[1]:.2f} invoices/s   RenderPool(2): {result.tput[2]:.2f} invoices/s")
     print(f"  scaling 2 cores / 1 core: {scaling:.2f}")
-    workers = ", ".join(f"{mb:.0f}" for mb in sorted(result.peak_mb.values()))
-    print(f"Peak RSS (VmHWM) per render worker, MB: {workers}; max {peak:.1f}")
+    print("Peak RSS (VmHWM) per render worker, MB (after start-up and warm-up page → end of run)")
+    for m in result.memory:
+        print(f"  {m.pool} pid {m.pid}: {m.started_mb:.1f} → {m.peak_mb:.1f}")
 
     ratio = result.handler_1page.p50 / bare1.p50
     print("\nTargets")
