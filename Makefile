@@ -6,7 +6,7 @@ UV ?= python3 -m uv
 STAMP := $(VENV)/.installed
 SRC := libs/common/src services/*/src devstack/src
 
-.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo clean
+.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render clean
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ lock:  ## re-pin every dependency (the output names no download host)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy $(SRC) tests
+	$(VENV)/bin/mypy $(SRC) tests benchmarks
 
 fmt: install
 	$(VENV)/bin/ruff check --fix .
@@ -55,6 +55,9 @@ logs:
 
 demo: install
 	$(PY) -m factura.devstack.demo
+
+bench-render: install  ## renderer full cost vs bare WeasyPrint, p50/p95, 2-core scaling, worker RSS (~3 min)
+	$(PY) -m benchmarks.bench_render
 
 clean: down
 	rm -rf .data

@@ -38,29 +38,35 @@ from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import weasyprint
 from weasyprint.text import ffi
 
 from factura.common.envelope import Envelope, make_event
 from factura.common.events import Customer, InvoiceCreatedV1, Line, parse_event
-from factura.common.kafka.consumer import Message
-from factura.common.kafka.producer import Publisher
 from factura.common.settings import KafkaSettings, S3Settings
-from factura.common.storage import DocumentStore, document_key
 from factura.common.tenants import TenantConfig, TenantDirectory
 from factura.common.topics import INVOICE_CREATED
 from factura.devstack.config import TENANTS_DIR, StackConfig
-from factura.devstack.stack import Stack
 from factura.renderer.document import layout, render_html
 from factura.renderer.einvoice import build_cii_xml, embed_xml
 from factura.renderer.fetcher import AssetFetcher
-from factura.renderer.handlers import RenderHandlers
 from factura.renderer.limits import check_input, check_pages
 from factura.renderer.pipeline import Produced, produce
 from factura.renderer.pool import RenderPool
 from factura.renderer.settings import RenderLimits
+
+# Only the main process talks to the stack, so aiokafka, aioboto3 (botocore) and the devstack
+# launcher are imported inside the functions that use them. The render workers re-import this
+# module as ``__mp_main__`` (multiprocessing does that for ``python -m <module>``, but not for the
+# service, whose main module is ``factura.renderer.__main__``); importing those at the top would add
+# ~30 MB to every worker that the service's workers don't have, and skew the peak-memory figure.
+if TYPE_CHECKING:
+    from factura.common.kafka.consumer import Message
+    from factura.common.kafka.producer import Publisher
+    from factura.common.storage import DocumentStore
+    from factura.renderer.handlers import RenderHandlers
 
 TENANT_ID = "harinas-sur"
 LINES_1PAGE = 10
@@ -295,6 +301,8 @@ def created(invoice: InvoiceCreatedV1, offset: int) -> Message[Envelope[InvoiceC
         producer="bench",
     )
     raw = event.model_dump_json().encode()
+    from factura.common.kafka.consumer import Message  # noqa: PLC0415 - main process only, see the imports
+
     return Message(INVOICE_CREATED, 0, offset, event.partition_key, {}, raw, event)
 
 
@@ -378,7 +386,7 @@ async def interleaved(
     reference = make_invoice(case.lines, f"BENCH-REF-{case.lines}")
     html = render_html(reference, tenant)
     bares = Samples(f"bare WeasyPrint, {pages_name}")
-    full = Samples(f"full cost, {pages_name} (handler call → return)")
+    full = Samples(f"full cost, {pages_name}")
     for i in range(case.warmup + case.samples):
         keep = i >= case.warmup
         bare_ms = timed(partial(bare, html, tenant))
@@ -427,6 +435,10 @@ async def io_samples(
 
 
 async def live(cfg: StackConfig, tenant: TenantConfig, limits: RenderLimits, lines_3page: int) -> Live:
+    from factura.common.kafka.producer import Publisher  # noqa: PLC0415 - main process only, see the imports
+    from factura.common.storage import DocumentStore, document_key  # noqa: PLC0415
+    from factura.renderer.handlers import RenderHandlers  # noqa: PLC0415
+
     numbers = Numbers()
     tenants = TenantDirectory(TENANTS_DIR)
     reference = make_invoice(LINES_1PAGE, numbers.next())
@@ -474,6 +486,8 @@ async def live(cfg: StackConfig, tenant: TenantConfig, limits: RenderLimits, lin
 def run_live(tenant: TenantConfig, limits: RenderLimits, lines_3page: int) -> Live:
     with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp:
         cfg = StackConfig.free_ports(Path(tmp), topic_prefix=f"bench{uuid.uuid4().hex[:6]}.")
+        from factura.devstack.stack import Stack  # noqa: PLC0415 - main process only, see the imports
+
         infra = Stack(cfg)
         try:
             started = time.perf_counter()
@@ -515,7 +529,7 @@ def main() -> None:
 
 def report(result: Live) -> None:
     bare1, bare3, steps = result.bare_1page, result.bare_3page, result.steps
-    header("Baseline and full cost, measured in turn (warm-up rounds discarded)")
+    header("Bare baseline and full cost (on_invoice_created call → return), in turn; warm-up discarded")
     for samples in (bare1, result.handler_1page, bare3, result.handler_3page):
         print(samples.row())
     header("Breakdown, 1-page: produce() step by step in this process")

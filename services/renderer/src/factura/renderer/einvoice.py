@@ -298,7 +298,7 @@ def embed_xml(pdf_a3: bytes, xml: bytes) -> bytes:
             xml,
             flavor=_FLAVOR,
             level=_LEVEL,
-            check_xsd=True,
+            check_xsd=False,  # build_cii_xml already validated it against the same XSD
             afrelationship=AF_RELATIONSHIP,
         )
     except Exception as e:

@@ -7,6 +7,7 @@ rendering again (a fresh render would have a different hash than the one already
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -87,11 +88,12 @@ class RenderHandlers:
             await self._reject(message, reasons)
             return
         rendered = await self._store_files(event, tenant, files)
+        record = rendered.model_dump_json().encode()
         await self._store.put(
             manifest_key,
-            rendered.model_dump_json().encode(),
+            record,
             content_type="application/json",
-            sha256=hashlib.sha256(rendered.model_dump_json().encode()).hexdigest(),
+            sha256=hashlib.sha256(record).hexdigest(),
             metadata={"tenant-id": event.tenant_id},
             retention_days=tenant.retention_days,
         )
@@ -119,12 +121,16 @@ class RenderHandlers:
             "source-event-id": str(event.event_id),
         }
 
-        async def put(suffix: str, body: bytes, content_type: ContentType) -> DocumentRef:
+        async def put(suffix: str, body: bytes, content_type: str) -> tuple[str, str]:
             key = document_key(event.tenant_id, invoice.issue_date, invoice.invoice_number, suffix)
             sha = hashlib.sha256(body).hexdigest()
             await self._store.put(
                 key, body, content_type=content_type, sha256=sha, metadata=meta, retention_days=tenant.retention_days
             )
+            return key, sha
+
+        def ref(suffix: str, body: bytes, stored: tuple[str, str], content_type: ContentType) -> DocumentRef:
+            key, sha = stored
             return DocumentRef(
                 bucket=self._store.bucket,
                 key=key,
@@ -134,21 +140,18 @@ class RenderHandlers:
                 filename=f"{name}.{suffix}",
             )
 
-        pdf = await put("pdf", files.pdf, "application/pdf")
+        package: bytes | None = None
+        uploads = [put("pdf", files.pdf, "application/pdf")]
         if files.xml is not None:
-            await self._store.put(
-                document_key(event.tenant_id, invoice.issue_date, invoice.invoice_number, "xml"),
-                files.xml,
-                content_type="application/xml",
-                sha256=hashlib.sha256(files.xml).hexdigest(),
-                metadata=meta,
-                retention_days=tenant.retention_days,
-            )
-        document = pdf
+            uploads.append(put("xml", files.xml, "application/xml"))
         if tenant.packaging == "zip":
             entries = [(f"{name}.pdf", files.pdf)]
             entries += [(f"{name}.xml", files.xml)] if files.xml is not None else []
-            document = await put("zip", build_zip(entries + files.annexes, invoice.issue_date), "application/zip")
+            package = build_zip(entries + files.annexes, invoice.issue_date)
+            uploads.append(put("zip", package, "application/zip"))
+        stored = await asyncio.gather(*uploads)  # independent objects: upload them concurrently
+        pdf = ref("pdf", files.pdf, stored[0], "application/pdf")
+        document = ref("zip", package, stored[-1], "application/zip") if package is not None else pdf
         return child_of(
             event,
             type="invoice.rendered",

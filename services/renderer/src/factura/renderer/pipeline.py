@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from factura.common.events import InvoiceCreatedV1
-from factura.common.tenants import TenantConfig
+from factura.common.events import InvoiceCreatedV1, parse_event
+from factura.common.schemas import EXAMPLES_DIR
+from factura.common.tenants import Seller, TenantConfig
 from factura.renderer.document import layout, render_html
 from factura.renderer.einvoice import build_cii_xml, embed_xml
 from factura.renderer.limits import check_input, check_pages
 from factura.renderer.settings import RenderLimits
+
+
+def warm_up_job() -> tuple[InvoiceCreatedV1, TenantConfig, RenderLimits]:
+    """A representative job: the checked-in example invoice, issued as a Factur-X e-invoice."""
+    invoice = parse_event((EXAMPLES_DIR / "invoice.created.v1.json").read_bytes()).data
+    seller = Seller(
+        legal_name="Warm-up S.A.", vat_id="ESA00000000", street="-", city="-", postcode="00000", country="ES"
+    )
+    return invoice, TenantConfig(tenant_id="warm-up", einvoice="factur-x-en16931", seller=seller), RenderLimits()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """A pool of render processes: WeasyPrint is CPU-bound and single-threaded, so one per core.
 
 Workers are started with ``forkserver`` (never ``fork`` from a process that runs an event loop
-and Kafka client threads) and warmed up once, so the first real invoice does not pay for
-importing WeasyPrint and loading fonts.
+and Kafka client threads) and warmed up with a full Factur-X render of the example invoice, so
+the first real invoice does not pay for imports (factur-x, pypdf, drafthorse), fonts and templates.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from weasyprint import HTML
+from factura.renderer.pipeline import produce, warm_up_job
 
 T = TypeVar("T")
 
 
 def _warm() -> int:
-    HTML(string="<p>warm-up</p>").write_pdf()
+    produce(*warm_up_job())
     return os.getpid()
 
 
