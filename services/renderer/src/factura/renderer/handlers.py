@@ -71,34 +71,45 @@ class RenderHandlers:
 
     async def on_invoice_created(self, message: Message[Envelope[InvoiceCreatedV1]]) -> None:
         event = message.value
-        invoice = event.data
-        manifest_key = document_key(event.tenant_id, invoice.issue_date, invoice.invoice_number, "rendered.json")
-        previous = await self._store.get_if_exists(manifest_key)
-        if previous is not None:
-            recorded = parse_event(previous)
-            if recorded.causation_id == event.event_id:
-                log.info("already rendered; re-publishing the recorded event", extra={"key": manifest_key})
-                await self._publisher.publish(recorded)
-                return
         tenant = self._tenants.get(event.tenant_id)
+        # Look for a previous run's record while rendering: redeliveries are rare, so the hot
+        # path should not wait for that S3 round trip before starting the CPU work.
+        recorded = asyncio.ensure_future(self._recorded(event))
         try:
-            files = await self._files(invoice, tenant)
+            outcome: Files | DocumentRejected | EInvoiceError = await self._files(event.data, tenant)
         except (DocumentRejected, EInvoiceError) as e:
-            reasons = e.reasons if isinstance(e, DocumentRejected) else [FieldError(field="$", message=str(e))]
+            outcome = e
+        except BaseException:
+            recorded.cancel()
+            raise
+        previous = await recorded
+        if previous is not None:
+            log.info("already rendered; re-publishing the recorded event", extra={"event_id": str(event.event_id)})
+            await self._publisher.publish(previous)
+        elif isinstance(outcome, Files):
+            await self._publisher.publish(await self._store_files(event, tenant, outcome))
+            DOCUMENTS.labels(source=outcome.source, outcome="stored").inc()
+        else:
+            reasons = (
+                outcome.reasons
+                if isinstance(outcome, DocumentRejected)
+                else [FieldError(field="$", message=str(outcome))]
+            )
             await self._reject(message, reasons)
-            return
-        rendered = await self._store_files(event, tenant, files)
-        record = rendered.model_dump_json().encode()
-        await self._store.put(
-            manifest_key,
-            record,
-            content_type="application/json",
-            sha256=hashlib.sha256(record).hexdigest(),
-            metadata={"tenant-id": event.tenant_id},
-            retention_days=tenant.retention_days,
-        )
-        await self._publisher.publish(rendered)
-        DOCUMENTS.labels(source=files.source, outcome="stored").inc()
+
+    def _manifest_key(self, event: Envelope[InvoiceCreatedV1]) -> str:
+        invoice = event.data
+        return document_key(event.tenant_id, invoice.issue_date, invoice.invoice_number, "rendered.json")
+
+    async def _recorded(self, event: Envelope[InvoiceCreatedV1]) -> Envelope[Any] | None:
+        """The ``invoice.rendered`` a previous delivery of this very event already stored, if any."""
+        invoice = event.data
+        key = document_key(event.tenant_id, invoice.issue_date, invoice.invoice_number, "rendered.json")
+        previous = await self._store.get_if_exists(key)
+        if previous is None:
+            return None
+        recorded = parse_event(previous)
+        return recorded if recorded.causation_id == event.event_id else None
 
     async def _files(self, invoice: InvoiceCreatedV1, tenant: TenantConfig) -> Files:
         if invoice.supplied_document is not None:
@@ -121,38 +132,30 @@ class RenderHandlers:
             "source-event-id": str(event.event_id),
         }
 
-        async def put(suffix: str, body: bytes, content_type: str) -> tuple[str, str]:
-            key = document_key(event.tenant_id, invoice.issue_date, invoice.invoice_number, suffix)
-            sha = hashlib.sha256(body).hexdigest()
-            await self._store.put(
-                key, body, content_type=content_type, sha256=sha, metadata=meta, retention_days=tenant.retention_days
-            )
-            return key, sha
+        def key(suffix: str) -> str:
+            return document_key(event.tenant_id, invoice.issue_date, invoice.invoice_number, suffix)
 
-        def ref(suffix: str, body: bytes, stored: tuple[str, str], content_type: ContentType) -> DocumentRef:
-            key, sha = stored
+        def ref(suffix: str, body: bytes, content_type: ContentType) -> DocumentRef:
             return DocumentRef(
                 bucket=self._store.bucket,
-                key=key,
-                sha256=sha,
+                key=key(suffix),
+                sha256=hashlib.sha256(body).hexdigest(),
                 size_bytes=len(body),
                 content_type=content_type,
                 filename=f"{name}.{suffix}",
             )
 
-        package: bytes | None = None
-        uploads = [put("pdf", files.pdf, "application/pdf")]
+        objects: list[tuple[str, bytes, str]] = [("pdf", files.pdf, "application/pdf")]
         if files.xml is not None:
-            uploads.append(put("xml", files.xml, "application/xml"))
+            objects.append(("xml", files.xml, "application/xml"))
+        pdf = document = ref("pdf", files.pdf, "application/pdf")
         if tenant.packaging == "zip":
             entries = [(f"{name}.pdf", files.pdf)]
             entries += [(f"{name}.xml", files.xml)] if files.xml is not None else []
             package = build_zip(entries + files.annexes, invoice.issue_date)
-            uploads.append(put("zip", package, "application/zip"))
-        stored = await asyncio.gather(*uploads)  # independent objects: upload them concurrently
-        pdf = ref("pdf", files.pdf, stored[0], "application/pdf")
-        document = ref("zip", package, stored[-1], "application/zip") if package is not None else pdf
-        return child_of(
+            objects.append(("zip", package, "application/zip"))
+            document = ref("zip", package, "application/zip")
+        rendered = child_of(
             event,
             type="invoice.rendered",
             schema_version=CURRENT_VERSION["invoice.rendered"],
@@ -169,6 +172,23 @@ class RenderHandlers:
             ),
             producer=PRODUCER,
         )
+        # The manifest (the event itself) is written with the documents, all before publishing:
+        # a crash after this point re-publishes the same event; before it, nothing was announced.
+        objects.append(("rendered.json", rendered.model_dump_json().encode(), "application/json"))
+        await asyncio.gather(
+            *(
+                self._store.put(
+                    key(suffix),
+                    body,
+                    content_type=content_type,
+                    sha256=hashlib.sha256(body).hexdigest(),
+                    metadata=meta,
+                    retention_days=tenant.retention_days,
+                )
+                for suffix, body, content_type in objects
+            )
+        )
+        return rendered
 
     async def _reject(self, message: Message[Envelope[InvoiceCreatedV1]], reasons: list[FieldError]) -> None:
         event = message.value
