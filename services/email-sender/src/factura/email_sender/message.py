@@ -49,8 +49,8 @@ def build_invoice_email(
         "locale": lang,
         "invoice": invoice,
         "seller": seller,
-        "total": money(invoice.total, invoice.currency, lang),
-        "due_date": day(invoice.due_date, lang, "long"),
+        "total": money(invoice.total, invoice.currency, invoice.customer),
+        "due_date": day(invoice.due_date, invoice.customer, "long"),
     }
     msg = EmailMessage()
     msg["Subject"] = t["subject"].format(number=invoice.invoice_number, seller=seller)

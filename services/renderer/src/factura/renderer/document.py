@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from babel.numbers import format_decimal, format_percent
 from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 from weasyprint import HTML
 from weasyprint.text.fonts import FontConfiguration
 
 from factura.common.events import InvoiceCreatedV1
-from factura.common.locales import BABEL_LOCALE, day, money
+from factura.common.locales import day, money, number, percent
 from factura.common.tenants import TenantConfig
 from factura.renderer.fetcher import AssetFetcher
 from factura.renderer.strings import LABELS
@@ -55,10 +54,10 @@ def payment_url(invoice: InvoiceCreatedV1, tenant: TenantConfig) -> str | None:
 def context(invoice: InvoiceCreatedV1, tenant: TenantConfig) -> dict[str, Any]:
     """Everything the template shows, already formatted for the customer's locale."""
     lang = invoice.customer.locale
-    loc = BABEL_LOCALE[lang]
+    customer = invoice.customer
 
     def cash(value: Decimal) -> str:
-        return money(value, invoice.currency, lang)
+        return money(value, invoice.currency, customer)
 
     return {
         "locale": lang,
@@ -69,14 +68,14 @@ def context(invoice: InvoiceCreatedV1, tenant: TenantConfig) -> dict[str, Any]:
         "seller": tenant.seller,
         "seller_name": tenant.seller.legal_name if tenant.seller else invoice.seller_name,
         "payment_url": payment_url(invoice, tenant),
-        "issue_date": day(invoice.issue_date, lang),
-        "due_date": day(invoice.due_date, lang),
+        "issue_date": day(invoice.issue_date, customer),
+        "due_date": day(invoice.due_date, customer),
         "lines": [
             {
                 "description": line.description,
-                "quantity": format_decimal(line.quantity, locale=loc),
+                "quantity": number(line.quantity, customer),
                 "unit_price": cash(line.unit_price),
-                "tax_rate": format_percent(line.tax_rate / 100, "#,##0.##%", locale=loc),
+                "tax_rate": percent(line.tax_rate, customer),
                 "amount": cash(line.amount),
             }
             for line in invoice.lines

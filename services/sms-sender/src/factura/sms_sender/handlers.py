@@ -65,7 +65,7 @@ class SmsHandlers:
         body = TEXT[lang].format(
             seller=failed.invoice.seller_name,
             number=failed.invoice.invoice_number,
-            total=money(failed.invoice.total, failed.invoice.currency, lang),
+            total=money(failed.invoice.total, failed.invoice.currency, failed.invoice.customer),
             link=link,
         )
         try:
