@@ -9,30 +9,27 @@ from __future__ import annotations
 
 import re
 from email.message import EmailMessage
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import aiosmtplib
 
-from factura.common.envelope import Envelope, child_of
+from factura.common.envelope import Envelope
 from factura.common.events import (
-    CURRENT_VERSION,
     DeliveryFailedV1,
-    DeliverySucceededV1,
     FailureReason,
     InvoiceRenderedV1,
 )
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
 from factura.common.ledger import DeliveryLedger
-from factura.common.metrics import counter
+from factura.common.outcomes import delivered, undelivered
 from factura.common.storage import DocumentStore
 from factura.common.tenants import TenantDirectory
 from factura.email_sender.message import build_invoice_email
 from factura.email_sender.settings import SmtpSettings
 
 PRODUCER = "email-sender"
-CHANNEL = "email"
-SENT = counter("emails_total", "Invoice emails by outcome.", ("outcome",))
+CHANNEL: Final = "email"
 ENHANCED_CODE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 
 
@@ -102,7 +99,7 @@ class EmailHandlers:
         rendered = event.data
         email = rendered.invoice.customer.email
         if email is None:
-            return self._failed(event, "no_address", "customer has no email address", None, None)
+            return self._failed(event, "no_address", "customer has no email address")
         attachment = await self._store.get(rendered.document.key, bucket=rendered.document.bucket)
         identity = self._tenants.get(event.tenant_id).sender
         mail = build_invoice_email(
@@ -123,14 +120,12 @@ class EmailHandlers:
             return self._failed(
                 event, "rejected_by_server", permanent.text, permanent.code, match.group(1) if match else None
             )
-        SENT.labels(outcome="sent").inc()
-        return child_of(
+        return delivered(
             event,
-            type="delivery.succeeded",
-            schema_version=CURRENT_VERSION["delivery.succeeded"],
-            data=DeliverySucceededV1(
-                channel=CHANNEL, recipient=str(email), provider_message_id=message_id, document=rendered.document
-            ),
+            channel=CHANNEL,
+            recipient=email,
+            provider_message_id=message_id,
+            document=rendered.document,
             producer=PRODUCER,
         )
 
@@ -139,24 +134,18 @@ class EmailHandlers:
         event: Envelope[InvoiceRenderedV1],
         reason: FailureReason,
         detail: str,
-        code: int | None,
-        enhanced: str | None,
+        code: int | None = None,
+        enhanced: str | None = None,
     ) -> Envelope[DeliveryFailedV1]:
-        SENT.labels(outcome=reason).inc()
-        email = event.data.invoice.customer.email
-        return child_of(
+        return undelivered(
             event,
-            type="delivery.failed",
-            schema_version=CURRENT_VERSION["delivery.failed"],
-            data=DeliveryFailedV1(
-                channel=CHANNEL,
-                reason=reason,
-                detail=detail,
-                code=code,
-                enhanced_code=enhanced,
-                recipient=str(email) if email else None,
-                invoice=event.data.invoice,
-                document=event.data.document,
-            ),
+            channel=CHANNEL,
+            reason=reason,
+            detail=detail,
+            code=code,
+            enhanced_code=enhanced,
+            recipient=event.data.invoice.customer.email,
+            invoice=event.data.invoice,
+            document=event.data.document,
             producer=PRODUCER,
         )

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from factura.common.envelope import Envelope, child_of
-from factura.common.events import CURRENT_VERSION, DeliveryFailedV1, DeliverySucceededV1, FailureReason
+from factura.common.envelope import Envelope
+from factura.common.events import DeliveryFailedV1, FailureReason
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
 from factura.common.ledger import DeliveryLedger
 from factura.common.links import LinkSigner
 from factura.common.locales import money
-from factura.common.metrics import counter
+from factura.common.outcomes import delivered, undelivered
 from factura.common.tenants import TenantDirectory
 from factura.sms_sender.provider import ProviderRefusal, SmsProvider
 
 PRODUCER = "sms-sender"
 CHANNEL: Final = "sms"
-SENT = counter("sms_total", "Invoice SMS by outcome.", ("outcome",))
 TEXT = {
     "en": "{seller}: invoice {number}, {total}. Download: {link}",
     "es": "{seller}: factura {number}, {total}. Descárguela: {link}",
@@ -72,33 +71,26 @@ class SmsHandlers:
             sid = await self._provider.send(phone, body)
         except ProviderRefusal as e:
             return self._failed(event, "provider_error", e.text, e.code)
-        SENT.labels(outcome="sent").inc()
-        return child_of(
+        return delivered(
             event,
-            type="delivery.succeeded",
-            schema_version=CURRENT_VERSION["delivery.succeeded"],
-            data=DeliverySucceededV1(
-                channel=CHANNEL, recipient=phone, provider_message_id=sid, document=failed.document
-            ),
+            channel=CHANNEL,
+            recipient=phone,
+            provider_message_id=sid,
+            document=failed.document,
             producer=PRODUCER,
         )
 
     def _failed(
         self, event: Envelope[DeliveryFailedV1], reason: FailureReason, detail: str, code: int | None
     ) -> Envelope[DeliveryFailedV1]:
-        SENT.labels(outcome=reason).inc()
-        return child_of(
+        return undelivered(
             event,
-            type="delivery.failed",
-            schema_version=CURRENT_VERSION["delivery.failed"],
-            data=DeliveryFailedV1(
-                channel=CHANNEL,
-                reason=reason,
-                detail=detail,
-                code=code,
-                recipient=event.data.invoice.customer.phone,
-                invoice=event.data.invoice,
-                document=event.data.document,
-            ),
+            channel=CHANNEL,
+            reason=reason,
+            detail=detail,
+            code=code,
+            recipient=event.data.invoice.customer.phone,
+            invoice=event.data.invoice,
+            document=event.data.document,
             producer=PRODUCER,
         )
