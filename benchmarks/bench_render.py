@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +44,7 @@ import weasyprint
 from weasyprint.text import ffi
 
 from factura.common.envelope import Envelope, make_event
-from factura.common.events import Customer, InvoiceCreatedV1, Line, parse_event
+from factura.common.events import Customer, InvoiceCreatedV1, Line, cents, parse_event
 from factura.common.settings import KafkaSettings, S3Settings
 from factura.common.tenants import TenantConfig, TenantDirectory
 from factura.common.topics import INVOICE_CREATED
@@ -78,7 +78,6 @@ SAMPLES_3PAGE = 20
 SAMPLES_IO = 20
 THROUGHPUT_INVOICES = 20
 PDF_A = "pdf/a-3b"
-CENT = Decimal("0.01")
 ITEMS = (
     "Harina de trigo T55, saco 25 kg",
     "Harina integral de centeno, saco 10 kg",
@@ -154,10 +153,6 @@ def load() -> str:
 # ----------------------------------------------------------------------------- invoices
 
 
-def money(value: Decimal) -> Decimal:
-    return value.quantize(CENT, rounding=ROUND_HALF_UP)
-
-
 def make_invoice(lines: int, number: str) -> InvoiceCreatedV1:
     """A consistent invoice (per-line VAT rounding, as ingest does) with ``lines`` table rows."""
     rows = []
@@ -171,11 +166,11 @@ def make_invoice(lines: int, number: str) -> InvoiceCreatedV1:
                 quantity=quantity,
                 unit_price=price,
                 tax_rate=rate,
-                amount=money(quantity * price),
+                amount=cents(quantity * price),
             )
         )
     subtotal = sum((r.amount for r in rows), Decimal(0))
-    tax = sum((money(r.amount * r.tax_rate / 100) for r in rows), Decimal(0))
+    tax = sum((cents(r.amount * r.tax_rate / 100) for r in rows), Decimal(0))
     issued = date(2026, 3, 2)
     return InvoiceCreatedV1(
         invoice_number=number,

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any, Literal
+
+from factura.common.events import cents
 
 Outcome = Literal["email", "sms", "rejected", "failed"]
 
@@ -87,11 +89,10 @@ def invoice_payload(
 
 
 def _total(payload: dict[str, Any]) -> Decimal:
-    cent = Decimal("0.01")
     total = Decimal("0")
     for line in payload["lines"]:
-        amount = (Decimal(line["quantity"]) * Decimal(line["unit_price"])).quantize(cent, ROUND_HALF_UP)
-        total += amount + (amount * Decimal(line["tax_rate"]) / 100).quantize(cent, ROUND_HALF_UP)
+        amount = cents(Decimal(line["quantity"]) * Decimal(line["unit_price"]))
+        total += amount + cents(amount * Decimal(line["tax_rate"]) / 100)
     return total
 
 

@@ -8,7 +8,7 @@ checked in under ``schemas/json`` (``make schemas``) with examples under ``schem
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -18,11 +18,23 @@ from factura.common.envelope import Envelope
 Locale = Literal["es", "pt", "en", "ro"]
 LOCALES: tuple[str, ...] = get_args(Locale)
 Channel = Literal["email", "sms"]
+#: Where a signed download link can travel (delivery channels, plus a customer portal).
+LinkChannel = Literal["email", "sms", "portal"]
 Money = Annotated[Decimal, Field(max_digits=18, decimal_places=2)]
+CENT = Decimal("0.01")
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
 #: Ingest validates and normalises addresses (email-validator); events only keep the shape.
 Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)]
 E164 = Annotated[str, Field(pattern=r"^\+[1-9]\d{6,14}$", description="Phone number in E.164")]
+
+
+def cents(value: Decimal) -> Decimal:
+    """The product's one rounding rule: half-up to cents, per line amount and per line tax.
+
+    Ingest computes totals with it; the e-invoice XML and anything else that re-derives a figure
+    must use it too, or a document would disagree with the invoice by a cent.
+    """
+    return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 class _Model(BaseModel):
@@ -155,7 +167,7 @@ class DocumentDownloadedV1(_Model):
 
     document: DocumentRef
     link_id: str = Field(description="Id of the signed link that was used")
-    channel: Literal["sms", "email", "portal"] = Field(description="Channel the link was sent through")
+    channel: LinkChannel = Field(description="Channel the link was sent through")
     user_agent: str | None = Field(default=None, max_length=300)
     client_ip_hash: str | None = Field(
         default=None, description="Keyed HMAC-SHA256 of the client address: no raw IPs stored, none recoverable"

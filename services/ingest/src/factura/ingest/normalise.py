@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any, cast
 
 from pydantic import ValidationError
@@ -16,10 +16,10 @@ from factura.common.events import (
     Locale,
     PaymentReceivedV1,
     SuppliedDocument,
+    cents,
 )
 from factura.common.kafka.consumer import InvalidMessage, field_errors
 
-CENT = Decimal("0.01")
 TOTAL_TOLERANCE = Decimal("0.01")
 #: Country → default invoice language, for customers whose ERP record has none.
 COUNTRY_LOCALE = {
@@ -27,10 +27,6 @@ COUNTRY_LOCALE = {
     "PT": "pt", "BR": "pt", "AO": "pt", "MZ": "pt",
     "RO": "ro", "MD": "ro",
 }  # fmt: skip
-
-
-def _money(value: Decimal) -> Decimal:
-    return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 def _customer(c: ErpCustomer) -> Customer:
@@ -66,12 +62,12 @@ def invoice_from_erp(payload: dict[str, Any], *, allow_test_domains: bool = Fals
             quantity=line.quantity,
             unit_price=line.unit_price,
             tax_rate=line.tax_rate,
-            amount=_money(line.quantity * line.unit_price),
+            amount=cents(line.quantity * line.unit_price),
         )
         for line in erp.lines
     ]
     subtotal = sum((line.amount for line in lines), Decimal("0"))
-    tax_total = sum((_money(line.amount * line.tax_rate / 100) for line in lines), Decimal("0"))
+    tax_total = sum((cents(line.amount * line.tax_rate / 100) for line in lines), Decimal("0"))
     total = subtotal + tax_total
     if erp.total is not None and abs(erp.total - total) > TOTAL_TOLERANCE:
         errors.append(FieldError(field="total", message=f"{erp.total} does not match the lines' total {total}"))

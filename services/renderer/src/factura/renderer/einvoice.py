@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Final
 
 import facturx
@@ -31,7 +31,7 @@ from drafthorse.models.trade import TradeSettlement
 from drafthorse.models.tradelines import LineItem
 from lxml import etree
 
-from factura.common.events import InvoiceCreatedV1, Line
+from factura.common.events import InvoiceCreatedV1, Line, cents
 from factura.common.tenants import Seller
 
 __all__ = [
@@ -57,7 +57,6 @@ AF_RELATIONSHIP: Final = "alternative"
 _SCHEMA: Final = "FACTUR-X_EN16931"  # drafthorse's name for the Factur-X 1.0.07 EN16931 XSD
 _FLAVOR: Final = "factur-x"
 _LEVEL: Final = "en16931"
-_CENT: Final = Decimal("0.01")
 _INVOICE: Final = "380"  # UNTDID 1001 commercial invoice
 _UNIT: Final = "C62"  # UN/ECE rec 20 "one": our lines carry no unit of measure
 _SEPA_CREDIT_TRANSFER: Final = "58"  # UNTDID 4461
@@ -86,11 +85,6 @@ class _TaxGroup:
     @property
     def category(self) -> str:
         return _category(self.rate)
-
-
-def _money(value: Decimal) -> Decimal:
-    """Half-up to cents, as our ingest rounds, so the XML repeats the invoice's figures exactly."""
-    return value.quantize(_CENT, rounding=ROUND_HALF_UP)
 
 
 def _plain(value: Decimal) -> Decimal:
@@ -136,10 +130,10 @@ def _tax_breakdown(invoice: InvoiceCreatedV1) -> list[_TaxGroup]:
             f"is not total {invoice.total}"
         )
     per_line = {
-        rate: sum((_money(line.amount * rate / 100) for line in lines), Decimal(0))
+        rate: sum((cents(line.amount * rate / 100) for line in lines), Decimal(0))
         for rate, lines in lines_by_rate.items()
     }
-    per_group = {rate: _money(basis * rate / 100) for rate, basis in bases.items()}
+    per_group = {rate: cents(basis * rate / 100) for rate, basis in bases.items()}
     for taxes in (per_line, per_group):
         if sum(taxes.values(), Decimal(0)) == invoice.tax_total:
             return [_TaxGroup(rate=rate, basis=bases[rate], tax=taxes[rate]) for rate in sorted(bases)]
@@ -165,7 +159,7 @@ def _line_item(number: int, line: Line) -> LineItem:
     item.settlement.trade_tax.type_code = _VAT
     item.settlement.trade_tax.category_code = _category(line.tax_rate)
     item.settlement.trade_tax.rate_applicable_percent = _plain(line.tax_rate)
-    item.settlement.monetary_summation.total_amount = _money(line.amount)
+    item.settlement.monetary_summation.total_amount = cents(line.amount)
     return item
 
 
