@@ -69,7 +69,7 @@ async def stored_pdf(store: DocumentStore, body: bytes = PDF) -> tuple[str, str]
     """A fresh object per test, so tests never see each other's documents."""
     key = f"harinas-sur/2026/11/T-{uuid.uuid4().hex[:8]}.pdf"
     sha = hashlib.sha256(body).hexdigest()
-    await store.put_pdf(key, body, sha, {"tenant-id": "harinas-sur"})
+    await store.put(key, body, content_type="application/pdf", sha256=sha, metadata={"tenant-id": "harinas-sur"})
     return key, sha
 
 
@@ -181,7 +181,7 @@ async def test_replaced_or_missing_object_is_not_served(
     key, sha = await stored_pdf(store)
     path = path_of(signer, store, key, sha)
     forged = PDF.replace(b"1 0 obj", b"2 0 obj")
-    await store.put_pdf(key, forged, hashlib.sha256(forged).hexdigest(), {})
+    await store.put(key, forged, content_type="application/pdf", sha256=hashlib.sha256(forged).hexdigest(), metadata={})
     missing = path_of(signer, store, f"harinas-sur/2026/11/gone-{uuid.uuid4().hex[:6]}.pdf", sha)
     async with client_for(signer, store, publisher) as client:
         with caplog.at_level(logging.ERROR, logger="factura.renderer.download"):

@@ -17,6 +17,13 @@ from botocore.exceptions import ClientError
 from factura.common.settings import S3Settings
 
 RETENTION_TAG = "retention-days"
+#: What S3 (and compatible stores) answer for an absent object, by API: GET says NoSuchKey, HEAD 404.
+MISSING_CODES = frozenset({"NoSuchKey", "404"})
+
+
+def error_code(error: ClientError) -> str:
+    """The S3 error code of a botocore error ("NoSuchKey", "404", "SlowDown", ...)."""
+    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 def safe_name(invoice_number: str) -> str:
@@ -51,7 +58,7 @@ class DocumentStore:
             try:
                 await self._s3.create_bucket(Bucket=self.bucket)
             except ClientError as e:  # another service created it first
-                if e.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                if error_code(e) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
 
     async def ping(self) -> None:
@@ -78,9 +85,6 @@ class DocumentStore:
             **extra,
         )
 
-    async def put_pdf(self, key: str, body: bytes, sha256: str, metadata: dict[str, str]) -> None:
-        await self.put(key, body, content_type="application/pdf", sha256=sha256, metadata=metadata)
-
     async def ensure_retention_rules(self, retention_days: set[int]) -> None:
         """One expiry rule per retention period in use, matching objects by their retention tag.
 
@@ -91,7 +95,7 @@ class DocumentStore:
         try:
             existing = await self.lifecycle_rules()
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+            if error_code(e) != "NoSuchLifecycleConfiguration":
                 raise
             existing = []
         ids = {rule.get("ID") for rule in existing}
@@ -127,7 +131,7 @@ class DocumentStore:
         try:
             return await self.get(key)
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if error_code(e) in MISSING_CODES:
                 return None
             raise
 
@@ -136,9 +140,3 @@ class DocumentStore:
         async with response["Body"] as stream:
             data: bytes = await stream.read()
             return data
-
-    async def presigned_url(self, key: str, expires_s: int) -> str:
-        url: str = await self._s3.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
-        )
-        return url

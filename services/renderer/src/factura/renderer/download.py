@@ -24,7 +24,7 @@ from factura.common.kafka.producer import Publisher
 from factura.common.links import InvalidLink, LinkClaims, LinkSigner
 from factura.common.logging import log_context
 from factura.common.metrics import counter
-from factura.common.storage import DocumentStore
+from factura.common.storage import MISSING_CODES, DocumentStore, error_code
 
 PRODUCER = "renderer"
 USER_AGENT_MAX = 300
@@ -89,7 +89,7 @@ def download_router(signer: LinkSigner, store: DocumentStore, publisher: Publish
         try:
             body = await store.get(claims.key)
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if error_code(e) in MISSING_CODES:
                 log.warning("link %s: object %s is gone", claims.link_id, claims.key)
                 return _refuse(404, UNAVAILABLE_BODY, "missing")
             log.exception("link %s: S3 error reading %s", claims.link_id, claims.key)

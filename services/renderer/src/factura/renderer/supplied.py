@@ -17,7 +17,7 @@ from lxml import etree
 from pypdf import PdfReader
 
 from factura.common.events import FieldError, SuppliedDocument
-from factura.common.storage import DocumentStore
+from factura.common.storage import MISSING_CODES, DocumentStore, error_code
 from factura.renderer.limits import DocumentRejected
 
 _SAFE_XML = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
@@ -67,13 +67,12 @@ async def _fetch(store: DocumentStore, key: str, field: str, max_bytes: int) -> 
             raise DocumentRejected([FieldError(field=field, message=f"{size} bytes; the limit is {max_bytes}")])
         body = await store.get(key)
     except ClientError as e:
-        code = e.response.get("Error", {}).get("Code")
-        if code in ("NoSuchKey", "404", "AccessDenied", "403"):
+        if error_code(e) in {*MISSING_CODES, "AccessDenied", "403"}:
             raise DocumentRejected(
                 [FieldError(field=field, message=f"{key!r} not found in the documents bucket")]
             ) from e
         raise  # anything else (throttling, outage) is transient: let the consumer loop retry
-    if len(body) > max_bytes:
+    if len(body) > max_bytes:  # replaced by a larger object between HEAD and GET
         raise DocumentRejected([FieldError(field=field, message=f"{len(body)} bytes; the limit is {max_bytes}")])
     return body
 

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -86,6 +85,3 @@ class Schedules:
 
     async def mark_reminded(self, tenant_id: str, invoice_id: str, at: datetime) -> None:
         await self._c.update_one({"_id": _id(tenant_id, invoice_id)}, {"$set": {"reminded": True, "reminded_at": at}})
-
-    async def get(self, tenant_id: str, invoice_id: str) -> dict[str, Any] | None:
-        return await self._c.find_one({"_id": _id(tenant_id, invoice_id)})
