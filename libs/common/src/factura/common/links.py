@@ -23,12 +23,11 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast, get_args
 
-from factura.common.events import DocumentRef
+from factura.common.events import DocumentRef, LinkChannel
 from factura.common.settings import LinkSettings
 
-LinkChannel = Literal["sms", "email", "portal"]
 CHANNELS: frozenset[str] = frozenset(get_args(LinkChannel))
 FORMAT_VERSION = 1
 DEFAULT_CONTENT_TYPE = "application/pdf"
