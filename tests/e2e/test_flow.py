@@ -20,7 +20,7 @@ import pytest
 from factura.common.kafka.producer import Publisher
 from factura.common.topics import ERP_INVOICES, INVOICE_RENDERED
 from factura.devstack.config import StackConfig
-from factura.devstack.flow import Observation, observe, publish, timeline, wait_for_outcomes
+from factura.devstack.flow import Observation, publish, timeline, wait_for_outcomes
 from factura.devstack.samples import Outcome, Sample, invoice_payload
 from factura.devstack.smtp_capture import read_messages
 from factura.devstack.stack import Stack
@@ -212,15 +212,6 @@ async def test_scheduler_reminds_overdue_unpaid_not_paid(services: Stack) -> Non
         paid_types = [e["type"] for e in await timeline(client, cfg, paid)]
     assert late_types.count("reminder.due") == 1
     assert "reminder.due" not in paid_types and "payment.received" in paid_types
-
-
-def test_observe_reduces_a_timeline() -> None:
-    events = [
-        {"type": "delivery.failed", "data": {"channel": "email", "reason": "rejected_by_server", "detail": "550"}},
-        {"type": "delivery.succeeded", "data": {"channel": "sms", "recipient": "+34600000000"}},
-    ]
-    o = observe(events)
-    assert o.outcome == "sms" and "rejected_by_server" in o.detail and not o.reminder
 
 
 async def test_every_service_reports_health_and_metrics(services: Stack) -> None:
