@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from factura.common.envelope import Envelope
-from factura.common.kafka.consumer import InvalidMessage, decode
+from factura.common.errors import InvalidMessage
+from factura.common.kafka.consumer import decode
 from factura.common.schemas import EXAMPLES_DIR
 from factura.common.topics import ERP_INVOICES, INVOICE_CREATED
 

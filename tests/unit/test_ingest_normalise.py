@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from factura.common.kafka.consumer import InvalidMessage
+from factura.common.errors import InvalidMessage
 from factura.common.schemas import EXAMPLES_DIR
 from factura.ingest.normalise import invoice_from_erp, payment_from_erp
 

@@ -11,8 +11,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from factura.common.envelope import TENANT_PATTERN, make_event, stable_id
+from factura.common.errors import InvalidMessage
 from factura.common.events import CURRENT_VERSION, InvoiceRejectedV1
-from factura.common.kafka.consumer import InvalidMessage, Message
+from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
 from factura.common.metrics import counter
 from factura.ingest.normalise import invoice_from_erp, payment_from_erp

@@ -8,6 +8,7 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from factura.common.erp import ErpCustomer, ErpInvoiceV1, ErpPaymentV1
+from factura.common.errors import InvalidMessage, field_errors
 from factura.common.events import (
     Customer,
     FieldError,
@@ -18,7 +19,6 @@ from factura.common.events import (
     SuppliedDocument,
     cents,
 )
-from factura.common.kafka.consumer import InvalidMessage, field_errors
 
 TOTAL_TOLERANCE = Decimal("0.01")
 #: Country → default invoice language, for customers whose ERP record has none.

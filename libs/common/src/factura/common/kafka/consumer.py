@@ -33,6 +33,7 @@ from aiokafka.errors import CommitFailedError
 from pydantic import ValidationError
 
 from factura.common.envelope import Envelope
+from factura.common.errors import InvalidMessage, field_errors
 from factura.common.events import FieldError, UnknownEventType, parse_event
 from factura.common.kafka.producer import Headers, Publisher
 from factura.common.logging import log_context
@@ -42,23 +43,6 @@ from factura.common.topics import REGISTRY, Topic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class InvalidMessage(Exception):
-    """The message itself is wrong: dead-letter it, never retry it."""
-
-    def __init__(self, reasons: list[FieldError]) -> None:
-        super().__init__("; ".join(f"{r.field}: {r.message}" for r in reasons))
-        self.reasons = reasons
-
-
-def field_errors(error: ValidationError, prefix: str = "") -> list[FieldError]:
-    """pydantic errors as ``FieldError(field="customer.email", message=...)``, one per problem."""
-    out = []
-    for e in error.errors(include_url=False):
-        path = ".".join(str(p) for p in e["loc"]) or "$"
-        out.append(FieldError(field=f"{prefix}{path}", message=e["msg"]))
-    return out
 
 
 @dataclass(frozen=True)
