@@ -217,9 +217,12 @@ async def test_scheduler_reminds_overdue_unpaid_not_paid(services: Stack) -> Non
 async def test_every_service_reports_health_and_metrics(services: Stack) -> None:
     async with httpx.AsyncClient() as client:
         for name in ("ingest", "renderer", "email-sender", "sms-sender", "scheduler", "audit"):
-            health = await client.get(f"{services.cfg.service_url(name)}/healthz")
-            assert health.status_code == 200, (name, health.text)
-            assert health.json()["status"] == "ok"
+            live = await client.get(f"{services.cfg.service_url(name)}/livez")
+            assert live.status_code == 200, (name, live.text)
+            ready = await client.get(f"{services.cfg.service_url(name)}/readyz")
+            assert ready.status_code == 200, (name, ready.text)
+            assert ready.json()["status"] == "ready"
+            assert ready.json()["checks"]["kafka"] == "ok"
             metrics = (await client.get(f"{services.cfg.service_url(name)}/metrics")).text
             assert "factura_messages_consumed_total" in metrics
             assert "factura_consumer_lag_messages" in metrics

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from factura.common.envelope import Envelope
+from factura.common.errors import DependencyDown
 from factura.common.kafka.admin import ensure_topics
 from factura.common.kafka.consumer import ConsumerLoop, Message
 from factura.common.kafka.producer import Publisher
@@ -93,27 +94,56 @@ async def test_poison_goes_to_dlq_and_the_loop_goes_on(cfg: StackConfig) -> None
     assert headers[1]["dlq.source"].startswith(f"{settings.topic_prefix}invoice.created/".encode())
 
 
-async def test_transient_errors_retry_in_order_then_dead_letter(cfg: StackConfig) -> None:
+async def test_outage_pauses_and_resumes_without_dead_lettering(cfg: StackConfig) -> None:
+    """A dependency down for many times the retry budget: the record waits in place, order kept."""
+    attempts: dict[str, int] = {}
+    handled: list[str] = []
+    down = True
+
+    async def handler(message: Message[Envelope[Any]]) -> None:
+        number = message.value.data.invoice_number
+        attempts[number] = attempts.get(number, 0) + 1
+        if number == "first" and down:
+            raise DependencyDown("smtp", "connection refused")
+        handled.append(number)
+
+    async with isolated(cfg) as (settings, publisher), running(settings, publisher, handler) as loop:
+        for number in ("first", "second"):
+            await send(publisher, settings, event_bytes(number))
+        await until(lambda: attempts.get("first", 0) > 3 * settings.retry_max_attempts)
+        assert handled == [] and loop.outages.current().keys() == {"smtp"}
+        down = False
+        await until(lambda: handled == ["first", "second"])
+        assert loop.outages.current() == {}
+        dlq = await read_topic(
+            cfg.kafka_bootstrap, f"{settings.topic_prefix}invoice.created.dlq", expect=1, timeout_s=1
+        )
+    assert dlq == []
+
+
+async def test_a_bug_is_retried_then_dead_lettered_with_its_traceback(cfg: StackConfig) -> None:
     attempts: dict[str, int] = {}
     handled: list[str] = []
 
     async def handler(message: Message[Envelope[Any]]) -> None:
         number = message.value.data.invoice_number
         attempts[number] = attempts.get(number, 0) + 1
-        if number == "flaky" and attempts[number] < 3:
-            raise ConnectionError("SMTP relay hiccup")
+        if number == "racy" and attempts[number] < 2:
+            raise KeyError("a race that goes away")
         if number == "broken":
-            raise ConnectionError("always down")
+            raise ZeroDivisionError("a real bug")
         handled.append(number)
 
     async with isolated(cfg) as (settings, publisher), running(settings, publisher, handler):
-        for number in ("flaky", "next", "broken", "last"):
+        for number in ("racy", "broken", "last"):
             await send(publisher, settings, event_bytes(number))
-        await until(lambda: handled == ["flaky", "next", "last"])
+        await until(lambda: handled == ["racy", "last"])
         dlq = await read_topic(cfg.kafka_bootstrap, f"{settings.topic_prefix}invoice.created.dlq", expect=1)
-    assert attempts == {"flaky": 3, "next": 1, "broken": 3, "last": 1}
-    assert dict(dlq[0].headers)["dlq.reason"] == b"retries_exhausted"
-    assert dict(dlq[0].headers)["dlq.attempts"] == b"3"
+    assert attempts == {"racy": 2, "broken": settings.retry_max_attempts, "last": 1}
+    headers = dict(dlq[0].headers)
+    assert headers["dlq.reason"] == b"bug"
+    assert headers["dlq.attempts"] == str(settings.retry_max_attempts).encode()
+    assert b"ZeroDivisionError: a real bug" in headers["dlq.error"] and b"Traceback" in headers["dlq.error"]
 
 
 async def test_commits_survive_a_restart_of_the_consumer(cfg: StackConfig) -> None:
@@ -141,7 +171,7 @@ async def test_stop_during_backoff_leaves_the_message_uncommitted(cfg: StackConf
     async def handler(message: Message[Envelope[Any]]) -> None:
         calls.append(message.value.data.invoice_number)
         if not healthy:
-            raise ConnectionError("down")
+            raise DependencyDown("mongo", "down")
 
     async with isolated(cfg) as (settings, publisher):
         slow = settings.model_copy(update={"retry_initial_s": 30.0, "retry_max_s": 30.0})

@@ -1,34 +1,81 @@
-"""Every service's HTTP face: ``/healthz`` and ``/metrics``, plus any routers it adds."""
+"""Every service's HTTP face: ``/livez``, ``/readyz`` and ``/metrics``, plus any routers it adds.
+
+Liveness and readiness are separate on purpose. ``/livez`` says only "this process still turns"
+(the consumer's poll loop ran recently): an orchestrator restarts a pod that fails it, which
+would not help during a dependency outage. ``/readyz`` says "this process can do its work now":
+every dependency check answers within ``deadline_s``, and no dependency is failing the consumer's
+handlers. Both answer with dependency names and states (``ok``, ``down``, ``timeout``), never an
+exception's text, which is logged instead.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Generator, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 
-from factura.common.metrics import exposition
+from factura.common.metrics import DEPENDENCY_UP, exposition
 
 HealthCheck = Callable[[], Awaitable[None]]
+log = logging.getLogger(__name__)
 
 
-def create_app(service: str, checks: dict[str, HealthCheck], routers: Sequence[APIRouter] = ()) -> FastAPI:
+@dataclass(frozen=True)
+class Health:
+    """What a service's probes look at."""
+
+    checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    #: Liveness: False when the process is wedged and a restart would help.
+    alive: Callable[[], bool] = lambda: True
+    #: Dependencies failing the consumer's handlers right now (name → seconds since).
+    outages: Callable[[], Mapping[str, float]] = dict
+    deadline_s: float = 2.0
+
+
+async def _state(name: str, check: HealthCheck, deadline_s: float) -> str:
+    try:
+        await asyncio.wait_for(check(), deadline_s)
+    except TimeoutError:
+        log.warning("readiness check timed out", extra={"check": name, "deadline_s": deadline_s})
+        return "timeout"
+    except Exception:  # a health check reports, never raises
+        log.warning("readiness check failed", exc_info=True, extra={"check": name})
+        return "down"
+    return "ok"
+
+
+async def readiness(health: Health) -> dict[str, str]:
+    """Every check run concurrently under the deadline, merged with the consumer's outages."""
+    names = list(health.checks)
+    states = await asyncio.gather(*(_state(n, health.checks[n], health.deadline_s) for n in names))
+    results = dict(zip(names, states, strict=True))
+    for dependency in health.outages():
+        results[dependency] = "down"
+    for name, state in results.items():
+        DEPENDENCY_UP.labels(dependency=name).set(1 if state == "ok" else 0)
+    return results
+
+
+def create_app(service: str, health: Health, routers: Sequence[APIRouter] = ()) -> FastAPI:
     app = FastAPI(title=f"Factura {service}", version="1")
 
-    @app.get("/healthz", tags=["ops"])
-    async def healthz() -> JSONResponse:
-        results: dict[str, str] = {}
-        for name, check in checks.items():
-            try:
-                await check()
-                results[name] = "ok"
-            except Exception as e:  # noqa: BLE001 - a health check reports, never raises
-                results[name] = f"failing: {type(e).__name__}: {e}"
+    @app.get("/livez", tags=["ops"])
+    async def livez() -> JSONResponse:
+        alive = health.alive()
+        return JSONResponse({"service": service, "status": "alive" if alive else "stalled"}, 200 if alive else 503)
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        results = await readiness(health)
         ok = all(v == "ok" for v in results.values())
         return JSONResponse(
-            {"service": service, "status": "ok" if ok else "failing", "checks": results}, 200 if ok else 503
+            {"service": service, "status": "ready" if ok else "not_ready", "checks": results}, 200 if ok else 503
         )
 
     @app.get("/metrics", tags=["ops"])

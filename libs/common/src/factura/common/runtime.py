@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter
 
-from factura.common.http import HealthCheck, create_app, server
+from factura.common.http import Health, HealthCheck, create_app, server
 from factura.common.kafka.consumer import ConsumerLoop, Handler
 from factura.common.kafka.producer import Publisher
 from factura.common.logging import configure_logging
@@ -57,12 +57,17 @@ async def serve(name: str, settings: S, bootstrap: Bootstrap[S]) -> None:
             settings=settings.kafka, group_id=f"factura-{name}", routes=wiring.routes, publisher=publisher, service=name
         )
 
-        async def consumer_alive() -> None:
-            if not consumer.healthy:
-                raise RuntimeError("consumer loop has not polled recently")
-
-        checks = {"consumer": consumer_alive, **wiring.checks} if wiring.routes else wiring.checks
-        http = server(create_app(name, checks, wiring.routers), settings.http.host, settings.http.port)
+        health = (
+            Health(
+                checks={"kafka": consumer.broker_reachable, **wiring.checks},
+                alive=consumer.alive,
+                outages=consumer.outages.current,
+                deadline_s=settings.http.health_deadline_s,
+            )
+            if wiring.routes
+            else Health(checks=wiring.checks, deadline_s=settings.http.health_deadline_s)
+        )
+        http = server(create_app(name, health, wiring.routers), settings.http.host, settings.http.port)
         consuming = asyncio.create_task(consumer.run(), name="consumer") if wiring.routes else None
         background = [asyncio.create_task(task(stopping), name=f"task-{i}") for i, task in enumerate(wiring.tasks)]
         serving = asyncio.create_task(http.serve(), name="http")

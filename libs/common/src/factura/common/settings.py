@@ -23,10 +23,25 @@ class KafkaSettings(BaseModel):
     rebalance_timeout_ms: int = 10_000
     max_poll_records: int = 100
     poll_timeout_ms: int = 500
-    retry_initial_s: float = Field(default=0.2, description="First backoff for a transient handler error.")
-    retry_max_s: float = Field(default=10.0, description="Backoff cap.")
+    max_buffered_records: int = Field(
+        default=500, description="Records waiting in one partition's worker before fetching it pauses."
+    )
+    commit_interval_s: float = Field(default=0.5, gt=0, description="How often handled offsets are committed.")
+    handler_timeout_s: float = Field(
+        default=120.0, gt=0, description="Deadline of one handler call; past it the attempt counts as a bug."
+    )
+    drain_timeout_s: float = Field(
+        default=8.0, gt=0, description="On revoke or stop, how long the record in hand may finish (< rebalance)."
+    )
+    lag_interval_s: float = Field(default=5.0, gt=0, description="How often per-partition lag is measured.")
+    liveness_s: float = Field(default=30.0, gt=0, description="The poll loop must turn within this to be live.")
+    retry_initial_s: float = Field(default=0.2, description="First backoff after a failed attempt.")
+    retry_max_s: float = Field(default=10.0, description="Backoff cap (an outage is retried at this pace).")
     retry_max_attempts: int = Field(
-        default=8, description="Attempts before a message that keeps failing goes to the DLQ (never lost)."
+        default=4, ge=1, description="Attempts before a message that hits a bug goes to the DLQ (outages never do)."
+    )
+    dlq_limit_consecutive: int | None = Field(
+        default=50, description="Consecutive dead-letters that stop the consumer (arroyo's DlqLimit); None: no limit."
     )
 
 
@@ -38,6 +53,7 @@ class MongoSettings(BaseModel):
 class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
+    health_deadline_s: float = Field(default=2.0, gt=0, description="Each readiness check must answer within this.")
 
 
 class S3Settings(BaseModel):

@@ -2,89 +2,48 @@
 
 Semantics (modelled on Sentry's arroyo, kept small):
 
-* **At-least-once.** Offsets are committed manually, only for messages whose handler finished
-  (or that went to the DLQ). Handlers are idempotent, so a redelivery is harmless.
-* **Poison never stalls a partition.** An undecodable or schema-invalid message, or one whose
-  handler raises :class:`InvalidMessage`, goes to ``<topic>.dlq`` with headers naming the error,
-  and the loop moves on.
-* **Transient errors retry in place** with capped exponential backoff and jitter, so order within
-  a partition is kept. After ``retry_max_attempts`` the message is dead-lettered (still not lost:
-  the DLQ can be replayed) rather than blocking the partition forever.
-* **Backpressure** comes from the poll itself: at most ``max_poll_records`` per poll, partitions
-  of one poll handled concurrently, messages within a partition in order.
-* **SIGTERM drains:** :meth:`ConsumerLoop.stop` lets the message in hand finish, commits, leaves
-  the group. A message still in backoff is left uncommitted and redelivered after restart.
+* **At-least-once.** Offsets are committed manually (every ``commit_interval_s``, on revoke and
+  on stop), only up to records whose handler finished or that the DLQ took. Handlers are
+  idempotent, so a redelivery is harmless.
+* **Per-partition progress.** The poll loop only fetches and hands records to one
+  :class:`~factura.common.kafka.partition.PartitionWorker` per partition; a retry, a slow handler
+  or an outage in one partition never delays the others.
+* **Outages pause, never dead-letter.** A transient error (a dependency down) pauses fetching
+  for that partition and retries the record until the dependency is back; readiness names it.
+  Only messages that are wrong in themselves (invalid) or that keep hitting a bug are
+  dead-lettered, and :class:`~factura.common.kafka.deadletter.DlqLimit` stops the consumer when
+  dead-letters pile up with nothing handled in between.
+* **Backpressure.** A partition with ``max_buffered_records`` waiting is paused until its worker
+  catches up; every handler call has a deadline (``handler_timeout_s``).
+* **Bounded rebalances and shutdown.** On revoke and on stop, workers finish the record in hand
+  for at most ``drain_timeout_s`` (then they are cancelled and the record is redelivered), and
+  what is done is committed: :meth:`ConsumerLoop.run` always returns after :meth:`stop`.
+* **Truthful lag.** Every ``lag_interval_s`` the lag of each assigned partition is computed from
+  the broker's end offset and the committed offset, so it keeps rising while a partition stalls.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from collections.abc import Mapping
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError
-from pydantic import ValidationError
+from aiokafka.errors import CommitFailedError, KafkaError
 
-from factura.common.envelope import Envelope
-from factura.common.errors import InvalidMessage, field_errors
-from factura.common.events import FieldError, UnknownEventType, parse_event
-from factura.common.kafka.producer import Headers, Publisher
-from factura.common.logging import log_context
-from factura.common.metrics import CONSUMER_LAG, HANDLER_SECONDS, MESSAGES_CONSUMED, MESSAGES_DLQ, MESSAGES_FAILED
+from factura.common.kafka.deadletter import DeadLetters, DlqLimit
+from factura.common.kafka.partition import Collaborators, Handler, Message, Outages, PartitionWorker, decode
+from factura.common.kafka.producer import Publisher
+from factura.common.metrics import CONSUMER_LAG, PARTITIONS_PAUSED
 from factura.common.settings import KafkaSettings
 from factura.common.topics import REGISTRY, Topic
 
+#: Services import what a handler needs from here: the loop, its handler type and message.
+__all__ = ["ConsumerLoop", "Handler", "Message", "decode"]
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Message(Generic[T]):
-    """A decoded message plus where it came from."""
-
-    topic: Topic
-    partition: int
-    offset: int
-    key: bytes | None
-    headers: Mapping[str, bytes]
-    raw: bytes
-    value: T
-
-    @property
-    def source(self) -> str:
-        return f"{self.topic.name}/{self.partition}/{self.offset}"
-
-
-Handler = Callable[[Message[Any]], Awaitable[None]]
-
-
-def decode(topic: Topic, raw: bytes) -> Envelope[Any] | dict[str, Any]:
-    """Envelope topics parse into typed events; ERP topics into a JSON object for ingest to check."""
-    try:
-        if topic.enveloped:
-            return parse_event(raw)
-        value = json.loads(raw)
-    except ValidationError as e:
-        raise InvalidMessage(field_errors(e)) from e
-    except (UnknownEventType, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise InvalidMessage([FieldError(field="$", message=f"not decodable: {e}")]) from e
-    if not isinstance(value, dict):
-        raise InvalidMessage([FieldError(field="$", message="expected a JSON object")])
-    return value
-
-
-@dataclass
-class _Progress:
-    """Offsets handled but not yet committed, per partition."""
-
-    pending: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 class ConsumerLoop:
@@ -98,8 +57,6 @@ class ConsumerLoop:
         service: str,
     ) -> None:
         self._settings = settings
-        self._service = service
-        self._publisher = publisher
         prefix = settings.topic_prefix
         self._routes: dict[str, tuple[Topic, Handler]] = {
             REGISTRY[name].physical(prefix): (REGISTRY[name], handler) for name, handler in routes.items()
@@ -107,7 +64,7 @@ class ConsumerLoop:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
             group_id=f"{prefix}{group_id}",
-            client_id=f"{service}",
+            client_id=service,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.max_poll_records,
@@ -116,161 +73,162 @@ class ConsumerLoop:
             rebalance_timeout_ms=settings.rebalance_timeout_ms,
         )
         self._stopping = asyncio.Event()
-        self._batch_lock = asyncio.Lock()
-        self._progress = _Progress()
-        self.last_poll: float = 0.0
+        self._limit = DlqLimit(settings.dlq_limit_consecutive)
+        self.outages = Outages()
+        self._shared = Collaborators(
+            settings=settings,
+            dead_letters=DeadLetters(publisher, prefix=prefix, service=service, limit=self._limit),
+            dlq_limit=self._limit,
+            outages=self.outages,
+            flow=self._flow,
+        )
+        self._workers: dict[TopicPartition, PartitionWorker] = {}
+        self._paused: set[TopicPartition] = set()
+        self._committed: dict[TopicPartition, int] = {}
+        self.last_poll = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:
         self._stopping.set()
 
-    @property
-    def healthy(self) -> bool:
-        """Polled recently (a wedged loop fails its liveness probe)."""
-        return time.monotonic() - self.last_poll < max(30.0, self._settings.session_timeout_ms / 1000)
+    def alive(self) -> bool:
+        """The poll loop turned recently (liveness: a wedged loop gets the process restarted)."""
+        return time.monotonic() - self.last_poll < self._settings.liveness_s
+
+    async def broker_reachable(self) -> None:
+        """Readiness: the broker answers a metadata request (the caller applies the deadline)."""
+        await self._consumer.topics()
 
     async def run(self) -> None:
         await self._consumer.start()
-        self._consumer.subscribe(list(self._routes), listener=_CommitOnRevoke(self))
+        self._consumer.subscribe(list(self._routes), listener=_Rebalance(self))
         log.info("consumer started", extra={"topics": list(self._routes)})
+        lag = asyncio.create_task(self._report_lag(), name="consumer-lag")
         try:
-            while not self._stopping.is_set():
-                batch = await self._consumer.getmany(
-                    timeout_ms=self._settings.poll_timeout_ms, max_records=self._settings.max_poll_records
-                )
-                self.last_poll = time.monotonic()
-                if not batch:
-                    continue
-                async with self._batch_lock:
-                    await asyncio.gather(*(self._process_partition(tp, records) for tp, records in batch.items()))
-                    await self._commit()
+            await self._poll()
         finally:
-            async with self._batch_lock:
-                await self._commit()
-            await self._consumer.stop()
+            lag.cancel()
+            await self._release(list(self._workers))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._consumer.stop(), self._settings.drain_timeout_s)
             log.info("consumer stopped")
 
-    # -- processing ------------------------------------------------------------------------
-    async def _process_partition(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def _poll(self) -> None:
+        next_commit = time.monotonic() + self._settings.commit_interval_s
+        while not self._stopping.is_set():
+            batch = await self._consumer.getmany(
+                timeout_ms=self._settings.poll_timeout_ms, max_records=self._settings.max_poll_records
+            )
+            self.last_poll = time.monotonic()
+            for tp, records in batch.items():
+                worker = self._workers.get(tp)
+                if worker is None:  # assigned between the listener and this poll
+                    worker = self._start_worker(tp)
+                worker.feed(records)
+                self._flow(worker)
+            failed = [w for w in self._workers.values() if w.task.done()]
+            for worker in failed:
+                worker.task.result()  # DlqLimitExceeded or a loop bug: stop the consumer, loudly
+            if self.last_poll >= next_commit:
+                await self._commit(list(self._workers.values()))
+                next_commit = self.last_poll + self._settings.commit_interval_s
+
+    # -- partitions ------------------------------------------------------------------------
+    def _start_worker(self, tp: TopicPartition) -> PartitionWorker:
         topic, handler = self._routes[tp.topic]
-        for record in records:
-            if self._stopping.is_set():
-                return  # drain: what is not handled yet is redelivered after restart
-            MESSAGES_CONSUMED.labels(topic=topic.name).inc()
-            started = time.perf_counter()
-            done = await self._process(topic, handler, record)
-            HANDLER_SECONDS.labels(topic=topic.name).observe(time.perf_counter() - started)
-            if not done:
-                return
-            self._progress.pending[tp] = record.offset + 1
-            highwater = self._consumer.highwater(tp)
-            if highwater is not None:
-                CONSUMER_LAG.labels(topic=topic.name, partition=str(tp.partition)).set(highwater - record.offset - 1)
+        worker = PartitionWorker(tp, topic, handler, self._shared)
+        self._workers[tp] = worker
+        return worker
 
-    async def _process(self, topic: Topic, handler: Handler, record: ConsumerRecord[bytes, bytes]) -> bool:
-        """Handle one record. True when it may be committed (handled or dead-lettered)."""
-        raw = record.value or b""
-        headers = {k: v for k, v in record.headers}
-        try:
-            value = decode(topic, raw)
-        except InvalidMessage as e:
-            return await self._dead_letter(topic, record, "invalid", str(e), attempts=0)
-        message = Message(topic, record.partition, record.offset, record.key, headers, raw, value)
-        correlation = value.correlation_id if isinstance(value, Envelope) else _header(headers, "correlation_id")
-        tenant = value.tenant_id if isinstance(value, Envelope) else _header(headers, "tenant_id")
-        with log_context(correlation, tenant):
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    await handler(message)
-                    return True
-                except InvalidMessage as e:
-                    MESSAGES_FAILED.labels(topic=topic.name, error="InvalidMessage").inc()
-                    log.warning("invalid message", extra={"source": message.source, "error": str(e)})
-                    return await self._dead_letter(topic, record, "invalid", str(e), attempts=attempt)
-                except Exception as e:
-                    MESSAGES_FAILED.labels(topic=topic.name, error=type(e).__name__).inc()
-                    if attempt >= self._settings.retry_max_attempts:
-                        log.error("retries exhausted", exc_info=True, extra={"source": message.source})
-                        return await self._dead_letter(topic, record, "retries_exhausted", repr(e), attempts=attempt)
-                    delay = self._backoff(attempt)
-                    log.warning(
-                        "transient handler error, retrying",
-                        extra={"source": message.source, "attempt": attempt, "delay_s": delay, "error": repr(e)},
-                    )
-                    if await self._sleep_unless_stopping(delay):
-                        return False
+    def _flow(self, worker: PartitionWorker) -> None:
+        tp = worker.tp
+        wanted = worker.in_retry or worker.buffered >= self._settings.max_buffered_records
+        if wanted and tp not in self._paused:
+            self._consumer.pause(tp)
+            self._paused.add(tp)
+            PARTITIONS_PAUSED.inc()
+        elif not wanted and tp in self._paused:
+            self._consumer.resume(tp)
+            self._paused.discard(tp)
+            PARTITIONS_PAUSED.dec()
 
-    def _backoff(self, attempt: int) -> float:
-        base = min(self._settings.retry_max_s, self._settings.retry_initial_s * 2.0 ** (attempt - 1))
-        return base * random.uniform(0.5, 1.0)
+    async def _release(self, partitions: list[TopicPartition]) -> None:
+        """Halt these partitions' workers (bounded wait), commit what they finished, forget them."""
+        workers = [self._workers[tp] for tp in partitions if tp in self._workers]
+        for worker in workers:
+            worker.halt()
+        if workers:
+            _, pending = await asyncio.wait([w.task for w in workers], timeout=self._settings.drain_timeout_s)
+            for task in pending:
+                log.warning(
+                    "handler did not finish in time; cancelled, it will be redelivered", extra={"task": task.get_name()}
+                )
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await self._commit(workers)
+        for worker in workers:
+            del self._workers[worker.tp]
+            if worker.tp in self._paused:
+                self._paused.discard(worker.tp)
+                PARTITIONS_PAUSED.dec()
+            self._committed.pop(worker.tp, None)
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(self._routes[worker.tp.topic][0].name, str(worker.tp.partition))
 
-    async def _sleep_unless_stopping(self, delay: float) -> bool:
-        """Sleep; True if asked to stop meanwhile."""
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-        except TimeoutError:
-            return False
-        return True
-
-    async def _dead_letter(
-        self, topic: Topic, record: ConsumerRecord[bytes, bytes], reason: str, error: str, attempts: int
-    ) -> bool:
-        headers: Headers = [(k, v) for k, v in record.headers if not k.startswith("dlq.")]
-        headers += [
-            ("dlq.reason", reason.encode()),
-            ("dlq.error", error[:4000].encode()),
-            ("dlq.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
-            ("dlq.service", self._service.encode()),
-            ("dlq.attempts", str(attempts).encode()),
-        ]
-        dlq = topic.dlq(self._settings.topic_prefix)
-        attempt = 0
-        while True:  # the DLQ is the last resort: keep trying until it takes the message or we stop
-            attempt += 1
-            try:
-                await self._publisher.send(dlq, record.value or b"", key=record.key, headers=headers)
-                break
-            except Exception:
-                log.exception("DLQ publish failed", extra={"dlq": dlq})
-                if await self._sleep_unless_stopping(self._backoff(attempt)):
-                    return False
-        MESSAGES_DLQ.labels(topic=topic.name, reason=reason).inc()
-        log.warning("dead-lettered", extra={"dlq": dlq, "reason": reason, "error": error[:500]})
-        return True
-
-    async def _commit(self) -> None:
-        if not self._progress.pending:
-            return
-        offsets, self._progress.pending = self._progress.pending, {}
+    async def _commit(self, workers: list[PartitionWorker]) -> None:
+        offsets = {
+            w.tp: w.done_offset
+            for w in workers
+            if w.done_offset is not None and self._committed.get(w.tp) != w.done_offset
+        }
         assigned = self._consumer.assignment()
         offsets = {tp: off for tp, off in offsets.items() if tp in assigned}
-        if offsets:
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError:
+            # The group rebalanced under us; the new owner re-reads these (idempotent) messages.
+            log.warning("commit failed after rebalance", extra={"offsets": len(offsets)})
+        except KafkaError as e:
+            log.warning("commit failed; will retry", extra={"error": repr(e)})  # offsets stay pending
+        else:
+            self._committed.update(offsets)
+
+    async def _report_lag(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.lag_interval_s)
+            assigned = list(self._workers)
+            if not assigned:
+                continue
             try:
-                await self._consumer.commit(offsets)
-            except CommitFailedError:
-                # The group rebalanced under us; the new owner re-reads these (idempotent) messages.
-                log.warning("commit failed after rebalance", extra={"offsets": len(offsets)})
+                ends = await asyncio.wait_for(self._consumer.end_offsets(assigned), self._settings.lag_interval_s)
+            except (KafkaError, TimeoutError) as e:
+                log.warning("lag not measured: broker did not answer", extra={"error": repr(e)})
+                continue
+            for tp, end in ends.items():
+                if tp not in self._workers:
+                    continue
+                committed = self._committed.get(tp)
+                if committed is None:
+                    committed = await self._consumer.committed(tp) or 0
+                    self._committed[tp] = committed
+                CONSUMER_LAG.labels(topic=self._routes[tp.topic][0].name, partition=str(tp.partition)).set(
+                    max(0, end - committed)
+                )
 
 
-class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Before partitions move to another member, finish the batch in hand and commit it."""
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions move to another member, finish (boundedly) and commit what they did."""
 
     def __init__(self, loop: ConsumerLoop) -> None:
         self._loop = loop
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        if self._loop._batch_lock.locked():
-            # run() holds the lock while processing; wait for it, then commit what it did.
-            async with self._loop._batch_lock:
-                pass
-        await self._loop._commit()
+        await self._loop._release(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            if tp not in self._loop._workers:
+                self._loop._start_worker(tp)
         log.info("partitions assigned", extra={"partitions": [f"{tp.topic}/{tp.partition}" for tp in assigned]})
-
-
-def _header(headers: Mapping[str, bytes], name: str) -> str | None:
-    value = headers.get(name)
-    return value.decode(errors="replace") if value is not None else None

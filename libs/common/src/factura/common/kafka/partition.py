@@ -1,0 +1,234 @@
+"""One worker per assigned partition: messages in order, failures handled by kind.
+
+Each partition has its own task and queue, so a retry, a slow handler or an outage in one
+partition never delays another. For every record the worker decodes it, calls the handler under
+a timeout, and by the error's kind (:mod:`factura.common.errors`):
+
+* invalid → dead-letter at once, go on;
+* transient → pause fetching for this partition and retry the same record with capped backoff
+  for as long as the dependency is down (the outage is visible in readiness); resume after;
+* bug → retry ``retry_max_attempts`` times (it may be a race), then dead-letter with the
+  traceback, go on.
+
+A record is marked done (its offset committable) only after the handler returned or the DLQ
+took it. A stopping or revoked worker leaves the record in hand uncommitted: it is redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import traceback
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeAlias, TypeVar
+
+from aiokafka import ConsumerRecord, TopicPartition
+from pydantic import ValidationError
+
+from factura.common.envelope import Envelope
+from factura.common.errors import ErrorKind, InvalidMessage, classify, field_errors
+from factura.common.events import FieldError, UnknownEventType, parse_event
+from factura.common.kafka.deadletter import DeadLetters, DlqLimit
+from factura.common.logging import log_context
+from factura.common.metrics import HANDLER_SECONDS, MESSAGES_CONSUMED, MESSAGES_FAILED
+from factura.common.settings import KafkaSettings
+from factura.common.topics import Topic
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+
+@dataclass(frozen=True)
+class Message(Generic[T]):
+    """A decoded message plus where it came from."""
+
+    topic: Topic
+    partition: int
+    offset: int
+    key: bytes | None
+    headers: Mapping[str, bytes]
+    raw: bytes
+    value: T
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic.name}/{self.partition}/{self.offset}"
+
+
+Handler = Callable[[Message[Any]], Awaitable[None]]
+
+
+def decode(topic: Topic, raw: bytes) -> Envelope[Any] | bytes:
+    """Envelope topics parse into typed events. Inbound ERP topics stay bytes: ingest owns the ERP
+    contract, so it decodes them itself and turns what it cannot read into ``invoice.rejected``."""
+    if not topic.enveloped:
+        return raw
+    try:
+        return parse_event(raw)
+    except ValidationError as e:
+        raise InvalidMessage(field_errors(e)) from e
+    except (UnknownEventType, ValueError, RecursionError) as e:  # JSON, UTF-8 and nesting errors
+        raise InvalidMessage([FieldError(field="$", message=f"not decodable: {str(e)[:200]}")]) from e
+
+
+class Outages:
+    """Dependencies that failed a handler and have not succeeded since: what readiness reports."""
+
+    def __init__(self) -> None:
+        self._down: dict[str, dict[TopicPartition, float]] = {}
+
+    def down(self, dependency: str, tp: TopicPartition) -> None:
+        self._down.setdefault(dependency, {}).setdefault(tp, time.monotonic())
+
+    def cleared(self, tp: TopicPartition) -> None:
+        for dependency in list(self._down):
+            self._down[dependency].pop(tp, None)
+            if not self._down[dependency]:
+                del self._down[dependency]
+
+    def current(self) -> dict[str, float]:
+        """Dependency → seconds since a partition first found it down."""
+        now = time.monotonic()
+        return {dep: now - min(since.values()) for dep, since in self._down.items()}
+
+
+@dataclass
+class Collaborators:
+    """What every partition worker of one consumer shares."""
+
+    settings: KafkaSettings
+    dead_letters: DeadLetters
+    dlq_limit: DlqLimit
+    outages: Outages
+    #: Pauses or resumes fetching for a worker's partition from its ``in_retry`` and ``buffered``.
+    flow: Callable[[PartitionWorker], None]
+
+
+class PartitionWorker:
+    def __init__(self, tp: TopicPartition, topic: Topic, handler: Handler, shared: Collaborators) -> None:
+        self.tp = tp
+        self._topic = topic
+        self._handler = handler
+        self._s = shared
+        self._batches: deque[list[Record]] = deque()
+        self._arrived = asyncio.Event()
+        self._halt = asyncio.Event()
+        self.buffered = 0
+        #: Offset after the last record handled or dead-lettered: what may be committed.
+        self.done_offset: int | None = None
+        self.in_retry = False
+        self.task = asyncio.create_task(self._run(), name=f"partition-{tp.topic}-{tp.partition}")
+
+    # -- fed by the poll loop --------------------------------------------------------------
+    def feed(self, records: list[Record]) -> None:
+        self._batches.append(records)
+        self.buffered += len(records)
+        self._arrived.set()
+
+    def halt(self) -> None:
+        """Stop after the record in hand (revoke, shutdown); what is buffered is re-read later."""
+        self._halt.set()
+        self._arrived.set()
+
+    # -- the worker ------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while not self._halt.is_set():
+            if not self._batches:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            for record in self._batches.popleft():
+                if self._halt.is_set() or not await self._process(record):
+                    return
+                self.done_offset = record.offset + 1
+                self.buffered -= 1
+                self._s.flow(self)
+
+    async def _process(self, record: Record) -> bool:
+        """Handle one record. True when it may be committed (handled or dead-lettered)."""
+        topic = self._topic
+        MESSAGES_CONSUMED.labels(topic=topic.name).inc()
+        raw = record.value or b""
+        headers = dict(record.headers)
+        try:
+            value = decode(topic, raw)
+        except InvalidMessage as e:
+            return await self._dead_letter(record, ErrorKind.INVALID, str(e), attempts=0)
+        message = Message(topic, record.partition, record.offset, record.key, headers, raw, value)
+        if isinstance(value, Envelope):
+            context = log_context(value.correlation_id, value.tenant_id)
+        else:  # ingest binds the payload's identifiers once it has parsed them
+            context = log_context(None, None)
+        with context:
+            return await self._attempts(message, record)
+
+    async def _attempts(self, message: Message[Any], record: Record) -> bool:
+        started = time.perf_counter()
+        bugs = 0
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with asyncio.timeout(self._s.settings.handler_timeout_s):
+                    await self._handler(message)
+            except Exception as e:
+                kind, dependency = classify(e)
+                if isinstance(e, TimeoutError) and dependency is None:
+                    # The loop's own deadline: a handler that hangs is a bug, not an outage
+                    # (dependencies have shorter client timeouts of their own, which are transient).
+                    kind = ErrorKind.BUG
+                MESSAGES_FAILED.labels(topic=self._topic.name, error=type(e).__name__).inc()
+                if kind is ErrorKind.INVALID:
+                    log.warning("invalid message", extra={"source": message.source, "error": str(e)})
+                    return await self._dead_letter(record, kind, str(e), attempts=attempt)
+                if kind is ErrorKind.BUG:
+                    bugs += 1
+                    if bugs >= self._s.settings.retry_max_attempts:
+                        log.error(
+                            "handler keeps failing; dead-lettering", exc_info=True, extra={"source": message.source}
+                        )
+                        return await self._dead_letter(record, kind, _traceback(e), attempts=attempt)
+                    log.warning("handler failed, retrying", exc_info=True, extra={"source": message.source})
+                else:
+                    self._s.outages.down(dependency or type(e).__name__, self.tp)
+                    log.warning(
+                        "dependency unavailable; partition paused, retrying",
+                        extra={"source": message.source, "dependency": dependency, "error": repr(e)[:500]},
+                    )
+                self.in_retry = True
+                self._s.flow(self)
+                if await self._backoff(attempt):
+                    return False
+            else:
+                HANDLER_SECONDS.labels(topic=self._topic.name).observe(time.perf_counter() - started)
+                if attempt > 1:
+                    self._s.outages.cleared(self.tp)
+                    self.in_retry = False
+                    log.info("handled after retries", extra={"source": message.source, "attempts": attempt})
+                self._s.dlq_limit.handled()
+                return True
+
+    async def _dead_letter(self, record: Record, kind: ErrorKind, error: str, *, attempts: int) -> bool:
+        sent = await self._s.dead_letters.send(self._topic, record, kind, error, attempts=attempts, sleep=self._backoff)
+        self.in_retry = False
+        self._s.outages.cleared(self.tp)
+        return sent
+
+    async def _backoff(self, attempt: int) -> bool:
+        """Sleep with capped exponential backoff and jitter; True if halted meanwhile."""
+        s = self._s.settings
+        delay = min(s.retry_max_s, s.retry_initial_s * 2.0 ** min(attempt - 1, 30)) * random.uniform(0.5, 1.0)
+        try:
+            await asyncio.wait_for(self._halt.wait(), timeout=delay)
+        except TimeoutError:
+            return False
+        return True
+
+
+def _traceback(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error))[-4000:]
