@@ -148,7 +148,7 @@ class DeliverySucceededV1(_Model):
     document: DocumentRef
 
 
-FailureReason = Literal["no_address", "rejected_by_server", "provider_error"]
+FailureReason = Literal["no_address", "rejected_by_server", "provider_error", "message_invalid", "document_mismatch"]
 
 
 class DeliveryFailedV1(_Model):
@@ -189,6 +189,18 @@ class ReminderDueV1(_Model):
     invoice: InvoiceSummary
 
 
+UnmatchedReason = Literal["currency_mismatch"]
+
+
+class PaymentUnmatchedV1(_Model):
+    """A payment the scheduler refused to count toward the invoice it names, and why."""
+
+    reason: UnmatchedReason
+    detail: str = Field(description="Human-readable explanation, e.g. 'payment in USD, invoice in EUR'")
+    payment: PaymentReceivedV1 = Field(description="The refused payment, as received")
+    invoice_currency: Currency = Field(description="Currency of the invoice the payment names")
+
+
 #: (type, schema_version) → data model. The single source for parsing and schema export.
 EVENT_MODELS: dict[tuple[str, int], type[_Model]] = {
     ("invoice.created", 1): InvoiceCreatedV1,
@@ -198,6 +210,7 @@ EVENT_MODELS: dict[tuple[str, int], type[_Model]] = {
     ("delivery.failed", 1): DeliveryFailedV1,
     ("document.downloaded", 1): DocumentDownloadedV1,
     ("payment.received", 1): PaymentReceivedV1,
+    ("payment.unmatched", 1): PaymentUnmatchedV1,
     ("reminder.due", 1): ReminderDueV1,
 }
 

@@ -35,6 +35,7 @@ DELIVERY_SUCCEEDED = Topic("delivery.succeeded", "A channel delivered the invoic
 DELIVERY_FAILED = Topic("delivery.failed", "A channel could not deliver the invoice, and why.")
 DOCUMENT_DOWNLOADED = Topic("document.downloaded", "A customer opened a signed download link.")
 PAYMENT_RECEIVED = Topic("payment.received", "A validated payment against an invoice.")
+PAYMENT_UNMATCHED = Topic("payment.unmatched", "A payment not counted toward its invoice, with the reason.")
 REMINDER_DUE = Topic("reminder.due", "An invoice needs a payment reminder.")
 
 REGISTRY: dict[str, Topic] = {
@@ -49,6 +50,7 @@ REGISTRY: dict[str, Topic] = {
         DELIVERY_FAILED,
         DOCUMENT_DOWNLOADED,
         PAYMENT_RECEIVED,
+        PAYMENT_UNMATCHED,
         REMINDER_DUE,
     )
 }

@@ -1,4 +1,4 @@
-"""Wire the scheduler: MongoDB schedules, the two handlers and the periodic sweep."""
+"""Wire the scheduler: MongoDB schedules and sweep lease, the handlers, the periodic sweep."""
 
 from __future__ import annotations
 
@@ -9,16 +9,21 @@ from factura.common.kafka.producer import Publisher
 from factura.common.mongo import create_client, database, ping
 from factura.common.runtime import Wiring
 from factura.scheduler.handlers import SchedulerHandlers
+from factura.scheduler.lease import Lease, default_owner
 from factura.scheduler.schedule import Schedules
 from factura.scheduler.settings import Settings
+
+SWEEP_LEASE = "reminder-sweep"
 
 
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
     mongo = create_client(settings.mongo)
     stack.push_async_callback(mongo.close)
-    schedules = Schedules(database(mongo, settings.mongo)["schedules"])
+    db = database(mongo, settings.mongo)
+    schedules = Schedules(db["schedules"])
     await schedules.ensure_indexes()
-    handlers = SchedulerHandlers(publisher, schedules)
+    lease = Lease(db["leases"], SWEEP_LEASE, owner=settings.replica_id or default_owner(), ttl=settings.lease_ttl)
+    handlers = SchedulerHandlers(publisher, schedules, lease)
 
     async def sweeps(stopping: asyncio.Event) -> None:
         await handlers.run_sweeps(stopping, settings.tick_seconds)
@@ -27,7 +32,11 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
         await ping(mongo)
 
     return Wiring(
-        routes={"invoice.created": handlers.on_invoice_created, "payment.received": handlers.on_payment_received},
+        routes={
+            "invoice.created": handlers.on_invoice_created,
+            "invoice.rejected": handlers.on_invoice_rejected,
+            "payment.received": handlers.on_payment_received,
+        },
         checks={"mongo": mongo_ok},
         tasks=[sweeps],
     )
