@@ -6,7 +6,7 @@ UV ?= python3 -m uv
 STAMP := $(VENV)/.installed
 SRC := libs/common/src services/*/src devstack/src
 
-.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render clean
+.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer clean
 
 install: $(STAMP)
 
@@ -58,6 +58,9 @@ demo: install
 
 bench-render: install  ## renderer full cost vs bare WeasyPrint, p50/p95, 2-core scaling, worker RSS (~3 min)
 	$(PY) -m benchmarks.bench_render
+
+bench-consumer: install  ## ConsumerLoop vs raw aiokafka, and healthy partitions while one fails (~2 min)
+	$(PY) -m benchmarks.bench_consumer
 
 clean: down
 	rm -rf .data

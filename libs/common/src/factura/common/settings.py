@@ -24,7 +24,7 @@ class KafkaSettings(BaseModel):
     max_poll_records: int = 100
     poll_timeout_ms: int = 500
     max_buffered_records: int = Field(
-        default=500, description="Records waiting in one partition's worker before fetching it pauses."
+        default=2000, description="Records waiting in one partition's worker before fetching it pauses."
     )
     commit_interval_s: float = Field(default=0.5, gt=0, description="How often handled offsets are committed.")
     handler_timeout_s: float = Field(

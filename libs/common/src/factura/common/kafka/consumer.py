@@ -114,10 +114,12 @@ class ConsumerLoop:
             log.info("consumer stopped")
 
     async def _poll(self) -> None:
-        next_commit = time.monotonic() + self._settings.commit_interval_s
+        """Fetch, hand records to partition workers, commit periodically, watch the workers."""
+        settings = self._settings
+        next_commit = time.monotonic() + settings.commit_interval_s
         while not self._stopping.is_set():
             batch = await self._consumer.getmany(
-                timeout_ms=self._settings.poll_timeout_ms, max_records=self._settings.max_poll_records
+                timeout_ms=settings.poll_timeout_ms, max_records=settings.max_poll_records
             )
             self.last_poll = time.monotonic()
             for tp, records in batch.items():
@@ -125,13 +127,21 @@ class ConsumerLoop:
                 if worker is None:  # assigned between the listener and this poll
                     worker = self._start_worker(tp)
                 worker.feed(records)
-                self._flow(worker)
-            failed = [w for w in self._workers.values() if w.task.done()]
-            for worker in failed:
-                worker.task.result()  # DlqLimitExceeded or a loop bug: stop the consumer, loudly
+                if worker.buffered >= settings.max_buffered_records:
+                    self._flow(worker)
+            self._check_workers()
             if self.last_poll >= next_commit:
                 await self._commit(list(self._workers.values()))
-                next_commit = self.last_poll + self._settings.commit_interval_s
+                next_commit = self.last_poll + settings.commit_interval_s
+
+    def _check_workers(self) -> None:
+        """Surface a worker's fatal error (DlqLimitExceeded, a loop bug); interrupt overdue handlers."""
+        for worker in list(self._workers.values()):
+            if worker.task.done() and not worker.task.cancelled():
+                worker.task.result()
+            elif worker.overdue(self.last_poll):
+                log.error("handler past its deadline; interrupting", extra={"partition": str(worker.tp)})
+                worker.interrupt()
 
     # -- partitions ------------------------------------------------------------------------
     def _start_worker(self, tp: TopicPartition) -> PartitionWorker:
@@ -141,8 +151,17 @@ class ConsumerLoop:
         return worker
 
     def _flow(self, worker: PartitionWorker) -> None:
+        """Pause a partition while its worker retries or is full; resume once it is half empty.
+
+        The gap between the two marks keeps a busy partition from flapping: aiokafka drops a
+        paused partition's prefetched records and fetches them again after the resume.
+        """
         tp = worker.tp
-        wanted = worker.in_retry or worker.buffered >= self._settings.max_buffered_records
+        limit = self._settings.max_buffered_records
+        if tp in self._paused:
+            wanted = worker.in_retry or worker.buffered > limit // 2
+        else:
+            wanted = worker.in_retry or worker.buffered >= limit
         if wanted and tp not in self._paused:
             self._consumer.pause(tp)
             self._paused.add(tp)

@@ -24,7 +24,7 @@ import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
 from pydantic import ValidationError
@@ -43,9 +43,8 @@ T = TypeVar("T")
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
-@dataclass(frozen=True)
-class Message(Generic[T]):
-    """A decoded message plus where it came from."""
+class Message(NamedTuple, Generic[T]):
+    """A decoded message plus where it came from (a tuple: built once per record, cheaply)."""
 
     topic: Topic
     partition: int
@@ -122,6 +121,10 @@ class PartitionWorker:
         #: Offset after the last record handled or dead-lettered: what may be committed.
         self.done_offset: int | None = None
         self.in_retry = False
+        self._call_started: float | None = None
+        self._interrupted = False
+        self._consumed = MESSAGES_CONSUMED.labels(topic=topic.name)
+        self._duration = HANDLER_SECONDS.labels(topic=topic.name)
         self.task = asyncio.create_task(self._run(), name=f"partition-{tp.topic}-{tp.partition}")
 
     # -- fed by the poll loop --------------------------------------------------------------
@@ -135,37 +138,50 @@ class PartitionWorker:
         self._halt.set()
         self._arrived.set()
 
+    def overdue(self, now: float) -> bool:
+        """The handler call in progress has run past ``handler_timeout_s`` (the watchdog asks)."""
+        started = self._call_started
+        return started is not None and now - started > self._s.settings.handler_timeout_s
+
+    def interrupt(self) -> None:
+        """Cancel the overdue handler call; :meth:`_call` turns it into a ``TimeoutError``.
+
+        One watchdog per consumer instead of an ``asyncio.timeout`` per call: the deadline then
+        costs one clock read per record, not a timer scheduled and cancelled on the event loop.
+        """
+        self._interrupted = True
+        self.task.cancel()
+
     # -- the worker ------------------------------------------------------------------------
     async def _run(self) -> None:
+        limit = self._s.settings.max_buffered_records
         while not self._halt.is_set():
             if not self._batches:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            for record in self._batches.popleft():
+            batch = self._batches.popleft()
+            self._consumed.inc(len(batch))
+            for record in batch:
                 if self._halt.is_set() or not await self._process(record):
                     return
                 self.done_offset = record.offset + 1
                 self.buffered -= 1
-                self._s.flow(self)
+                if self.buffered == limit // 2:
+                    self._s.flow(self)  # half empty: resume fetching if it was paused for being full
 
     async def _process(self, record: Record) -> bool:
         """Handle one record. True when it may be committed (handled or dead-lettered)."""
-        topic = self._topic
-        MESSAGES_CONSUMED.labels(topic=topic.name).inc()
         raw = record.value or b""
-        headers = dict(record.headers)
         try:
-            value = decode(topic, raw)
+            value = decode(self._topic, raw)
         except InvalidMessage as e:
             return await self._dead_letter(record, ErrorKind.INVALID, str(e), attempts=0)
-        message = Message(topic, record.partition, record.offset, record.key, headers, raw, value)
+        message = Message(self._topic, record.partition, record.offset, record.key, dict(record.headers), raw, value)
         if isinstance(value, Envelope):
-            context = log_context(value.correlation_id, value.tenant_id)
-        else:  # ingest binds the payload's identifiers once it has parsed them
-            context = log_context(None, None)
-        with context:
-            return await self._attempts(message, record)
+            with log_context(value.correlation_id, value.tenant_id):
+                return await self._attempts(message, record)
+        return await self._attempts(message, record)  # ingest binds the identifiers it parses
 
     async def _attempts(self, message: Message[Any], record: Record) -> bool:
         started = time.perf_counter()
@@ -173,50 +189,70 @@ class PartitionWorker:
         attempt = 0
         while True:
             attempt += 1
-            try:
-                async with asyncio.timeout(self._s.settings.handler_timeout_s):
-                    await self._handler(message)
-            except Exception as e:
-                kind, dependency = classify(e)
-                if isinstance(e, TimeoutError) and dependency is None:
-                    # The loop's own deadline: a handler that hangs is a bug, not an outage
-                    # (dependencies have shorter client timeouts of their own, which are transient).
-                    kind = ErrorKind.BUG
-                MESSAGES_FAILED.labels(topic=self._topic.name, error=type(e).__name__).inc()
-                if kind is ErrorKind.INVALID:
-                    log.warning("invalid message", extra={"source": message.source, "error": str(e)})
-                    return await self._dead_letter(record, kind, str(e), attempts=attempt)
-                if kind is ErrorKind.BUG:
-                    bugs += 1
-                    if bugs >= self._s.settings.retry_max_attempts:
-                        log.error(
-                            "handler keeps failing; dead-lettering", exc_info=True, extra={"source": message.source}
-                        )
-                        return await self._dead_letter(record, kind, _traceback(e), attempts=attempt)
-                    log.warning("handler failed, retrying", exc_info=True, extra={"source": message.source})
-                else:
-                    self._s.outages.down(dependency or type(e).__name__, self.tp)
-                    log.warning(
-                        "dependency unavailable; partition paused, retrying",
-                        extra={"source": message.source, "dependency": dependency, "error": repr(e)[:500]},
-                    )
-                self.in_retry = True
-                self._s.flow(self)
-                if await self._backoff(attempt):
-                    return False
-            else:
-                HANDLER_SECONDS.labels(topic=self._topic.name).observe(time.perf_counter() - started)
+            error = await self._call(message)
+            if error is None:
+                self._duration.observe(time.perf_counter() - started)
                 if attempt > 1:
-                    self._s.outages.cleared(self.tp)
-                    self.in_retry = False
-                    log.info("handled after retries", extra={"source": message.source, "attempts": attempt})
+                    self._recovered(message, attempt)
                 self._s.dlq_limit.handled()
                 return True
+            kind, dependency = classify(error)
+            if isinstance(error, TimeoutError) and dependency is None:
+                # The loop's own deadline: a handler that hangs is a bug, not an outage
+                # (dependencies have shorter client timeouts of their own, which are transient).
+                kind = ErrorKind.BUG
+            MESSAGES_FAILED.labels(topic=self._topic.name, error=type(error).__name__).inc()
+            if kind is ErrorKind.INVALID:
+                log.warning("invalid message", extra={"source": message.source, "error": str(error)})
+                return await self._dead_letter(record, kind, str(error), attempts=attempt)
+            if kind is ErrorKind.BUG:
+                bugs += 1
+                if bugs >= self._s.settings.retry_max_attempts:
+                    log.error("handler keeps failing; dead-lettered", exc_info=error, extra={"source": message.source})
+                    return await self._dead_letter(record, kind, _traceback(error), attempts=attempt)
+                log.warning("handler failed, retrying", exc_info=error, extra={"source": message.source})
+            else:
+                self._s.outages.down(dependency or type(error).__name__, self.tp)
+                log.warning(
+                    "dependency unavailable; partition paused, retrying",
+                    extra={"source": message.source, "dependency": dependency, "error": repr(error)[:500]},
+                )
+            self.in_retry = True
+            self._s.flow(self)
+            if await self._backoff(attempt):
+                return False
+
+    async def _call(self, message: Message[Any]) -> Exception | None:
+        """Run the handler once; its exception (or the watchdog's ``TimeoutError``), else None."""
+        self._call_started = time.monotonic()
+        try:
+            await self._handler(message)
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise
+            self._interrupted = False
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            return TimeoutError(f"handler ran past its deadline of {self._s.settings.handler_timeout_s} s")
+        except Exception as e:  # noqa: BLE001 - every failure is classified by the caller, none escapes
+            return e
+        finally:
+            self._call_started = None
+        return None
+
+    def _recovered(self, message: Message[Any], attempts: int) -> None:
+        self._s.outages.cleared(self.tp)
+        self.in_retry = False
+        self._s.flow(self)
+        log.info("handled after retries", extra={"source": message.source, "attempts": attempts})
 
     async def _dead_letter(self, record: Record, kind: ErrorKind, error: str, *, attempts: int) -> bool:
         sent = await self._s.dead_letters.send(self._topic, record, kind, error, attempts=attempts, sleep=self._backoff)
-        self.in_retry = False
-        self._s.outages.cleared(self.tp)
+        if self.in_retry:
+            self.in_retry = False
+            self._s.outages.cleared(self.tp)
+            self._s.flow(self)
         return sent
 
     async def _backoff(self, attempt: int) -> bool:
