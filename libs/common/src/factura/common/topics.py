@@ -16,14 +16,25 @@ class Topic:
     name: str
     description: str
     partitions: int = 4
-    #: False for inbound ERP topics: raw JSON in the ERP contract, not an Envelope.
+    #: False for inbound ERP topics (raw JSON in the ERP contract) and dead-letter topics.
     enveloped: bool = True
+    #: For a dead-letter topic, the logical name of the topic its messages came from.
+    dead_letters_of: str | None = None
 
     def physical(self, prefix: str = "") -> str:
         return f"{prefix}{self.name}"
 
+    def dead_letter_topic(self) -> Topic:
+        return Topic(
+            f"{self.name}.dlq",
+            f"Messages of {self.name} that were invalid or hit a bug, with dlq.* headers saying why.",
+            self.partitions,
+            enveloped=False,
+            dead_letters_of=self.name,
+        )
+
     def dlq(self, prefix: str = "") -> str:
-        return f"{self.physical(prefix)}.dlq"
+        return self.dead_letter_topic().physical(prefix)
 
 
 ERP_INVOICES = Topic("erp.invoices", "Raw invoices from ERP systems (ERP contract erp.invoice v1).", enveloped=False)
@@ -54,6 +65,21 @@ REGISTRY: dict[str, Topic] = {
         REMINDER_DUE,
     )
 }
+
+
+def dead_letter_topics() -> list[Topic]:
+    """One dead-letter topic per registered topic (audit records them, the DLQ tool replays them)."""
+    return [t.dead_letter_topic() for t in REGISTRY.values()]
+
+
+def resolve(name: str) -> Topic:
+    """A registered topic or a registered topic's dead-letter topic, by logical name."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    source = name.removesuffix(".dlq")
+    if source != name and source in REGISTRY:
+        return REGISTRY[source].dead_letter_topic()
+    raise KeyError(f"unknown topic {name!r}")
 
 
 def topic_for_event(event_type: str) -> Topic:

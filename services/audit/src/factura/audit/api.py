@@ -1,4 +1,4 @@
-"""Compliance API (read-only): what happened to an invoice, in order."""
+"""Compliance API (read-only): what happened to an invoice, in order, and what could not be handled."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
-from factura.audit.store import AuditStore
+from factura.audit.store import AuditStore, DeadLetterStore
 from factura.common.envelope import TENANT_PATTERN
 
 
@@ -32,7 +32,23 @@ class Timeline(BaseModel):
     events: list[TimelineEntry]
 
 
-def router(store: AuditStore) -> APIRouter:
+class DeadLetterEntry(BaseModel):
+    source_topic: str
+    source: str
+    service: str
+    reason: str
+    error: str
+    attempts: int
+    invoice_id: str | None
+    recorded_at: datetime
+
+
+class DeadLetters(BaseModel):
+    tenant_id: str
+    dead_letters: list[DeadLetterEntry]
+
+
+def router(store: AuditStore, dead_letters: DeadLetterStore) -> APIRouter:
     api = APIRouter(prefix="/v1", tags=["audit"])
 
     @api.get("/invoices/{invoice_id}/timeline", response_model=Timeline)
@@ -60,5 +76,14 @@ def router(store: AuditStore) -> APIRouter:
                 )
             )
         return Timeline(tenant_id=tenant_id, invoice_id=invoice_id, events=entries)
+
+    @api.get("/dead-letters", response_model=DeadLetters)
+    async def dead_letter_list(
+        tenant_id: Annotated[str, Query(pattern=TENANT_PATTERN, description="Owning tenant")],
+        invoice_id: Annotated[str | None, Query(max_length=200, description="Only this invoice")] = None,
+    ) -> DeadLetters:
+        """Messages of this tenant that a service could not handle, with why (oldest first, at most 100)."""
+        docs = await dead_letters.find(tenant_id, invoice_id)
+        return DeadLetters(tenant_id=tenant_id, dead_letters=[DeadLetterEntry.model_validate(d) for d in docs])
 
     return api

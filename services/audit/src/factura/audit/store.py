@@ -56,3 +56,33 @@ class AuditStore:
             [("occurred_at", ASCENDING), ("recorded_at", ASCENDING)]
         )
         return [doc async for doc in cursor]
+
+
+class DeadLetterStore:
+    """Every DLQ arrival, once: what operators and compliance see of messages that were not handled.
+
+    ``_id`` is the dead-lettering service plus the source position, so a redelivered DLQ record is a
+    duplicate, while two services refusing the same message are two records. The message is kept
+    as received (text if it is UTF-8, else hex) beside the fields it could be identified by.
+    """
+
+    def __init__(self, collection: AsyncCollection[Document]) -> None:
+        self._letters = collection
+
+    async def ensure_indexes(self) -> None:
+        await self._letters.create_index([("tenant_id", ASCENDING), ("invoice_id", ASCENDING)])
+        await self._letters.create_index([("dlq_topic", ASCENDING), ("recorded_at", ASCENDING)])
+
+    async def append(self, letter: Document) -> bool:
+        try:
+            await self._letters.insert_one({**letter, "recorded_at": utcnow()})
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def find(self, tenant_id: str, invoice_id: str | None = None, limit: int = 100) -> list[Document]:
+        query: Document = {"tenant_id": tenant_id}
+        if invoice_id is not None:
+            query["invoice_id"] = invoice_id
+        cursor = self._letters.find(query).sort([("recorded_at", ASCENDING)]).limit(limit)
+        return [doc async for doc in cursor]

@@ -39,7 +39,7 @@ from factura.common.kafka.partition import Collaborators, Handler, Message, Outa
 from factura.common.kafka.producer import Publisher
 from factura.common.metrics import CONSUMER_LAG, PARTITIONS_PAUSED
 from factura.common.settings import KafkaSettings
-from factura.common.topics import REGISTRY, Topic
+from factura.common.topics import Topic, resolve
 
 #: Services import what a handler needs from here: the loop, its handler type and message.
 __all__ = ["ConsumerLoop", "Handler", "Message", "decode"]
@@ -59,7 +59,7 @@ class ConsumerLoop:
         self._settings = settings
         prefix = settings.topic_prefix
         self._routes: dict[str, tuple[Topic, Handler]] = {
-            REGISTRY[name].physical(prefix): (REGISTRY[name], handler) for name, handler in routes.items()
+            resolve(name).physical(prefix): (resolve(name), handler) for name, handler in routes.items()
         }
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
