@@ -1,7 +1,9 @@
 """``python -m factura.devstack up|down|status|logs``: the local stack from a terminal (``make up``).
 
 ``up`` leaves the processes running after it returns (pids in ``<data-dir>/run``), so ``down``,
-``status`` and ``logs`` are separate invocations that find them through the data dir.
+``status`` and ``logs`` are separate invocations that find them through the data dir. ``up`` again
+starts only what is not running (after a crash: just the dead process); ``down`` stops every
+process group and then anything else carrying the data dir's marker, so nothing is left behind.
 Ports come from ``--<name>-port`` or ``FACTURA_DEVSTACK_<NAME>_PORT`` (e.g. ``..._EMAIL_SENDER_PORT``).
 """
 
@@ -50,24 +52,38 @@ def _where(cfg: StackConfig, name: str) -> str:
 
 
 def up(args: argparse.Namespace) -> int:
+    """Start what is not running; what runs already (a broker with its topics) is left alone."""
     cfg = _config(args)
+    saved = StackConfig.load(cfg.data_dir)
+    if saved is not None and saved != cfg and Stack(saved).running():
+        print(
+            f"a stack with other settings is running from {cfg.data_dir}; stop it first (down)"
+            " or use the same ports, topic prefix and database",
+            file=sys.stderr,
+        )
+        return 2
     stack = Stack(cfg, timeout_s=args.timeout)
     try:
-        stack.start_infra()
-        stack.start_services(args.services)
+        started = stack.up([*INFRA, *args.services])
     except StackError as e:
-        print(f"devstack up failed:\n{e}\nstopping what was started", file=sys.stderr)
-        stack.stop()
+        print(f"devstack up failed:\n{e}\nstopped what this run had started; the rest is untouched", file=sys.stderr)
         return 1
     cfg.save()
     for name in [*INFRA, *args.services]:
-        print(f"{name:<13} {_where(cfg, name)}")
+        print(f"{name:<13} {_where(cfg, name)}{'' if name in started else '  (was running)'}")
     print(f"logs in {cfg.logs_dir}; stop with: python -m factura.devstack down --data-dir {cfg.data_dir}")
     return 0
 
 
 def down(args: argparse.Namespace) -> int:
-    Stack(StackConfig(data_dir=args.data_dir)).stop()
+    """Stop every process of the stack, by pid file and then by marker: nothing is left behind."""
+    try:
+        strays = Stack(StackConfig(data_dir=args.data_dir)).stop()
+    except StackError as e:
+        print(f"devstack down failed: {e}", file=sys.stderr)
+        return 1
+    for m in strays:
+        print(f"stopped leftover pid {m.pid} of {m.name or 'an unknown process'}")
     print("stopped")
     return 0
 
@@ -76,9 +92,10 @@ def status(args: argparse.Namespace) -> int:
     cfg = StackConfig.load(args.data_dir) or _config(args)
     states = Stack(cfg).status()
     for s in states:
-        state = "healthy" if s.healthy else "UNHEALTHY" if s.alive else "stopped"
-        print(f"{s.name:<13} {state:<10} pid {s.pid or '-':<8} {_where(cfg, s.name)}")
-    return 0 if all(s.healthy for s in states if s.alive) else 1
+        state = "paused" if s.paused else "healthy" if s.healthy else "UNHEALTHY" if s.alive else "stopped"
+        strays = f"  leftover pids {', '.join(map(str, s.strays))} (up or down ends them)" if s.strays else ""
+        print(f"{s.name:<13} {state:<10} pid {s.pid or '-':<8} {_where(cfg, s.name)}{strays}")
+    return 0 if all(s.healthy and not s.strays for s in states if s.alive or s.strays) else 1
 
 
 def logs(args: argparse.Namespace) -> int:
@@ -124,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m factura.devstack", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("up", parents=[common], help="start infra and services, detached")
+    p = commands.add_parser("up", parents=[common], help="start infra and services, detached; only what is not running")
     p.add_argument(
         "--services", nargs="*", choices=SERVICES, default=list(SERVICES), help="default: all; none: infra only"
     )

@@ -27,6 +27,11 @@ async def _list_topics(bootstrap: str) -> list[str]:
         await admin.close()
 
 
+def topics(bootstrap: str) -> list[str]:
+    """The broker's topic names (a metadata request), within the probe timeout."""
+    return asyncio.run(asyncio.wait_for(_list_topics(bootstrap), PROBE_TIMEOUT_S))
+
+
 def kafka(bootstrap: str) -> None:
     """A metadata request succeeds."""
     host, _, port = bootstrap.rpartition(":")

@@ -3,11 +3,14 @@
 The same :class:`Stack` serves pytest fixtures (free ports, a temp data dir) and the CLI behind
 ``make up``/``make down``. Everything runs as a real child process on 127.0.0.1, so tests see the
 same wire protocols production does; start-up fails loudly, naming the process and its log tail.
+``up`` is idempotent (only what is down is started), and stopping a process stops its whole process
+group, so neither a crash nor ``down`` leaves a render worker or another child behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,7 +36,7 @@ _BIN = Path(sys.executable).parent
 
 
 class StackError(RuntimeError):
-    """A process of the stack would not start, died, or did not become healthy."""
+    """A process of the stack would not start, died, or did not become healthy (or would not stop)."""
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,20 @@ class ProcessStatus:
     pid: int | None
     alive: bool
     healthy: bool
+    paused: bool = False
+    #: Processes of an earlier run of ``name`` still alive without their leader (``up`` or ``down`` ends them).
+    strays: tuple[int, ...] = ()
 
 
 class Stack:
+    """The local stack's processes, found through the data dir's pid files and process markers.
+
+    Outage helpers for tests: :meth:`stop_server`/:meth:`start_server` take an infra server away
+    (the port refuses connections) and bring it back on the same port and data dir;
+    :meth:`pause_server`/:meth:`resume_server` freeze a process (the port accepts, nothing answers),
+    the only outage the in-memory broker survives with its topics.
+    """
+
     def __init__(self, cfg: StackConfig, timeout_s: float = 60.0) -> None:
         self.cfg = cfg
         self.timeout_s = timeout_s
@@ -66,14 +80,45 @@ class Stack:
         self._start(names)
 
     def start_service(self, name: str) -> None:
-        """Start one process (service or infra) and wait until it is healthy."""
+        """Start one process (service or infra) and wait until it is healthy; StackError if it runs."""
         self._start([name])
 
+    def up(self, names: Iterable[str] = ALL) -> list[str]:
+        """Start whichever of ``names`` is not running (infra first), leaving running ones alone.
+
+        Waits until every one of ``names`` is healthy, so after a partial crash this restarts only
+        what is down (leftovers of a dead process's group are stopped first) and the in-memory broker
+        keeps its topics. Returns the names it started; on failure it stops those again and raises.
+        """
+        names = list(names)
+        self._check_names(names)
+        started: list[str] = []
+        try:
+            for tier in (INFRA, SERVICES):
+                batch = [n for n in tier if n in names]
+                down = [n for n in batch if self._pid(n) is None]
+                started += down
+                self._start(down, running=[n for n in batch if n not in down])
+        except StackError:
+            for name in reversed(started):
+                with contextlib.suppress(StackError):
+                    self.stop_service(name)
+            raise
+        return started
+
     def stop_service(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
-        """Stop one process; ``SIGKILL`` simulates a crash (no draining)."""
-        pid = self._pid(name)
-        if pid is not None:
-            procs.terminate(pid, lambda: self._gone(name, pid), sig)
+        """Stop one process and every process in its group; ``SIGKILL`` simulates a crash (no draining).
+
+        Also works when the leader is already dead (its group is found by the pgid in its pid file),
+        and returns only once nothing of the group is left.
+        """
+        proc = self._procs.get(name)
+        pgid = proc.pid if proc is not None else procs.read_pid(self.cfg.run_dir, name)
+        if pgid is not None:
+            reap = proc.poll if proc is not None else (lambda: None)
+            if not procs.stop_group(pgid, self.cfg.data_dir, sig, reap=reap):
+                left = [m.pid for m in procs.group(pgid, self.cfg.data_dir)]
+                raise StackError(f"{name}: process group {pgid} still has {left} after SIGKILL")
         self._procs.pop(name, None)
         (self.cfg.run_dir / f"{name}.pid").unlink(missing_ok=True)
 
@@ -81,19 +126,83 @@ class Stack:
         self.stop_service(name)
         self.start_service(name)
 
-    def stop(self) -> None:
-        """Stop everything this stack or a pid file in its data dir knows of: services first."""
+    def stop_server(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Take an infra server away: its process (group) is gone when this returns, the port refuses.
+
+        Its data stays where it was: nx-27017's SQLite files (``mongo``), the SMTP capture's Maildir,
+        the SMS capture's ``sms.jsonl`` (its ``/_capture/messages`` list starts empty again). Objects
+        in moto (``s3``) and everything in the broker (``kafka``) live in memory and are lost: use
+        :meth:`pause_server` for an outage they must survive.
+        """
+        self._check_server(name)
+        self.stop_service(name, sig)
+
+    def start_server(self, name: str) -> None:
+        """Bring a stopped infra server back on the same port and data dir; returns once it answers."""
+        self._check_server(name)
+        self.start_service(name)
+
+    def pause_server(self, name: str) -> None:
+        """SIGSTOP a process's whole group: connections are accepted by the kernel, nothing answers.
+
+        Returns once every process of the group is stopped. The outage for the broker (``kafka``),
+        which loses every topic when it stops; works for any process of the stack.
+        """
+        self._check_names([name])
+        pid = self._pid(name)
+        if pid is None:
+            raise StackError(f"{name} is not running")
+        if not procs.pause_group(pid, self.cfg.data_dir):
+            raise StackError(f"{name}: process group {pid} did not stop on SIGSTOP")
+
+    def resume_server(self, name: str) -> None:
+        """SIGCONT what :meth:`pause_server` froze; returns once it answers its health probe again."""
+        self._check_names([name])
+        pid = self._pid(name)
+        if pid is None:
+            raise StackError(f"{name} is not running")
+        procs.resume_group(pid, self.cfg.data_dir)
+        if error := self._await_ready(name, prepare=False):
+            raise StackError(error)
+
+    def stop(self) -> list[procs.Member]:
+        """Stop everything this stack or a pid file in its data dir knows of: services first.
+
+        Then anything else still carrying this data dir's marker (children whose leader died and whose
+        pid file is gone, a child that left its group) is stopped too; those are returned.
+        """
         known = set(self._procs) | {p.stem for p in self.cfg.run_dir.glob("*.pid")}
-        for group in (SERVICES, INFRA):
+        for tier in (SERVICES, INFRA):
             with ThreadPoolExecutor() as pool:
-                list(pool.map(self.stop_service, [n for n in group if n in known]))
+                list(pool.map(self.stop_service, [n for n in tier if n in known]))
+        strays = procs.members(self.cfg.data_dir)
+        if survivors := procs.kill_all(strays, self.cfg.data_dir):
+            raise StackError(f"still running after SIGKILL: {survivors}")
+        return strays
+
+    def running(self) -> list[str]:
+        """The processes whose leader is alive (no health probe)."""
+        return [name for name in ALL if self._pid(name) is not None]
 
     def status(self) -> list[ProcessStatus]:
+        everyone = procs.members(self.cfg.data_dir)
         result = []
         for name in ALL:
             pid = self._pid(name)
-            result.append(ProcessStatus(name, pid, pid is not None, pid is not None and self._healthy(name)))
+            mine = [m for m in everyone if m.name == name]
+            paused = any(m.pid == pid and m.state == "T" for m in mine)
+            strays = tuple(m.pid for m in mine if m.pgid != pid)
+            healthy = pid is not None and not paused and self._healthy(name)
+            result.append(ProcessStatus(name, pid, pid is not None, healthy, paused, strays))
         return result
+
+    def _check_names(self, names: Iterable[str]) -> None:
+        if unknown := [n for n in names if n not in ALL]:
+            raise StackError(f"unknown process(es) {unknown}; expected some of {', '.join(ALL)}")
+
+    def _check_server(self, name: str) -> None:
+        if name not in INFRA:
+            raise StackError(f"{name!r} is not an infra server ({', '.join(INFRA)}); use stop_service/start_service")
 
     def _pid(self, name: str) -> int | None:
         """The pid of ``name`` if it is running and ours, else None."""
@@ -103,10 +212,6 @@ class Stack:
         pid = procs.read_pid(self.cfg.run_dir, name)
         return pid if pid is not None and procs.is_ours(pid, self.cfg.data_dir) else None
 
-    def _gone(self, name: str, pid: int) -> bool:
-        proc = self._procs.get(name)
-        return proc.poll() is not None if proc else not procs.is_ours(pid, self.cfg.data_dir)
-
     def _healthy(self, name: str) -> bool:
         try:
             self._probe(name)
@@ -114,31 +219,40 @@ class Stack:
             return False
         return True
 
-    def _start(self, names: Iterable[str]) -> None:
-        names = list(names)
-        if unknown := [n for n in names if n not in ALL]:
-            raise StackError(f"unknown process(es) {unknown}; expected some of {', '.join(ALL)}")
-        if running := [n for n in names if self._pid(n) is not None]:
-            raise StackError(f"already running: {', '.join(running)} (stop them first)")
+    def _clear_leftovers(self, name: str) -> None:
+        """Before ``name`` starts again: end what is left of its earlier run (a dead leader's children)."""
+        self.stop_service(name, signal.SIGKILL)
+        if strays := [m for m in procs.members(self.cfg.data_dir) if m.name == name]:
+            procs.kill_all(strays, self.cfg.data_dir)
+
+    def _start(self, names: Iterable[str], running: Iterable[str] = ()) -> None:
+        """Spawn ``names`` and wait until they and the already ``running`` ones are healthy."""
+        names, running = list(names), list(running)
+        self._check_names(names + running)
+        if already := [n for n in names if self._pid(n) is not None]:
+            raise StackError(f"already running: {', '.join(already)} (stop them first)")
         for name in names:
+            self._clear_leftovers(name)
             argv, env = self._command(name)
             self._procs[name] = procs.spawn(
                 name, argv, env, data_dir=self.cfg.data_dir, logs_dir=self.cfg.logs_dir, run_dir=self.cfg.run_dir
             )
-        with ThreadPoolExecutor(max(1, len(names))) as pool:
-            outcomes = list(pool.map(self._await_ready, names))
+        waiting = names + running
+        with ThreadPoolExecutor(max(1, len(waiting))) as pool:
+            outcomes = list(pool.map(self._await_ready, waiting))
         if errors := [e for e in outcomes if e]:
             raise StackError("\n\n".join(errors))
 
-    def _await_ready(self, name: str) -> str | None:
+    def _await_ready(self, name: str, prepare: bool = True) -> str | None:
         """Wait until healthy, then prepare; the failure description if that does not happen."""
-        proc = self._procs[name]
         log = self.cfg.logs_dir / f"{name}.log"
         deadline = time.monotonic() + self.timeout_s
         last_error = "no probe yet"
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                return f"{name} exited with code {proc.returncode} before it was healthy; {log}:\n{procs.tail(log)}"
+            if self._pid(name) is None:
+                proc = self._procs.get(name)
+                code = f" with code {proc.returncode}" if proc is not None else ""
+                return f"{name} exited{code} before it was healthy; {log}:\n{procs.tail(log)}"
             try:
                 self._probe(name)
             except Exception as e:  # noqa: BLE001 - retried until the deadline
@@ -146,7 +260,8 @@ class Stack:
                 time.sleep(0.2)
                 continue
             try:
-                self._prepare(name)
+                if prepare:
+                    self._prepare(name)
             except Exception as e:  # noqa: BLE001 - reported with the others
                 return f"{name} is up but preparing it failed: {type(e).__name__}: {e}"
             return None
@@ -194,7 +309,7 @@ class Stack:
             case "sms":
                 health.http_200(cfg.sms_url + "/healthz")
             case _:
-                health.http_200(cfg.service_url(name) + "/healthz")
+                health.http_200(cfg.service_url(name) + "/readyz")
 
     def _prepare(self, name: str) -> None:
         """State the rest of the stack relies on, created once the server is healthy."""
