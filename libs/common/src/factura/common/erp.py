@@ -2,23 +2,178 @@
 
 These are raw JSON messages, not envelopes: ERP teams should not have to know our event
 model. Their JSON Schemas are exported with the events (``erp.invoice.v1.json``) so an ERP team
-can validate before publishing. Ingest validates with these models, then normalises.
+can validate before publishing. Ingest decodes with :func:`decode_erp`, validates with these
+models, then normalises.
+
+The exported schema states the models' rules wherever JSON Schema can say them (text without
+control characters, digits and decimals of amounts written as strings, ranges of amounts written
+as numbers), so an ERP team validating with it meets those refusals before publishing. In form
+it is stricter than the models in places (they strip surrounding white space and read ``+5`` or
+``1E+2`` as amounts). What no schema can say (a valid phone number for the country, dates in
+order, a total that matches the lines, the decimals of an amount written as a JSON number)
+ingest still refuses, with the field named.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from factura.common.envelope import TENANT_PATTERN
-from factura.common.events import LOCALES
+from factura.common.errors import InvalidMessage
+from factura.common.events import LOCALES, FieldError
 
-Amount = Annotated[Decimal, Field(max_digits=18, decimal_places=4)]
+#: Deepest nesting of arrays and objects accepted in an ERP message. The contract itself needs 3;
+#: the rest is room for unknown fields, which are ignored. A fixed limit makes the refusal the
+#: same wherever the parser runs, instead of depending on how much stack is left.
+MAX_DEPTH = 64
+
+#: Characters no text field may hold: C0 and C1 controls (CR, LF, NUL, ESC, NEL, ...), the
+#: Unicode line and paragraph separators, and U+FFFE/U+FFFF. They break email headers (names and
+#: the invoice number reach Subject, From and To) and are not allowed in XML (the e-invoice).
+_CONTROL = "\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\ufffe\\uffff"
+#: The same, minus tab, LF and CR: line descriptions may span lines.
+_CONTROL_MULTILINE = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f\\u2028\\u2029\\ufffe\\uffff"
+#: The model checks with the very classes the schema patterns are built from (Cc is exactly
+#: U+0000–U+001F and U+007F–U+009F; Zl and Zp are U+2028 and U+2029).
+_FORBIDDEN = re.compile(f"[{_CONTROL}]")
+_FORBIDDEN_MULTILINE = re.compile(f"[{_CONTROL_MULTILINE}]")
+
+
+def forbidden_character(text: str, *, multiline: bool = False) -> str | None:
+    """The first character of ``text`` that no text field may hold, or ``None``."""
+    found = (_FORBIDDEN_MULTILINE if multiline else _FORBIDDEN).search(text)
+    return found.group() if found else None
+
+
+@dataclass(frozen=True)
+class _Text:
+    """Refuses control characters with a readable reason, and says so in the JSON Schema.
+
+    The schema pattern also requires one character that is not white space when the field may not
+    be empty: the model strips surrounding white space first, so a blank value is an empty one.
+    """
+
+    multiline: bool = False
+    required: bool = True
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def _check(self, value: str) -> str:
+        char = forbidden_character(value, multiline=self.multiline)
+        if char is not None:
+            allowed = " (tab and line breaks are allowed)" if self.multiline else ""
+            raise ValueError(
+                f"must not contain control characters or line separators{allowed}: "
+                f"found U+{ord(char):04X} at position {value.index(char)}"
+            )
+        return value
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler(schema)
+        bad = _CONTROL_MULTILINE if self.multiline else _CONTROL
+        out["pattern"] = f"^[^{bad}]*[^\\s{bad}][^{bad}]*$" if self.required else f"^[^{bad}]*$"
+        return out
+
+
+@dataclass(frozen=True)
+class _DecimalText:
+    """The JSON Schema side of a decimal whose digits pydantic limits (``max_digits``, ``decimal_places``).
+
+    pydantic exports those limits as nothing, so an ERP team validating with the schema would not
+    see them. As a string, ``pattern`` spells them out; as a number, ``bound`` is the magnitude the
+    integer digits allow. The decimals of a JSON number cannot be checked portably (``multipleOf``
+    with a fraction fails valid numbers through float rounding), so ``rule`` says it.
+    """
+
+    pattern: str
+    bound: int | None
+    signed: bool
+    rule: str
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler(schema)
+        for branch in out.get("anyOf", [out]):
+            if branch.get("type") == "number" and self.bound is not None:
+                branch["exclusiveMaximum"] = self.bound
+                if self.signed:
+                    branch["exclusiveMinimum"] = -self.bound
+            elif branch.get("type") == "string":
+                branch["pattern"] = self.pattern
+        out["description"] = self.rule
+        return out
+
+
+_NUMBER_NOTE = "; a string, or a JSON number (whose decimals only ingest can count, not this schema)."
+
+
+def _decimal(integer_digits: int, decimals: int, *, positive: bool) -> _DecimalText:
+    """Schema rules for ``max_digits=integer_digits + decimals, decimal_places=decimals``."""
+    return _DecimalText(
+        pattern=f"^{'' if positive else '-?'}[0-9]{{1,{integer_digits}}}(\\.[0-9]{{1,{decimals}}})?$",
+        bound=10**integer_digits,
+        signed=not positive,
+        rule=f"Up to {integer_digits} digits before the decimal point and {decimals} after"
+        + (", more than 0" if positive else "")
+        + _NUMBER_NOTE,
+    )
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """Extra JSON Schema keywords for the value it annotates (inside an ``X | None``, the ``X`` branch)."""
+
+    keywords: tuple[tuple[str, str], ...]
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler(schema)
+        out.update(self.keywords)
+        return out
+
+
+Amount = Annotated[Decimal, Field(max_digits=18, decimal_places=4), _decimal(14, 4, positive=False)]
+Quantity = Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=4), _decimal(10, 4, positive=True)]
+TaxRate = Annotated[
+    Decimal,
+    Field(ge=0, le=100, max_digits=5, decimal_places=2),
+    _DecimalText(
+        pattern=r"^(100(\.0{1,2})?|[0-9]{1,2}(\.[0-9]{1,2})?)$",
+        bound=None,
+        signed=False,
+        rule="Percent, 0 to 100 with at most 2 decimals" + _NUMBER_NOTE,
+    ),
+]
+PaymentAmount = Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=2), _decimal(16, 2, positive=True)]
+
+#: One line of text (names, ids, keys): no control characters, not blank.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=300), _Text()]
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=100), _Text()]
+Key = Annotated[str, StringConstraints(min_length=1, max_length=1024), _Text()]
+InvoiceNumber = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$")]
 
 
 class _Erp(BaseModel):
@@ -33,13 +188,24 @@ class ErpCustomer(_Erp):
     which real invoices never use but local stacks and demos do.
     """
 
-    id: str = Field(min_length=1, max_length=100)
-    name: str = Field(min_length=1, max_length=300)
+    id: Ident
+    name: Name
     country: str = Field(pattern=r"^[A-Za-z]{2}$", description="ISO 3166-1 alpha-2, used to read local phone numbers")
-    email: str | None = Field(default=None, max_length=320, description="Normalised with email-validator")
-    phone: str | None = Field(default=None, max_length=40, description="Any format; normalised to E.164")
-    locale: str | None = Field(default=None, description="es, pt, en or ro; defaults from country")
-    tax_id: str | None = Field(default=None, max_length=50)
+    email: Annotated[str, StringConstraints(max_length=320), _Schema((("format", "email"),))] | None = Field(
+        default=None, description="Normalised with email-validator"
+    )
+    phone: Annotated[str, StringConstraints(max_length=40), _Text(required=False)] | None = Field(
+        default=None, description="Any format; normalised to E.164"
+    )
+    locale: (
+        Annotated[
+            str,
+            StringConstraints(max_length=35),
+            _Schema((("pattern", r"^([Ee][NnSs]|[Pp][Tt]|[Rr][Oo])([-_][A-Za-z0-9_-]*)?$"),)),
+        ]
+        | None
+    ) = Field(default=None, description="es, pt, en or ro, optionally with a region (es-MX); defaults from country")
+    tax_id: Annotated[str, StringConstraints(max_length=50), _Text(required=False)] | None = None
 
     @field_validator("country")
     @classmethod
@@ -83,28 +249,28 @@ class ErpCustomer(_Erp):
 
 
 class ErpLine(_Erp):
-    description: str = Field(min_length=1, max_length=1000)
-    quantity: Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=4)]
+    description: Annotated[str, StringConstraints(min_length=1, max_length=1000), _Text(multiline=True)]
+    quantity: Quantity
     unit_price: Amount
-    tax_rate: Annotated[Decimal, Field(ge=0, le=100)] = Decimal("0")
+    tax_rate: TaxRate = Decimal("0")
 
 
 class ErpDocument(_Erp):
     """A document the ERP produced itself, already uploaded to the documents bucket."""
 
-    s3_key: str = Field(min_length=1, max_length=1024)
-    xml_s3_key: str | None = Field(default=None, max_length=1024)
-    annex_s3_keys: list[str] = Field(default_factory=list, max_length=20)
+    s3_key: Key
+    xml_s3_key: Key | None = None
+    annex_s3_keys: list[Key] = Field(default_factory=list, max_length=20)
 
 
 class ErpInvoiceV1(_Erp):
     tenant_id: str = Field(pattern=TENANT_PATTERN)
-    erp_source: str = Field(min_length=1, max_length=100)
-    invoice_number: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+    erp_source: Ident
+    invoice_number: InvoiceNumber
     issue_date: date
     due_date: date
-    currency: str = Field(pattern=r"^[A-Za-z]{3}$")
-    seller_name: str = Field(min_length=1, max_length=300)
+    currency: Currency
+    seller_name: Name
     customer: ErpCustomer
     lines: list[ErpLine] = Field(min_length=1, max_length=500)
     total: Amount | None = Field(default=None, description="If given, must match the computed total (±0.01)")
@@ -113,13 +279,94 @@ class ErpInvoiceV1(_Erp):
 
 class ErpPaymentV1(_Erp):
     tenant_id: str = Field(pattern=TENANT_PATTERN)
-    erp_source: str = Field(min_length=1, max_length=100)
-    payment_id: str = Field(min_length=1, max_length=100)
-    invoice_number: str = Field(min_length=1, max_length=100)
-    amount: Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=2)]
-    currency: str = Field(pattern=r"^[A-Za-z]{3}$")
+    erp_source: Ident
+    payment_id: Ident
+    invoice_number: InvoiceNumber
+    amount: PaymentAmount
+    currency: Currency
     paid_at: AwareDatetime
-    method: str = Field(default="transfer", min_length=1, max_length=50)
+    method: Annotated[str, StringConstraints(min_length=1, max_length=50), _Text()] = "transfer"
 
 
 ERP_MODELS: dict[str, type[_Erp]] = {"erp.invoice.v1": ErpInvoiceV1, "erp.payment.v1": ErpPaymentV1}
+
+
+def _undecodable(message: str) -> InvalidMessage:
+    return InvalidMessage([FieldError(field="$", message=message)])
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode_erp(raw: bytes) -> dict[str, Any]:
+    """The JSON object an ERP message holds, or :class:`InvalidMessage` naming field ``$``.
+
+    The rules are JSON's own (RFC 8259), read strictly, because whatever else a parser lets
+    through would fail later where it can only be retried: UTF-8 only (a leading byte order mark
+    is ignored), no ``NaN``/``Infinity``, no ``\\ud800``-style escapes that are not characters, at
+    most :data:`MAX_DEPTH` levels of nesting, and an object at the top. Numbers with a fraction or
+    an exponent become :class:`~decimal.Decimal`, so an amount sent as a number keeps every digit.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _undecodable(f"not valid UTF-8: byte {e.start} ({e.reason})") from e
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        raise _undecodable("empty message: expected a JSON object")
+    try:
+        value = json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
+    except RecursionError as e:
+        raise _undecodable(f"nested deeper than {MAX_DEPTH} levels") from e
+    except ValueError as e:  # JSONDecodeError, NaN/Infinity, integers past Python's digit limit
+        raise _undecodable(f"not valid JSON: {str(e)[:200]}") from e
+    if not isinstance(value, dict):
+        raise _undecodable(f"expected a JSON object, got {_json_type(value)}")
+    _check_tree(value)
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def _check_tree(root: dict[str, Any]) -> None:
+    """Refuse nesting past :data:`MAX_DEPTH` and strings that are not Unicode text (lone surrogates).
+
+    Iterative, so the check itself cannot exhaust the stack.
+    """
+    reasons: list[FieldError] = []
+    stack: list[tuple[Any, str, int]] = [(root, "", 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > MAX_DEPTH:
+                raise _undecodable(f"nested deeper than {MAX_DEPTH} levels")
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, child in items:
+                child_path = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str) and not _is_text(key):
+                    reasons.append(FieldError(field=path or "$", message="a key is not valid Unicode text"))
+                    child_path = path or "$"
+                stack.append((child, child_path, depth + 1))
+        elif isinstance(node, str) and not _is_text(node):
+            reasons.append(FieldError(field=path, message="not valid Unicode text (a lone surrogate escape)"))
+    if reasons:
+        raise InvalidMessage(reasons[:20])
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

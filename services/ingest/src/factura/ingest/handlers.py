@@ -1,4 +1,10 @@
-"""Ingest's message handlers: decode → normalise → publish, or reject with reasons."""
+"""Ingest's message handlers: decode → normalise → publish, or reject with reasons.
+
+The loop hands ERP topics over as raw bytes; ingest decodes them itself so that everything wrong
+with a message, down to bytes that are not JSON, becomes an ``invoice.rejected`` the audit trail
+shows, and then :class:`InvalidMessage`, on which the loop dead-letters the raw message at once.
+A failure to publish is not the message's fault: it propagates, and the loop retries it.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +12,68 @@ import hashlib
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
 
 from factura.common.envelope import TENANT_PATTERN, make_event, stable_id
+from factura.common.erp import decode_erp, forbidden_character
 from factura.common.errors import InvalidMessage
 from factura.common.events import CURRENT_VERSION, InvoiceRejectedV1
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
+from factura.common.logging import log_context
 from factura.common.metrics import counter
 from factura.ingest.normalise import invoice_from_erp, payment_from_erp
 
 PRODUCER = "ingest"
 REJECTED = counter("ingest_rejected_total", "ERP messages refused by ingest.", ("topic",))
+IGNORED_HEADERS = counter(
+    "ingest_correlation_header_ignored_total", "ERP correlation_id headers ignored as unusable.", ("topic",)
+)
+#: ``Envelope.correlation_id`` holds at most this many characters.
+CORRELATION_MAX = 200
+_INVOICE_NUMBER = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$"
 log = logging.getLogger(__name__)
+
+Accept = Callable[[dict[str, Any], str | None], Awaitable[None]]
 
 
 def _digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def _text(value: Any, pattern: str = r"^.{1,200}$") -> str | None:
-    """A field of a rejected message, if it is usable as an identifier."""
-    return value if isinstance(value, str) and re.fullmatch(pattern, value) else None
+def _field(payload: Mapping[str, Any], name: str, pattern: str) -> str | None:
+    """A field of a possibly invalid message, if it is usable as an identifier (stripped, as the contract does)."""
+    value = payload.get(name)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value if re.fullmatch(pattern, value) and forbidden_character(value) is None else None
+
+
+def correlation_header(headers: Mapping[str, bytes | None]) -> tuple[str | None, str | None]:
+    """The ERP's ``correlation_id`` header if it can be one, else why it cannot (``None`` when absent).
+
+    An unusable header is ignored rather than the invoice refused: it is tracing metadata, and an
+    ERP team would not expect a good invoice to be rejected for it. The flow then correlates on the
+    event's own id, as when the header is absent.
+    """
+    raw = headers.get("correlation_id")
+    if not raw:
+        return None, None
+    try:
+        value = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not valid UTF-8"
+    if len(value) > CORRELATION_MAX:
+        return None, f"{len(value)} characters, more than {CORRELATION_MAX}"
+    if forbidden_character(value) is not None:
+        return None, "contains control characters"
+    if not value.strip():
+        return None, "blank"
+    return value, None
 
 
 class IngestHandlers:
@@ -37,39 +81,84 @@ class IngestHandlers:
         self._publisher = publisher
         self._allow_test_domains = allow_test_email_domains
 
-    async def on_erp_invoice(self, message: Message[dict[str, Any]]) -> None:
-        try:
-            invoice = invoice_from_erp(message.value, allow_test_domains=self._allow_test_domains)
-        except InvalidMessage as e:
-            await self._reject(message, e, reference=_text(message.value.get("invoice_number")))
-            raise
-        tenant = str(message.value["tenant_id"])
-        # The content hash is part of the id: the same message again is a duplicate, a corrected one is not.
-        event_id = stable_id(tenant, "invoice.created", invoice.invoice_number, _digest(message.raw))
-        await self._publish(
-            message, "invoice.created", invoice, event_id=event_id, tenant_id=tenant, invoice_id=invoice.invoice_number
-        )
+    async def on_erp_invoice(self, message: Message[bytes]) -> None:
+        async def accept(payload: dict[str, Any], correlation: str | None) -> None:
+            erp, invoice = invoice_from_erp(payload, allow_test_domains=self._allow_test_domains)
+            # The content hash is part of the id: the same message again is a duplicate, a corrected one is not.
+            event_id = stable_id(erp.tenant_id, "invoice.created", invoice.invoice_number, _digest(message.raw))
+            await self._publish(
+                "invoice.created",
+                invoice,
+                event_id=event_id,
+                tenant_id=erp.tenant_id,
+                invoice_id=invoice.invoice_number,
+                correlation=correlation,
+            )
 
-    async def on_erp_payment(self, message: Message[dict[str, Any]]) -> None:
-        try:
-            erp, payment = payment_from_erp(message.value)
-        except InvalidMessage as e:
-            await self._reject(message, e, reference=_text(message.value.get("payment_id")))
-            raise
-        event_id = stable_id(erp.tenant_id, "payment.received", erp.payment_id)
-        await self._publish(
-            message,
-            "payment.received",
-            payment,
-            event_id=event_id,
-            tenant_id=erp.tenant_id,
-            invoice_id=erp.invoice_number,
-        )
+        await self._ingest(message, accept, reference="invoice_number", reference_pattern=_INVOICE_NUMBER)
 
-    async def _reject(self, message: Message[dict[str, Any]], error: InvalidMessage, reference: str | None) -> None:
+    async def on_erp_payment(self, message: Message[bytes]) -> None:
+        async def accept(payload: dict[str, Any], correlation: str | None) -> None:
+            erp, payment = payment_from_erp(payload)
+            await self._publish(
+                "payment.received",
+                payment,
+                event_id=stable_id(erp.tenant_id, "payment.received", erp.payment_id),
+                tenant_id=erp.tenant_id,
+                invoice_id=erp.invoice_number,
+                correlation=correlation,
+            )
+
+        await self._ingest(message, accept, reference="payment_id", reference_pattern=r"^.{1,100}$")
+
+    async def _ingest(self, message: Message[bytes], accept: Accept, *, reference: str, reference_pattern: str) -> None:
+        """Decode, then ``accept``; anything wrong with the message is rejected, then re-raised for the DLQ.
+
+        Logs carry the tenant the payload names (when it is a valid tenant id), never a header's.
+        """
+        correlation, header_problem = correlation_header(message.headers)
+        payload: dict[str, Any] = {}
+        error: InvalidMessage | None = None
+        try:
+            payload = decode_erp(message.value)
+        except InvalidMessage as e:
+            error = e
+        tenant = _field(payload, "tenant_id", TENANT_PATTERN)
+        with log_context(correlation, tenant):
+            if header_problem is not None:
+                IGNORED_HEADERS.labels(topic=message.topic.name).inc()
+                log.warning(
+                    "ignored the correlation_id header; the event's own id correlates the flow",
+                    extra={"source": message.source, "problem": header_problem},
+                )
+            try:
+                if error is not None:
+                    raise error
+                await accept(payload, correlation)
+            except InvalidMessage as e:
+                await self._reject(
+                    message,
+                    e,
+                    tenant=tenant,
+                    correlation=correlation,
+                    reference=_field(payload, reference, reference_pattern),
+                    invoice_id=_field(payload, "invoice_number", _INVOICE_NUMBER),
+                )
+                raise
+
+    async def _reject(
+        self,
+        message: Message[bytes],
+        error: InvalidMessage,
+        *,
+        tenant: str | None,
+        correlation: str | None,
+        reference: str | None,
+        invoice_id: str | None,
+    ) -> None:
         """Record the refusal as an event (what compliance sees); the loop then dead-letters the raw message."""
         REJECTED.labels(topic=message.topic.name).inc()
-        tenant = _text(message.value.get("tenant_id"), TENANT_PATTERN) or "unknown"
+        tenant_id = tenant or "unknown"
         data = InvoiceRejectedV1(
             source_topic=message.topic.name,
             source_offset=message.source,
@@ -77,28 +166,29 @@ class IngestHandlers:
             reasons=error.reasons,
             erp_reference=reference,
         )
+        event_id = stable_id(tenant_id, "invoice.rejected", _digest(message.raw))
         await self._publish(
-            message,
             "invoice.rejected",
             data,
-            event_id=stable_id(tenant, "invoice.rejected", _digest(message.raw)),
-            tenant_id=tenant,
-            invoice_id=_text(message.value.get("invoice_number")),
+            event_id=event_id,
+            tenant_id=tenant_id,
+            invoice_id=invoice_id,
+            correlation=correlation,
         )
-        log.warning("rejected ERP message", extra={"source": message.source, "reasons": str(error)})
+        with log_context(correlation or str(event_id), tenant):
+            log.warning("rejected ERP message", extra={"source": message.source, "reasons": str(error)[:2000]})
 
     async def _publish(
         self,
-        message: Message[dict[str, Any]],
         event_type: str,
         data: BaseModel,
         *,
         event_id: uuid.UUID,
         tenant_id: str,
         invoice_id: str | None,
+        correlation: str | None,
     ) -> None:
         """Publish an event that starts a flow: the ERP's ``correlation_id`` header, else its own id."""
-        header = message.headers.get("correlation_id")
         await self._publisher.publish(
             make_event(
                 event_id=event_id,
@@ -107,7 +197,7 @@ class IngestHandlers:
                 data=data,
                 tenant_id=tenant_id,
                 invoice_id=invoice_id,
-                correlation_id=header.decode() if header else str(event_id),
+                correlation_id=correlation or str(event_id),
                 causation_id=None,
                 producer=PRODUCER,
             )

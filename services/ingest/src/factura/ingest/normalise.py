@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Any, cast
+from collections.abc import Callable
+from decimal import Decimal, localcontext
+from typing import Any, TypeVar, cast
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from factura.common.erp import ErpCustomer, ErpInvoiceV1, ErpPaymentV1
 from factura.common.errors import InvalidMessage, field_errors
@@ -20,6 +21,8 @@ from factura.common.events import (
     cents,
 )
 
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 TOTAL_TOLERANCE = Decimal("0.01")
 #: Country → default invoice language, for customers whose ERP record has none.
 COUNTRY_LOCALE = {
@@ -43,65 +46,113 @@ def _customer(c: ErpCustomer) -> Customer:
     )
 
 
-def invoice_from_erp(payload: dict[str, Any], *, allow_test_domains: bool = False) -> InvoiceCreatedV1:
+#: The domain's amounts (``Money``): 18 digits, 2 of them decimals.
+MONEY_LIMIT = Decimal(10) ** 16
+_LIMIT = ", more than an amount can hold (16 digits before the decimal point)"
+
+
+def _too_large(value: Decimal) -> bool:
+    return abs(value) >= MONEY_LIMIT
+
+
+def _validate(model: type[M], payload: dict[str, Any], context: dict[str, Any] | None = None) -> M:
+    """The ERP model, or :class:`InvalidMessage` with one reason per field problem."""
+    try:
+        return model.model_validate(payload, context=context)
+    except ValidationError as e:
+        raise InvalidMessage(field_errors(e)) from e
+    except UnicodeError as e:  # pydantic cannot read a str holding a lone surrogate; decode_erp refuses those
+        raise InvalidMessage([FieldError(field="$", message="text that is not valid Unicode")]) from e
+
+
+def _domain(build: Callable[[], T]) -> T:
+    """Build the event data. The domain model is the last word on what an event may hold: should it
+    refuse what the ERP contract accepted (a rule the contract does not repeat), the message is at
+    fault all the same, so it is rejected with the domain's field names rather than retried."""
+    try:
+        return build()
+    except ValidationError as e:
+        raise InvalidMessage(field_errors(e)) from e
+
+
+def invoice_from_erp(
+    payload: dict[str, Any], *, allow_test_domains: bool = False
+) -> tuple[ErpInvoiceV1, InvoiceCreatedV1]:
     """Validate and normalise; raise :class:`InvalidMessage` listing every problem found.
 
+    ``payload`` is what :func:`~factura.common.erp.decode_erp` returns. Returns the validated ERP
+    message (tenant and identifiers, white space stripped) with the event data.
     ``allow_test_domains`` admits addresses under the reserved ``.test`` TLD (RFC 2606), which
     real invoices never use but local stacks and demos do.
     """
-    try:
-        erp = ErpInvoiceV1.model_validate(payload, context={"allow_test_domains": allow_test_domains})
-    except ValidationError as e:
-        raise InvalidMessage(field_errors(e)) from e
+    erp = _validate(ErpInvoiceV1, payload, {"allow_test_domains": allow_test_domains})
     errors: list[FieldError] = []
     if erp.due_date < erp.issue_date:
         errors.append(FieldError(field="due_date", message=f"{erp.due_date} is before issue_date {erp.issue_date}"))
-    lines = [
-        Line(
-            description=line.description,
-            quantity=line.quantity,
-            unit_price=line.unit_price,
-            tax_rate=line.tax_rate,
-            amount=cents(line.quantity * line.unit_price),
+    problems_before = len(errors)
+    # Exact arithmetic whatever the ambient context: 10 × 14 integer digits plus 8 decimals is more
+    # than the default 28 significant digits, and a rounded product must not pass as an amount.
+    with localcontext(prec=60):
+        amounts = [cents(line.quantity * line.unit_price) for line in erp.lines]
+        for i, amount in enumerate(amounts):
+            if _too_large(amount):
+                errors.append(FieldError(field=f"lines.{i}", message=f"quantity × unit_price is {amount}{_LIMIT}"))
+        subtotal = sum(amounts, Decimal("0"))
+        tax_total = sum(
+            (cents(amount * line.tax_rate / 100) for amount, line in zip(amounts, erp.lines, strict=True)),
+            Decimal("0"),
         )
-        for line in erp.lines
-    ]
-    subtotal = sum((line.amount for line in lines), Decimal("0"))
-    tax_total = sum((cents(line.amount * line.tax_rate / 100) for line in lines), Decimal("0"))
-    total = subtotal + tax_total
-    if erp.total is not None and abs(erp.total - total) > TOTAL_TOLERANCE:
-        errors.append(FieldError(field="total", message=f"{erp.total} does not match the lines' total {total}"))
+        total = subtotal + tax_total
+    if len(errors) == problems_before:  # totals of amounts that do not fit mean nothing
+        sums = (("subtotal", subtotal), ("tax total", tax_total), ("total", total))
+        too_large = [(name, value) for name, value in sums if _too_large(value)]
+        if too_large:
+            name, value = too_large[0]
+            errors.append(FieldError(field="lines", message=f"the lines' {name} is {value}{_LIMIT}"))
+        elif erp.total is not None and abs(erp.total - total) > TOTAL_TOLERANCE:
+            errors.append(FieldError(field="total", message=f"{erp.total} does not match the lines' total {total}"))
     if errors:
         raise InvalidMessage(errors)
-    return InvoiceCreatedV1(
-        invoice_number=erp.invoice_number,
-        issue_date=erp.issue_date,
-        due_date=erp.due_date,
-        currency=erp.currency.upper(),
-        seller_name=erp.seller_name,
-        customer=_customer(erp.customer),
-        lines=lines,
-        subtotal=subtotal,
-        tax_total=tax_total,
-        total=total,
-        erp_source=erp.erp_source,
-        supplied_document=SuppliedDocument(
-            key=erp.document.s3_key, xml_key=erp.document.xml_s3_key, annex_keys=erp.document.annex_s3_keys
+    return erp, _domain(
+        lambda: InvoiceCreatedV1(
+            invoice_number=erp.invoice_number,
+            issue_date=erp.issue_date,
+            due_date=erp.due_date,
+            currency=erp.currency.upper(),
+            seller_name=erp.seller_name,
+            customer=_customer(erp.customer),
+            lines=[
+                Line(
+                    description=line.description,
+                    quantity=line.quantity,
+                    unit_price=line.unit_price,
+                    tax_rate=line.tax_rate,
+                    amount=amount,
+                )
+                for line, amount in zip(erp.lines, amounts, strict=True)
+            ],
+            subtotal=subtotal,
+            tax_total=tax_total,
+            total=total,
+            erp_source=erp.erp_source,
+            supplied_document=SuppliedDocument(
+                key=erp.document.s3_key, xml_key=erp.document.xml_s3_key, annex_keys=erp.document.annex_s3_keys
+            )
+            if erp.document
+            else None,
         )
-        if erp.document
-        else None,
     )
 
 
 def payment_from_erp(payload: dict[str, Any]) -> tuple[ErpPaymentV1, PaymentReceivedV1]:
-    try:
-        erp = ErpPaymentV1.model_validate(payload)
-    except ValidationError as e:
-        raise InvalidMessage(field_errors(e)) from e
-    return erp, PaymentReceivedV1(
-        payment_id=erp.payment_id,
-        amount=erp.amount,
-        currency=erp.currency.upper(),
-        paid_at=erp.paid_at,
-        method=erp.method,
+    """Validate and normalise a payment; raise :class:`InvalidMessage` listing every problem found."""
+    erp = _validate(ErpPaymentV1, payload)
+    return erp, _domain(
+        lambda: PaymentReceivedV1(
+            payment_id=erp.payment_id,
+            amount=erp.amount,
+            currency=erp.currency.upper(),
+            paid_at=erp.paid_at,
+            method=erp.method,
+        )
     )
