@@ -1,31 +1,135 @@
-"""Delivery ledger: how a sender makes "send once" survive redelivery and restarts.
+"""Delivery ledger: a lease per delivery, so "send once" survives redelivery, restarts and zombies.
 
-A sender claims ``<source event_id>:<channel>`` before sending. When the send finished, it
-stores the outcome event *before* publishing it. A redelivered message then finds the claim
-done and re-publishes the stored outcome (same event_id, so audit keeps one copy) instead of
-sending again. Only a crash between the provider accepting the message and ``finish`` can
-repeat a send: the unavoidable at-least-once window, kept to one network round trip.
+A sender claims ``<source event_id>:<channel>`` in MongoDB before it talks to the provider. The
+claim is a lease: it names its **owner** (one id per ledger, i.e. per sender process) and
+**expires** ``lease_s`` after it was taken. Every change is a compare-and-set (``insert_one`` on
+the unique ``_id``, or ``find_one_and_update`` filtered on state, owner and expiry), so of two
+processes racing for one delivery exactly one gets the claim:
+
+* no record yet → insert ``state="sending"``; the insert that loses the race gets
+  ``DuplicateKeyError`` and reads what the winner wrote;
+* ``sending``, held by this process (an earlier attempt that failed), or expired → take it over
+  (an attempt that fails before the provider accepted ends its lease at once, so the retry,
+  whoever runs it, does not wait for the expiry);
+* ``sending``, live and held by another owner → :class:`DependencyDown` ``("ledger", ...)``: the
+  consumer loop retries later, and by then the claim is either ``done`` or expired;
+* ``done`` → re-publish the stored outcome event (same event_id, so audit keeps one copy).
+
+A delivery runs under a deadline ``lease_s - clock_margin_s`` after the claim was requested
+(:meth:`DeliveryLedger.deliver_once` cancels it then), so a holder stops before anyone else may
+take its claim over, as long as the two hosts' clocks differ by less than ``clock_margin_s``.
+
+"done" is written by :meth:`Claim.record`, which the sender awaits the moment the provider has
+accepted (after the SMTP server's 250 to DATA and before QUIT; after the SMS provider's 2xx). The
+outcome is also kept in memory until that write is acknowledged, so if MongoDB fails at that
+moment this process's retry only repeats the write, never the send.
+
+The remaining duplicate window, i.e. the only ways one delivery is handed to a provider twice:
+
+1. the "done" write is not acknowledged after the provider accepted, and this process does not
+   get to retry it: it dies (SIGKILL, OOM, node loss) within that MongoDB round trip (measured
+   by the ``factura_delivery_unrecorded_seconds`` histogram), or MongoDB stays unreachable until
+   the partition moved to another process. That process takes the claim over once it expired
+   and sends again.
+2. the provider accepted, but its answer never reached the sender (connection lost or timed out
+   after the end of DATA, or after the HTTP request was written): the sender cannot tell this
+   from a refusal in transit, so it retries and the provider gets the message again.
+3. a holder frozen (stopped, swapped out) past its deadline, or clocks further apart than
+   ``clock_margin_s``: the lease expires while the holder can still send.
+
+Claims are compared with each process's wall clock (``lease_expires_ms``, epoch milliseconds,
+stored as a number: nx-27017 turns datetimes written by ``$set`` into strings).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import socket
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from prometheus_client import Histogram
+from pydantic import BaseModel, Field
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from factura.common.envelope import Envelope, utcnow
+from factura.common.errors import DependencyDown
 from factura.common.events import parse_event
+from factura.common.metrics import PREFIX
 from factura.common.mongo import Document
 
 log = logging.getLogger(__name__)
 
+UNRECORDED_SECONDS = Histogram(
+    f"{PREFIX}delivery_unrecorded_seconds",
+    "Time from the provider accepting a message to the ledger acknowledging it as done: "
+    "a crash inside this window sends the message again.",
+    ["channel"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+
+
+class LedgerSettings(BaseModel):
+    lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a claim is exclusive; a crashed sender's deliveries wait this long to be taken over.",
+    )
+    clock_margin_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A delivery must finish this long before its lease ends; bounds tolerated clock skew.",
+    )
+
+
+def process_owner() -> str:
+    """An owner id unique to this process: host and pid for people, a random part for pid reuse."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Claim:
+    """This process's lease on one delivery; hand the outcome to :meth:`record` once the provider accepted."""
+
+    def __init__(self, ledger: DeliveryLedger, key: str, channel: str) -> None:
+        self._ledger = ledger
+        self.key = key
+        self.channel = channel
+        self.outcome: Envelope[Any] | None = None
+
+    async def record(self, outcome: Envelope[Any]) -> None:
+        """Store ``outcome`` as done. Idempotent: a second call keeps the first outcome."""
+        if self.outcome is None:
+            self.outcome = await self._ledger.finish(self.key, self.channel, outcome)
+
+
+Deliver = Callable[[Claim], Awaitable[Envelope[Any]]]
+
 
 class DeliveryLedger:
-    def __init__(self, collection: AsyncCollection[Document]) -> None:
+    def __init__(
+        self,
+        collection: AsyncCollection[Document],
+        settings: LedgerSettings | None = None,
+        *,
+        owner: str | None = None,
+    ) -> None:
         self._deliveries = collection
+        self._settings = settings or LedgerSettings()
+        self.owner = owner or process_owner()
+        #: Outcomes the provider accepted whose "done" write has not been acknowledged yet.
+        self._accepted: dict[str, Envelope[Any]] = {}
+        #: Deliveries this process is running now (a timed-out attempt may still be unwinding).
+        self._active: set[str] = set()
 
     async def ensure_indexes(self) -> None:
         await self._deliveries.create_index([("tenant_id", 1), ("invoice_id", 1)])
@@ -34,42 +138,159 @@ class DeliveryLedger:
         self,
         cause: Envelope[Any],
         channel: str,
-        deliver: Callable[[], Awaitable[Envelope[Any]]],
+        deliver: Deliver,
         publish: Callable[[Envelope[Any]], Awaitable[None]],
+        *,
+        dependency: str,
     ) -> None:
-        """Run ``deliver`` at most once per (cause, channel); always publish its outcome event."""
+        """Run ``deliver`` at most once per (cause, channel) and publish the recorded outcome.
+
+        ``deliver`` gets the :class:`Claim` and should call :meth:`Claim.record` as soon as the
+        provider accepted; an outcome it only returns (a refusal, no address) is recorded after it
+        returns. ``dependency`` names the provider in the :class:`DependencyDown` raised when the
+        delivery outlives its deadline.
+        """
         key = f"{cause.event_id}:{channel}"
-        outcome = await self.begin(key, cause, channel)
-        if outcome is None:
-            outcome = await deliver()
-            await self.finish(key, outcome)
-            log.info("delivery finished", extra={"key": key, "outcome": outcome.type})
+        if key in self._accepted:  # sent before, but the "done" write failed: write it, do not send
+            outcome = await self.finish(key, channel, self._accepted[key])
         else:
-            log.info("already delivered; re-publishing the recorded outcome", extra={"key": key})
+            started = asyncio.get_running_loop().time()
+            begun = await self.begin(key, cause, channel)
+            if isinstance(begun, Claim):
+                outcome = await self._run(begun, deliver, started, dependency)
+            else:
+                log.info("already delivered; re-publishing the recorded outcome", extra={"key": key})
+                outcome = begun
         await publish(outcome)
 
-    async def begin(self, key: str, cause: Envelope[Any], channel: str) -> Envelope[Any] | None:
-        """Claim ``key``; return the stored outcome event if this delivery already happened."""
-        doc = await self._deliveries.find_one({"_id": key})
-        if doc is None:
+    async def _run(self, claim: Claim, deliver: Deliver, started: float, dependency: str) -> Envelope[Any]:
+        budget = self._settings.lease_s - self._settings.clock_margin_s
+        self._active.add(claim.key)
+        try:
             try:
-                await self._deliveries.insert_one(
-                    {
-                        "_id": key,
-                        "tenant_id": cause.tenant_id,
-                        "invoice_id": cause.invoice_id,
-                        "channel": channel,
-                        "state": "sending",
-                        "claimed_at": utcnow(),
-                    }
-                )
-            except DuplicateKeyError:
-                doc = await self._deliveries.find_one({"_id": key})
+                async with asyncio.timeout_at(started + budget) as deadline:
+                    returned = await deliver(claim)
+                    await claim.record(returned)
+            except TimeoutError as e:
+                if not deadline.expired():
+                    raise
+                if claim.key in self._accepted:
+                    raise DependencyDown("ledger", f"recording delivery {claim.key} as done timed out") from e
+                if claim.outcome is None:
+                    raise DependencyDown(dependency, f"delivery did not finish within its lease ({budget:g} s)") from e
+                # recorded as done; only the provider's goodbye (e.g. SMTP QUIT) ran out of time
+        except Exception:
+            if claim.outcome is None and claim.key not in self._accepted:
+                await self._release(claim.key)
+            raise
+        finally:
+            self._active.discard(claim.key)
+        if claim.outcome is None:  # pragma: no cover - record() either set it or raised
+            raise RuntimeError(f"delivery {claim.key} finished without an outcome")
+        log.info("delivery finished", extra={"key": claim.key, "outcome": claim.outcome.type})
+        return claim.outcome
+
+    async def _release(self, key: str) -> None:
+        """End our lease now: this attempt failed and has stopped, so the next one need not wait.
+
+        Not after the provider accepted (the "done" write is what failed then): the lease keeps
+        other owners away while this process retries that write.
+        """
+        try:
+            await self._deliveries.update_one(
+                {"_id": key, "state": "sending", "owner": self.owner}, {"$set": {"lease_expires_ms": 0}}
+            )
+        except PyMongoError as e:  # the lease then simply runs out
+            log.warning("could not release delivery claim %s: %s", key, e)
+
+    async def begin(self, key: str, cause: Envelope[Any], channel: str) -> Claim | Envelope[Any]:
+        """Claim ``key`` (a :class:`Claim`), or the stored outcome if this delivery is done.
+
+        Raises :class:`DependencyDown` ``("ledger", ...)`` while another owner holds a live claim.
+        """
+        if key in self._active:
+            raise DependencyDown("ledger", f"claim {key} is still being delivered by this process")
+        now = _now_ms()
+        expires = now + int(self._settings.lease_s * 1000)
+        try:
+            await self._deliveries.insert_one(
+                {
+                    "_id": key,
+                    "tenant_id": cause.tenant_id,
+                    "invoice_id": cause.invoice_id,
+                    "channel": channel,
+                    "state": "sending",
+                    "owner": self.owner,
+                    "lease_expires_ms": expires,
+                    "claimed_at": utcnow(),
+                    "attempts": 1,
+                }
+            )
+            return Claim(self, key, channel)
+        except DuplicateKeyError:
+            pass
+        # One compare-and-set per condition: nx-27017 applies an ``$or`` in findAndModify to the
+        # wrong documents, and each plain filter is atomic on MongoDB and nx-27017 alike.
+        for takeover in (
+            {"owner": self.owner},  # our own earlier attempt, which ended (see ``_active``)
+            {"lease_expires_ms": {"$lt": now}},
+            {"lease_expires_ms": {"$exists": False}},  # claims written before leases existed
+        ):
+            taken = await self._deliveries.find_one_and_update(
+                {"_id": key, "state": "sending", **takeover},
+                {
+                    "$set": {"owner": self.owner, "lease_expires_ms": expires},
+                    "$inc": {"attempts": 1},
+                    "$currentDate": {"claimed_at": True},
+                },
+                return_document=ReturnDocument.BEFORE,
+            )
+            if taken is not None:
+                if taken.get("owner") != self.owner:
+                    log.warning(
+                        "took over an expired delivery claim", extra={"key": key, "previous_owner": taken.get("owner")}
+                    )
+                return Claim(self, key, channel)
+        doc = await self._deliveries.find_one({"_id": key})
         if doc is not None and doc.get("state") == "done":
             return parse_event(doc["outcome"])
-        return None
+        if doc is None:  # removed between our insert and our read: nothing to wait for
+            raise DependencyDown("ledger", f"claim {key} vanished while being claimed")
+        remaining = (int(doc.get("lease_expires_ms", 0)) - now) / 1000
+        raise DependencyDown("ledger", f"claim held by {doc.get('owner')} for {max(remaining, 0):.1f} s more")
 
-    async def finish(self, key: str, outcome: Envelope[Any]) -> None:
-        await self._deliveries.update_one(
-            {"_id": key}, {"$set": {"state": "done", "outcome": outcome.model_dump_json(), "done_at": utcnow()}}
+    async def finish(self, key: str, channel: str, outcome: Envelope[Any]) -> Envelope[Any]:
+        """Record ``outcome`` as done and return the outcome to publish.
+
+        Records even when this process's lease was lost: the provider accepted, and "done" stops
+        any further attempt. If another owner recorded first, its outcome is kept and returned.
+        """
+        accepted_at = time.perf_counter()
+        self._accepted[key] = outcome
+        before = await self._deliveries.find_one_and_update(
+            {"_id": key, "state": "sending"},
+            {
+                "$set": {"state": "done", "outcome": outcome.model_dump_json(), "owner": self.owner},
+                "$currentDate": {"done_at": True},
+            },
+            return_document=ReturnDocument.BEFORE,
         )
+        if before is not None:
+            UNRECORDED_SECONDS.labels(channel=channel).observe(time.perf_counter() - accepted_at)
+            if before.get("owner") != self.owner:
+                log.warning(
+                    "recorded a delivery whose claim another owner had taken over; it may send it again",
+                    extra={"key": key, "other_owner": before.get("owner")},
+                )
+            del self._accepted[key]
+            return outcome
+        doc = await self._deliveries.find_one({"_id": key})
+        if doc is None or doc.get("state") != "done":
+            raise DependencyDown("ledger", f"could not record delivery {key} as done")
+        if doc.get("owner") != self.owner:  # else our own earlier write landed but its answer was lost
+            log.warning(
+                "another owner recorded this delivery first; the provider got it twice",
+                extra={"key": key, "other_owner": doc.get("owner")},
+            )
+        del self._accepted[key]
+        return parse_event(doc["outcome"])

@@ -18,13 +18,14 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     store = await DocumentStore.connect(settings.s3, stack)
     mongo = create_client(settings.mongo)
     stack.push_async_callback(mongo.close)
-    ledger = DeliveryLedger(database(mongo, settings.mongo)["deliveries"])
+    ledger = DeliveryLedger(database(mongo, settings.mongo)["deliveries"], settings.ledger)
     await ledger.ensure_indexes()
+    mailer = SmtpMailer(settings.smtp)
     handlers = EmailHandlers(
         publisher=publisher,
         store=store,
         ledger=ledger,
-        mailer=SmtpMailer(settings.smtp),
+        mailer=mailer,
         tenants=TenantDirectory(settings.tenants_dir),
         default_sender=(settings.smtp.from_name, settings.smtp.from_address),
     )
@@ -32,4 +33,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     async def mongo_ok() -> None:
         await ping(mongo)
 
-    return Wiring(routes={"invoice.rendered": handlers.on_invoice_rendered}, checks={"mongo": mongo_ok})
+    return Wiring(
+        routes={"invoice.rendered": handlers.on_invoice_rendered},
+        checks={"mongo": mongo_ok, "smtp": mailer.probe},
+    )

@@ -3,6 +3,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from factura.common.ledger import LedgerSettings
 from factura.common.settings import MongoSettings, S3Settings, ServiceSettings
 
 
@@ -12,7 +13,8 @@ class SmtpSettings(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     start_tls: bool = False
-    timeout_s: float = 30.0
+    timeout_s: float = Field(default=30.0, description="Per SMTP command, and for the whole readiness probe")
+    local_hostname: str | None = Field(default=None, description="Name sent in EHLO; default: this host's FQDN")
     from_address: str = "invoices@factura.example"
     from_name: str = "Factura"
 
@@ -23,4 +25,5 @@ class Settings(ServiceSettings):
     smtp: SmtpSettings = SmtpSettings()
     s3: S3Settings = S3Settings()
     mongo: MongoSettings = MongoSettings()
+    ledger: LedgerSettings = LedgerSettings()
     tenants_dir: Path | None = Field(default=None, description="Per-tenant configs (sender identity)")

@@ -21,12 +21,13 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     mongo = create_client(settings.mongo)
     stack.push_async_callback(mongo.close)
     http = await stack.enter_async_context(httpx.AsyncClient())
-    ledger = DeliveryLedger(database(mongo, settings.mongo)["deliveries"])
+    ledger = DeliveryLedger(database(mongo, settings.mongo)["deliveries"], settings.ledger)
     await ledger.ensure_indexes()
+    provider = SmsProvider(settings.provider, http)
     handlers = SmsHandlers(
         publisher,
         ledger,
-        SmsProvider(settings.provider, http),
+        provider,
         LinkSigner.from_settings(settings.links),
         TenantDirectory(settings.tenants_dir),
     )
@@ -34,4 +35,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     async def mongo_ok() -> None:
         await ping(mongo)
 
-    return Wiring(routes={"delivery.failed": handlers.on_delivery_failed}, checks={"mongo": mongo_ok})
+    return Wiring(
+        routes={"delivery.failed": handlers.on_delivery_failed},
+        checks={"mongo": mongo_ok, "sms": provider.probe},
+    )

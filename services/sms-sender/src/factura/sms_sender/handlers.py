@@ -1,4 +1,10 @@
-"""SMS fallback handler: delivery.failed (email) → SMS with a link → delivery.succeeded | failed."""
+"""SMS fallback handler: delivery.failed (email) → SMS with a link → delivery.succeeded | failed.
+
+The ledger records "done" right after the provider's 2xx; a provider outage raises
+``DependencyDown("sms", ...)`` (see :mod:`factura.sms_sender.provider`) so the loop retries. An
+email failure for ``document_mismatch`` gets no SMS: its link is signed for the hash the event
+names, so the download would refuse the stored bytes.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,12 @@ from factura.common.envelope import Envelope
 from factura.common.events import DeliveryFailedV1, FailureReason
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
-from factura.common.ledger import DeliveryLedger
+from factura.common.ledger import Claim, DeliveryLedger
 from factura.common.links import LinkSigner
 from factura.common.locales import money
 from factura.common.outcomes import delivered, undelivered
 from factura.common.tenants import TenantDirectory
-from factura.sms_sender.provider import ProviderRefusal, SmsProvider
+from factura.sms_sender.provider import DEPENDENCY, ProviderRefusal, SmsProvider
 
 PRODUCER = "sms-sender"
 CHANNEL: Final = "sms"
@@ -44,13 +50,18 @@ class SmsHandlers:
         event = message.value
         if event.data.channel != "email":
             return  # SMS is the email fallback; an SMS failure is final for now
-        await self._ledger.deliver_once(event, CHANNEL, lambda: self._deliver(event), self._publisher.publish)
+        await self._ledger.deliver_once(
+            event, CHANNEL, lambda claim: self._deliver(event, claim), self._publisher.publish, dependency=DEPENDENCY
+        )
 
-    async def _deliver(self, event: Envelope[DeliveryFailedV1]) -> Envelope[Any]:
+    async def _deliver(self, event: Envelope[DeliveryFailedV1], claim: Claim) -> Envelope[Any]:
         failed = event.data
         phone = failed.invoice.customer.phone
         if phone is None:
             return self._failed(event, "no_address", "customer has no phone number", None)
+        if failed.reason == "document_mismatch":
+            # The link is signed for the event's sha256, so the download would refuse the stored bytes.
+            return self._failed(event, "document_mismatch", "no link sent: " + failed.detail, None)
         link = self._signer.sign_document(
             failed.document,
             tenant_id=event.tenant_id,
@@ -71,7 +82,7 @@ class SmsHandlers:
             sid = await self._provider.send(phone, body)
         except ProviderRefusal as e:
             return self._failed(event, "provider_error", e.text, e.code)
-        return delivered(
+        outcome = delivered(
             event,
             channel=CHANNEL,
             recipient=phone,
@@ -79,6 +90,8 @@ class SmsHandlers:
             document=failed.document,
             producer=PRODUCER,
         )
+        await claim.record(outcome)
+        return outcome
 
     def _failed(
         self, event: Envelope[DeliveryFailedV1], reason: FailureReason, detail: str, code: int | None

@@ -3,6 +3,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from factura.common.ledger import LedgerSettings
 from factura.common.settings import LinkSettings, MongoSettings, S3Settings, ServiceSettings
 
 
@@ -22,5 +23,6 @@ class Settings(ServiceSettings):
     provider: ProviderSettings = ProviderSettings()
     s3: S3Settings = S3Settings()
     mongo: MongoSettings = MongoSettings()
+    ledger: LedgerSettings = LedgerSettings()
     links: LinkSettings = LinkSettings()
     tenants_dir: Path | None = Field(default=None, description="Per-tenant configs (white-label link domain)")
