@@ -1,0 +1,118 @@
+"""A dependency down for a minute mid-flow: work pauses, readiness says so, nothing is dead-lettered,
+and everything is delivered (once) and audited after the dependency comes back.
+
+The real local servers are stopped and started again on the same port (devstack's
+``stop_server``/``start_server``); the services are not told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from factura.common.topics import REGISTRY
+from factura.devstack.config import StackConfig
+from factura.devstack.flow import publish, timeline, wait_for_outcomes
+from factura.devstack.samples import Sample
+from factura.devstack.stack import Stack
+from tests.e2e.test_flow import mails_to, sample
+
+pytestmark = pytest.mark.e2e
+OUTAGE_S = float(os.environ.get("FACTURA_TEST_OUTAGE_S", "60"))
+
+
+async def dead_lettered(cfg: StackConfig) -> int:
+    """Messages on every internal DLQ topic (ERP ones hold the rejections other tests make)."""
+    tps = [
+        TopicPartition(t.dlq(cfg.topic_prefix), p)
+        for t in REGISTRY.values()
+        if t.enveloped
+        for p in range(t.partitions)
+    ]
+    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap)
+    await consumer.start()
+    try:
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
+
+
+async def readiness(cfg: StackConfig, service: str) -> tuple[int, dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(f"{cfg.service_url(service)}/readyz")
+    return response.status_code, response.json()
+
+
+async def wait_readiness(cfg: StackConfig, service: str, *, ready: bool, dependency: str | None = None) -> None:
+    deadline = time.monotonic() + 60
+    last: tuple[int, dict[str, Any]] | None = None
+    while time.monotonic() < deadline:
+        last = await readiness(cfg, service)
+        status, body = last
+        if ready and status == 200:
+            return
+        if not ready and status == 503 and (dependency is None or body["checks"].get(dependency) != "ok"):
+            assert "Error" not in str(body), "readiness leaks exception text"
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{service} readiness never became {'ready' if ready else 'not ready'}: {last}")
+
+
+async def delivered_once_and_audited(cfg: StackConfig, batch: Iterable[Sample]) -> None:
+    batch = list(batch)
+    seen = await wait_for_outcomes(cfg, batch, timeout_s=180)
+    async with httpx.AsyncClient() as client:
+        for s in batch:
+            assert seen[s.invoice_number].outcome == "email", (s.invoice_number, seen[s.invoice_number])
+            assert len(mails_to(cfg, s.payload["customer"]["email"])) == 1, s.invoice_number
+            types = [e["type"] for e in await timeline(client, cfg, s)]
+            assert types == ["invoice.created", "invoice.rendered", "delivery.succeeded"], (s.invoice_number, types)
+
+
+async def test_smtp_refusing_for_a_minute_pauses_delivery_then_sends_everything(services: Stack) -> None:
+    cfg = services.cfg
+    dead_before = await dead_lettered(cfg)
+    batch = [
+        sample("email", email=f"smtp{i}.{uuid.uuid4().hex[:6]}@cliente.test", phone="+34 699 000 111") for i in range(6)
+    ]
+    services.stop_server("smtp")
+    try:
+        started = time.monotonic()
+        await publish(cfg, batch)
+        await wait_readiness(cfg, "email-sender", ready=False, dependency="smtp")
+        await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
+        assert all(mails_to(cfg, s.payload["customer"]["email"]) == [] for s in batch)
+    finally:
+        services.start_server("smtp")
+    await delivered_once_and_audited(cfg, batch)  # by email: no SMS fallback for an outage
+    await wait_readiness(cfg, "email-sender", ready=True)
+    assert await dead_lettered(cfg) == dead_before
+
+
+async def test_mongodb_down_for_a_minute_pauses_its_users_then_everything_is_delivered_and_audited(
+    services: Stack,
+) -> None:
+    cfg = services.cfg
+    dead_before = await dead_lettered(cfg)
+    batch = [sample("email", email=f"mongo{i}.{uuid.uuid4().hex[:6]}@cliente.test") for i in range(6)]
+    services.stop_server("mongo")
+    try:
+        started = time.monotonic()
+        await publish(cfg, batch)
+        for service in ("audit", "email-sender", "scheduler"):
+            await wait_readiness(cfg, service, ready=False, dependency="mongo")
+        await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
+    finally:
+        services.start_server("mongo")
+    await delivered_once_and_audited(cfg, batch)
+    for service in ("audit", "email-sender", "scheduler", "sms-sender"):
+        await wait_readiness(cfg, service, ready=True)
+    assert await dead_lettered(cfg) == dead_before
