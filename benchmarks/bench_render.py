@@ -324,10 +324,6 @@ class Memory:
     peak_mb: float
 
 
-def worker_pids(pool: RenderPool) -> list[int]:
-    return list(pool._executor._processes)  # private: no public way to list a pool's processes
-
-
 def vm_hwm_mb(pid: int) -> float:
     """Peak resident set size of a live process (Linux ``VmHWM``), in MB (MiB)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -341,7 +337,7 @@ async def warm(
 ) -> dict[int, float]:
     """Start every worker as the service does, note its RSS, then render real invoices in each."""
     await pool.warm_up()
-    started = {pid: vm_hwm_mb(pid) for pid in worker_pids(pool)}
+    started = {pid: vm_hwm_mb(pid) for pid in pool.pids()}
     for _ in range(WARMUP):
         await asyncio.gather(*(pool.run(produce, invoice, tenant, limits) for _ in range(pool.workers)))
     return started
@@ -431,7 +427,7 @@ async def io_samples(
 
 async def live(cfg: StackConfig, tenant: TenantConfig, limits: RenderLimits, lines_3page: int) -> Live:
     from factura.common.kafka.producer import Publisher  # noqa: PLC0415 - main process only, see the imports
-    from factura.common.storage import DocumentStore, document_key  # noqa: PLC0415
+    from factura.common.storage import DocumentStore, manifest_key  # noqa: PLC0415
     from factura.renderer.handlers import RenderHandlers  # noqa: PLC0415
 
     numbers = Numbers()
@@ -460,9 +456,10 @@ async def live(cfg: StackConfig, tenant: TenantConfig, limits: RenderLimits, lin
         produced = await pool2.run(produce, reference, tenant, limits)
         assert produced.xml is not None
         last = make_invoice(LINES_1PAGE, numbers.next())
-        await handlers.on_invoice_created(created(last, 9999))
-        manifest_key = document_key(TENANT_ID, last.issue_date, last.invoice_number, "rendered.json")
-        io = await io_samples(store, publisher, produced.pdf, produced.xml, manifest_key)
+        message = created(last, 9999)
+        await handlers.on_invoice_created(message)
+        manifest = manifest_key(TENANT_ID, last.issue_date, last.invoice_number, message.value.event_id)
+        io = await io_samples(store, publisher, produced.pdf, produced.xml, manifest)
 
         progress("throughput, RenderPool(2) then RenderPool(1)")
         tput = {2: await throughput(pool2, tenant, limits, numbers)}
@@ -473,7 +470,7 @@ async def live(cfg: StackConfig, tenant: TenantConfig, limits: RenderLimits, lin
         memory = [
             Memory(name, pid, started[name].get(pid, math.nan), vm_hwm_mb(pid))
             for name, pool in (("RenderPool(2)", pool2), ("RenderPool(1)", pool1))
-            for pid in worker_pids(pool)
+            for pid in pool.pids()
         ]
         return Live(bare1, full1, steps, bare3, full3, io, len(produced.pdf), tput, memory)
 

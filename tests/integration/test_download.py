@@ -19,7 +19,7 @@ from factura.common.envelope import Envelope
 from factura.common.kafka.admin import ensure_topics
 from factura.common.kafka.producer import Publisher
 from factura.common.links import LinkSigner
-from factura.common.storage import DocumentStore
+from factura.common.storage import DocumentStore, ObjectExists
 from factura.devstack.config import StackConfig
 from factura.renderer.download import download_router
 from tests.conftest import kafka_settings, s3_settings
@@ -181,7 +181,15 @@ async def test_replaced_or_missing_object_is_not_served(
     key, sha = await stored_pdf(store)
     path = path_of(signer, store, key, sha)
     forged = PDF.replace(b"1 0 obj", b"2 0 obj")
-    await store.put(key, forged, content_type="application/pdf", sha256=hashlib.sha256(forged).hexdigest(), metadata={})
+    # only a deliberate replace (an operator, another tool) can change a stored document
+    await store.put(
+        key,
+        forged,
+        content_type="application/pdf",
+        sha256=hashlib.sha256(forged).hexdigest(),
+        metadata={},
+        replace=True,
+    )
     missing = path_of(signer, store, f"harinas-sur/2026/11/gone-{uuid.uuid4().hex[:6]}.pdf", sha)
     async with client_for(signer, store, publisher) as client:
         with caplog.at_level(logging.ERROR, logger="factura.renderer.download"):
@@ -192,6 +200,22 @@ async def test_replaced_or_missing_object_is_not_served(
     assert "changed since the link was signed" in caplog.text
     assert gone.status_code == 404
     assert changed.json() == gone.json() == {"detail": "document not available"}
+
+
+async def test_a_stored_document_is_never_overwritten_so_its_link_keeps_serving_it(
+    store: DocumentStore, publisher: Publisher, signer: LinkSigner
+) -> None:
+    key, sha = await stored_pdf(store)
+    other = PDF.replace(b"1 0 obj", b"3 0 obj")
+    with pytest.raises(ObjectExists):
+        await store.put(
+            key, other, content_type="application/pdf", sha256=hashlib.sha256(other).hexdigest(), metadata={}
+        )
+    assert await store.stored_sha256(key) == sha
+    async with client_for(signer, store, publisher) as client:
+        response = await client.get(path_of(signer, store, key, sha))
+    assert response.status_code == 200
+    assert response.content == PDF
 
 
 class BrokenPublisher(Publisher):

@@ -7,6 +7,7 @@ its own tenant id, so tests never see each other's documents or events.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.server
 import io
@@ -26,12 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import aioboto3
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from fastapi import FastAPI
 from lxml import etree
 from pypdf import PdfReader
 
 from factura.common.envelope import Envelope, derived_event_id, make_event, utcnow
+from factura.common.errors import DependencyDown
 from factura.common.events import (
     FieldError,
     InvoiceCreatedV1,
@@ -44,13 +48,15 @@ from factura.common.events import (
 from factura.common.kafka.admin import ensure_topics
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
+from factura.common.links import LinkSigner
 from factura.common.schemas import EXAMPLES_DIR
 from factura.common.settings import KafkaSettings
-from factura.common.storage import DocumentStore
+from factura.common.storage import DocumentStore, invoice_prefix, manifest_key
 from factura.common.tenants import TenantDirectory
 from factura.common.topics import INVOICE_CREATED
 from factura.devstack.config import StackConfig
 from factura.renderer.document import render_pdf
+from factura.renderer.download import download_router
 from factura.renderer.einvoice import extract_xml, validate_xml
 from factura.renderer.handlers import RenderHandlers
 from factura.renderer.pool import RenderPool
@@ -100,6 +106,14 @@ class S3:
     async def head(self, key: str) -> dict[str, Any]:
         response: dict[str, Any] = await self.client.head_object(Bucket=self.store.bucket, Key=key)
         return response
+
+    async def keys(self, prefix: str) -> set[str]:
+        """Every object under ``prefix``: what was stored, not only what the event names."""
+        found: set[str] = set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.store.bucket, Prefix=prefix):
+            found.update(item["Key"] for item in page.get("Contents", ()))
+        return found
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +204,12 @@ class Rig:
         await self.s3.store.put(key, body, content_type="application/octet-stream", sha256=sha(body), metadata={})
         return key
 
-    async def handle(self, event: Envelope[InvoiceCreatedV1], limits: RenderLimits | None = None) -> None:
-        handlers = RenderHandlers(self.bus.publisher, self.s3.store, self.tenants, self.pool, limits or RenderLimits())
+    async def handle(
+        self, event: Envelope[InvoiceCreatedV1], limits: RenderLimits | None = None, store: DocumentStore | None = None
+    ) -> None:
+        handlers = RenderHandlers(
+            self.bus.publisher, store or self.s3.store, self.tenants, self.pool, limits or RenderLimits()
+        )
         await handlers.on_invoice_created(message(event))
 
 
@@ -281,9 +299,23 @@ def message(event: Envelope[InvoiceCreatedV1], offset: int = 7) -> Message[Envel
     return Message(INVOICE_CREATED, 0, offset, event.partition_key, {}, raw, event)
 
 
-def key_of(event: Envelope[InvoiceCreatedV1], suffix: str) -> str:
-    issued = event.data.issue_date
-    return f"{event.tenant_id}/{issued:%Y}/{issued:%m}/{event.data.invoice_number}.{suffix}"
+def prefix_of(event: Envelope[InvoiceCreatedV1]) -> str:
+    """Where every version and manifest of this event's invoice lives."""
+    return invoice_prefix(event.tenant_id, event.data.issue_date, event.data.invoice_number)
+
+
+def manifest_of(event: Envelope[InvoiceCreatedV1]) -> str:
+    return manifest_key(event.tenant_id, event.data.issue_date, event.data.invoice_number, event.event_id)
+
+
+def sibling(key: str, suffix: str) -> str:
+    """Another file of the same version (``…/<version>/<invoice>.pdf`` → ``….xml``)."""
+    return f"{key.rsplit('.', 1)[0]}.{suffix}"
+
+
+def version_key_pattern(event: Envelope[InvoiceCreatedV1], suffix: str) -> str:
+    number = re.escape(event.data.invoice_number)
+    return rf"{re.escape(prefix_of(event))}[0-9a-f]{{16}}/{number}\.{suffix}"
 
 
 async def rendered_of(rig: Rig, event: Envelope[InvoiceCreatedV1]) -> InvoiceRenderedV1:
@@ -318,8 +350,7 @@ async def rejected_of(rig: Rig, event: Envelope[InvoiceCreatedV1]) -> InvoiceRej
 
 
 async def assert_nothing_stored(rig: Rig, event: Envelope[InvoiceCreatedV1]) -> None:
-    for suffix in ("pdf", "xml", "zip", "rendered.json"):
-        assert await rig.s3.store.get_if_exists(key_of(event, suffix)) is None, suffix
+    assert await rig.s3.keys(prefix_of(event)) == set()
 
 
 def png(width: int, height: int) -> bytes:
@@ -370,8 +401,9 @@ async def test_default_tenant_gets_a_pdf_with_hash_tag_and_retention_rule(rig: R
     await rig.handle(event)
 
     data = await rendered_of(rig, event)
-    key = key_of(event, "pdf")
-    assert key.endswith(f"/2026/11/{event.data.invoice_number}.pdf")
+    key = data.document.key
+    assert key.startswith(f"{event.tenant_id}/2026/11/{event.data.invoice_number}/")
+    assert re.fullmatch(version_key_pattern(event, "pdf"), key), key
     body = await rig.s3.store.get(key)
     assert body.startswith(b"%PDF-")
     assert event.data.invoice_number in pdf_text(body)
@@ -395,11 +427,13 @@ async def test_default_tenant_gets_a_pdf_with_hash_tag_and_retention_rule(rig: R
     assert (data.source, data.packaging, data.einvoice) == ("rendered", "pdf", "none")
     assert (data.retention_days, data.tenant_config_version) == (3650, "default")
     assert await rig.s3.store.tags(key) == {"retention-days": "3650"}
-    assert await rig.s3.store.get_if_exists(key_of(event, "xml")) is None
+    # the PDF and the manifest, nothing else (no XML without e-invoicing)
+    assert await rig.s3.keys(prefix_of(event)) == {key, manifest_of(event)}
 
     # the manifest that makes redeliveries idempotent is the published event itself
-    manifest = await rig.s3.store.get(key_of(event, "rendered.json"))
+    manifest = await rig.s3.store.get(manifest_of(event))
     assert parse_event(manifest).data == data
+    assert await rig.s3.store.tags(manifest_of(event)) == {"retention-days": "3650"}
 
     await rig.s3.store.ensure_retention_rules({3650, 1825})
     rules = {rule["ID"]: rule for rule in await rig.s3.store.lifecycle_rules()}
@@ -421,7 +455,8 @@ async def test_factur_x_tenant_gets_a_zip_of_pdf_a3_and_its_xml(rig: Rig) -> Non
     assert (data.source, data.packaging, data.einvoice) == ("rendered", "zip", "factur-x-en16931")
     assert data.retention_days == 1825
     assert data.tenant_config_version == rig.tenants.get(tenant).version != "default"
-    assert (data.document.key, data.document.content_type) == (key_of(event, "zip"), "application/zip")
+    assert re.fullmatch(version_key_pattern(event, "zip"), data.document.key), data.document.key
+    assert data.document.content_type == "application/zip"
     assert data.document.filename == f"{number}.zip"
     package = await rig.s3.store.get(data.document.key)
     assert data.document.sha256 == sha(package) == (await rig.s3.head(data.document.key))["Metadata"]["sha256"]
@@ -432,8 +467,14 @@ async def test_factur_x_tenant_gets_a_zip_of_pdf_a3_and_its_xml(rig: Rig) -> Non
         assert {info.date_time for info in archive.infolist()} == {(2026, 11, 2, 0, 0, 0)}
         pdf, xml = archive.read(f"{number}.pdf"), archive.read(f"{number}.xml")
     assert data.pdf_sha256 == sha(pdf)
-    assert await rig.s3.store.get(key_of(event, "pdf")) == pdf
-    assert await rig.s3.store.get(key_of(event, "xml")) == xml
+    assert await rig.s3.store.get(sibling(data.document.key, "pdf")) == pdf
+    assert await rig.s3.store.get(sibling(data.document.key, "xml")) == xml
+    assert await rig.s3.keys(prefix_of(event)) == {
+        data.document.key,
+        sibling(data.document.key, "pdf"),
+        sibling(data.document.key, "xml"),
+        manifest_of(event),
+    }
     assert extract_xml(pdf) == xml
     validate_xml(xml)
     assert LOGO_SIZE in image_sizes(pdf)
@@ -558,9 +599,10 @@ async def test_supplied_documents_are_verified_and_packaged_never_rendered(rig: 
 
     data = await rendered_of(rig, event)
     assert (data.source, data.packaging, data.einvoice) == ("erp_supplied", "zip", "erp_supplied")
-    stored = await rig.s3.store.get(key_of(event, "pdf"))
+    pdf_key = sibling(data.document.key, "pdf")
+    stored = await rig.s3.store.get(pdf_key)
     assert stored == supplied_pdf  # as supplied, byte for byte: not re-rendered
-    assert data.pdf_sha256 == sha(supplied_pdf) == (await rig.s3.head(key_of(event, "pdf")))["Metadata"]["sha256"]
+    assert data.pdf_sha256 == sha(supplied_pdf) == (await rig.s3.head(pdf_key))["Metadata"]["sha256"]
     assert "ERP-SUPPLIED-DOCUMENT" in pdf_text(stored)
     package = await rig.s3.store.get(data.document.key)
     with zipfile.ZipFile(io.BytesIO(package)) as archive:
@@ -649,8 +691,10 @@ async def test_supplied_xml_with_external_entities_is_refused_unresolved(
 async def test_redelivery_republishes_the_recorded_event_without_rendering_again(rig: Rig) -> None:
     event = created(new_tenant(), invoice())
     await rig.handle(event)
-    first = await rig.s3.head(key_of(event, "pdf"))
-    manifest = await rig.s3.store.get(key_of(event, "rendered.json"))
+    key = (await rendered_of(rig, event)).document.key
+    first = await rig.s3.head(key)
+    manifest = await rig.s3.store.get(manifest_of(event))
+    stored = await rig.s3.keys(prefix_of(event))
 
     await rig.handle(event)
 
@@ -660,10 +704,11 @@ async def test_redelivery_republishes_the_recorded_event_without_rendering_again
     one, two = (parse_event(raw) for raw in raws)
     assert one.event_id == two.event_id
     assert one.data == two.data
-    second = await rig.s3.head(key_of(event, "pdf"))
+    second = await rig.s3.head(key)
     assert second["Metadata"]["sha256"] == first["Metadata"]["sha256"] == one.data.pdf_sha256
     assert (second["ETag"], second["LastModified"]) == (first["ETag"], first["LastModified"])
-    assert await rig.s3.store.get(key_of(event, "rendered.json")) == manifest
+    assert await rig.s3.store.get(manifest_of(event)) == manifest
+    assert await rig.s3.keys(prefix_of(event)) == stored  # no second version
     assert await rig.bus.events("invoice.rejected") == []
 
 
@@ -677,3 +722,145 @@ async def test_supplied_keys_of_another_tenant_are_refused(rig: Rig, supplied_pd
     reasons = (await rejected_of(rig, event)).reasons
     assert [r.field for r in reasons] == ["supplied_document.key", "supplied_document.annex_keys.0"]
     await assert_nothing_stored(rig, event)
+
+
+async def test_two_consumers_of_one_event_announce_one_document(rig: Rig) -> None:
+    """A zombie and the new partition owner handle the same event at once: one manifest wins."""
+    event = created(new_tenant(), invoice())
+    await asyncio.gather(rig.handle(event), rig.handle(event))
+
+    raws = await rig.bus.raw("invoice.rendered")
+    assert len(raws) == 2
+    one, two = (parse_event(raw) for raw in raws)
+    assert one.event_id == two.event_id
+    assert one.data == two.data  # both name the document the recorded manifest names
+    assert parse_event(await rig.s3.store.get(manifest_of(event))).data == one.data
+    assert sha(await rig.s3.store.get(one.data.document.key)) == one.data.document.sha256
+
+
+# -- immutable documents -------------------------------------------------------------------------
+
+SIGNER = LinkSigner(b"renderer-integration-secret-0123456789", "https://links.factura.test", ttl_s=3600)
+
+
+async def download(rig: Rig, link: str) -> httpx.Response:
+    """GET a signed link through the renderer's own download endpoint (HTTP in-process, S3 real)."""
+    app = FastAPI()
+    app.include_router(download_router(SIGNER, rig.s3.store, rig.bus.publisher))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://links.factura.test") as client:
+        return await client.get(link.removeprefix("https://links.factura.test"))
+
+
+async def test_a_corrected_invoice_is_a_new_version_and_the_first_link_keeps_its_bytes(rig: Rig) -> None:
+    tenant = new_tenant()
+    original = created(tenant, invoice())
+    await rig.handle(original)
+    [first] = [e.data for e in await rig.bus.events("invoice.rendered")]
+    assert isinstance(first, InvoiceRenderedV1)
+    first_bytes = await rig.s3.store.get(first.document.key)
+    link = SIGNER.sign_document(
+        first.document, tenant_id=tenant, invoice_id=original.data.invoice_number, channel="sms"
+    )
+
+    # the ERP re-sends the same invoice number with other content: a new invoice.created
+    corrected = created(tenant, InvoiceCreatedV1.model_validate(original.data.model_dump(mode="json") | lines(3)))
+    assert corrected.data.invoice_number == original.data.invoice_number
+    assert corrected.event_id != original.event_id
+    await rig.handle(corrected)
+
+    first_again, second = [e.data for e in await rig.bus.events("invoice.rendered")]
+    assert first_again == first
+    assert isinstance(second, InvoiceRenderedV1)
+    assert second.document.key != first.document.key
+    assert second.document.sha256 != first.document.sha256
+    assert second.document.filename == first.document.filename  # the customer sees the same name
+    second_bytes = await rig.s3.store.get(second.document.key)
+    assert (sha(first_bytes), sha(second_bytes)) == (first.document.sha256, second.document.sha256)
+    assert await rig.s3.store.get(first.document.key) == first_bytes  # not overwritten
+    assert await rig.s3.store.tags(first.document.key) == await rig.s3.store.tags(second.document.key)
+    assert await rig.s3.keys(prefix_of(original)) == {
+        first.document.key,
+        second.document.key,
+        manifest_of(original),
+        manifest_of(corrected),
+    }
+
+    served = await download(rig, link)
+    assert served.status_code == 200
+    assert served.content == first_bytes
+    served_second = await download(
+        rig,
+        SIGNER.sign_document(
+            second.document, tenant_id=tenant, invoice_id=corrected.data.invoice_number, channel="sms"
+        ),
+    )
+    assert served_second.status_code == 200
+    assert served_second.content == second_bytes
+
+
+class PdfUploadFails(DocumentStore):
+    """The real store, except that PDF uploads fail while ``failing``.
+
+    The failing upload first waits for every other upload in flight to finish, so a manifest
+    written alongside the documents (the old behaviour) would be in S3 by the time it fails.
+    """
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        super().__init__(client, bucket)
+        self.failing = True
+        self._in_flight: set[asyncio.Future[None]] = set()
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        content_type: str,
+        sha256: str,
+        metadata: dict[str, str],
+        retention_days: int | None = None,
+        replace: bool = False,
+    ) -> None:
+        if self.failing and key.endswith(".pdf"):
+            await asyncio.sleep(0)  # a yield, not a wait: sibling uploads started in this batch register first
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+            raise DependencyDown("s3", "PDF upload refused (test)")
+        upload = asyncio.ensure_future(
+            super().put(
+                key,
+                body,
+                content_type=content_type,
+                sha256=sha256,
+                metadata=metadata,
+                retention_days=retention_days,
+                replace=replace,
+            )
+        )
+        self._in_flight.add(upload)
+        try:
+            await upload
+        finally:
+            self._in_flight.discard(upload)
+
+
+async def test_manifest_is_written_only_after_every_document_is_stored(rig: Rig) -> None:
+    tenant = rig.tenant('packaging = "zip"\n')
+    event = created(tenant, invoice())
+    flaky = PdfUploadFails(rig.s3.client, rig.s3.store.bucket)
+
+    with pytest.raises(DependencyDown) as failed:
+        await rig.handle(event, store=flaky)
+    assert failed.value.dependency == "s3"
+    assert await rig.s3.store.get_if_exists(manifest_of(event)) is None
+    assert await rig.bus.raw("invoice.rendered") == []
+
+    flaky.failing = False  # S3 is back: the consumer loop's retry
+    await rig.handle(event, store=flaky)
+    data = await rendered_of(rig, event)
+    for key in (data.document.key, sibling(data.document.key, "pdf")):
+        body = await rig.s3.store.get(key)
+        assert sha(body) == (await rig.s3.head(key))["Metadata"]["sha256"]
+    assert sha(await rig.s3.store.get(data.document.key)) == data.document.sha256
+    assert sha(await rig.s3.store.get(sibling(data.document.key, "pdf"))) == data.pdf_sha256
+    assert parse_event(await rig.s3.store.get(manifest_of(event))).data == data

@@ -28,6 +28,6 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     signer = LinkSigner.from_settings(settings.links)
     return Wiring(
         routes={"invoice.created": handlers.on_invoice_created},
-        checks={"s3": store.ping},
+        checks={"s3": store.ping, "render-pool": pool.check},
         routers=[download_router(signer, store, publisher)],
     )

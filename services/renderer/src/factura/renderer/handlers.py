@@ -1,8 +1,14 @@
 """Renderer handler: invoice.created → document(s) in S3 → invoice.rendered (or invoice.rejected).
 
-Idempotent across redeliveries: the published event is saved beside the documents as a
-manifest; a redelivered ``invoice.created`` finds it and re-publishes the same event instead of
-rendering again (a fresh render would have a different hash than the one already on record).
+Documents are immutable. Each rendered version is stored in its own folder, named by a hash of
+its files (:func:`~factura.common.storage.version_id`), and is never overwritten. A corrected
+invoice re-sent with the same number becomes a second version beside the first, so the PDF the
+customer already received, and any link to it, stay as they were.
+
+Idempotent across redeliveries: the published event is saved as a manifest keyed by the
+``invoice.created`` event id, written only after every document is stored. A redelivered event
+finds it and re-publishes the same event instead of rendering again (a fresh render would have a
+different hash than the one already on record).
 """
 
 from __future__ import annotations
@@ -28,7 +34,14 @@ from factura.common.events import (
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
 from factura.common.metrics import counter
-from factura.common.storage import DocumentStore, document_key, safe_name
+from factura.common.storage import (
+    DocumentStore,
+    ObjectExists,
+    document_key,
+    manifest_key,
+    safe_name,
+    version_id,
+)
 from factura.common.tenants import TenantConfig, TenantDirectory
 from factura.renderer.einvoice import EInvoiceError
 from factura.renderer.limits import DocumentRejected
@@ -52,6 +65,14 @@ class Files:
     annexes: list[tuple[str, bytes]]
     source: Literal["rendered", "erp_supplied"]
     einvoice: EInvoice
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    suffix: str
+    body: bytes
+    content_type: str
+    sha256: str
 
 
 class RenderHandlers:
@@ -81,6 +102,7 @@ class RenderHandlers:
             outcome = e
         except BaseException:
             recorded.cancel()
+            recorded.add_done_callback(_retrieve)  # the render's error is the one to report
             raise
         previous = await recorded
         if previous is not None:
@@ -99,17 +121,18 @@ class RenderHandlers:
 
     def _manifest_key(self, event: Envelope[InvoiceCreatedV1]) -> str:
         invoice = event.data
-        return document_key(event.tenant_id, invoice.issue_date, invoice.invoice_number, "rendered.json")
+        return manifest_key(event.tenant_id, invoice.issue_date, invoice.invoice_number, event.event_id)
 
     async def _recorded(self, event: Envelope[InvoiceCreatedV1]) -> Envelope[Any] | None:
         """The ``invoice.rendered`` a previous delivery of this very event already stored, if any."""
-        invoice = event.data
-        key = document_key(event.tenant_id, invoice.issue_date, invoice.invoice_number, "rendered.json")
+        key = self._manifest_key(event)
         previous = await self._store.get_if_exists(key)
         if previous is None:
             return None
         recorded = parse_event(previous)
-        return recorded if recorded.causation_id == event.event_id else None
+        if recorded.causation_id != event.event_id:
+            raise RuntimeError(f"manifest {key} records the render of event {recorded.causation_id}")
+        return recorded
 
     async def _files(self, invoice: InvoiceCreatedV1, tenant: TenantConfig) -> Files:
         if invoice.supplied_document is not None:
@@ -123,7 +146,15 @@ class RenderHandlers:
 
     async def _store_files(
         self, event: Envelope[InvoiceCreatedV1], tenant: TenantConfig, files: Files
-    ) -> Envelope[InvoiceRenderedV1]:
+    ) -> Envelope[Any]:
+        """Store the documents, then the manifest; return the event to publish.
+
+        The order is the point. The manifest (the event itself) is written only after every
+        document upload is confirmed, and the caller publishes only after the manifest. A failure
+        before the manifest leaves nothing announced: the retry renders again, and if its bytes
+        differ they go to a new version folder while the unannounced one expires with its
+        retention tag. A failure after it makes the retry re-publish the recorded event.
+        """
         invoice = event.data
         name = safe_name(invoice.invoice_number)
         meta = {
@@ -131,30 +162,31 @@ class RenderHandlers:
             "invoice-id": invoice.invoice_number,
             "source-event-id": str(event.event_id),
         }
-
-        def key(suffix: str) -> str:
-            return document_key(event.tenant_id, invoice.issue_date, invoice.invoice_number, suffix)
-
-        def ref(suffix: str, body: bytes, content_type: ContentType) -> DocumentRef:
-            return DocumentRef(
-                bucket=self._store.bucket,
-                key=key(suffix),
-                sha256=hashlib.sha256(body).hexdigest(),
-                size_bytes=len(body),
-                content_type=content_type,
-                filename=f"{name}.{suffix}",
-            )
-
-        objects: list[tuple[str, bytes, str]] = [("pdf", files.pdf, "application/pdf")]
+        bodies: list[tuple[str, bytes, str]] = [("pdf", files.pdf, "application/pdf")]
         if files.xml is not None:
-            objects.append(("xml", files.xml, "application/xml"))
-        pdf = document = ref("pdf", files.pdf, "application/pdf")
+            bodies.append(("xml", files.xml, "application/xml"))
         if tenant.packaging == "zip":
             entries = [(f"{name}.pdf", files.pdf)]
             entries += [(f"{name}.xml", files.xml)] if files.xml is not None else []
             package = build_zip(entries + files.annexes, invoice.issue_date)
-            objects.append(("zip", package, "application/zip"))
-            document = ref("zip", package, "application/zip")
+            bodies.append(("zip", package, "application/zip"))
+        stored = {s: StoredFile(s, body, ct, hashlib.sha256(body).hexdigest()) for s, body, ct in bodies}
+        version = version_id((f.suffix, f.sha256) for f in stored.values())
+
+        def key(suffix: str) -> str:
+            return document_key(event.tenant_id, invoice.issue_date, invoice.invoice_number, suffix, version=version)
+
+        def ref(suffix: str, content_type: ContentType) -> DocumentRef:
+            return DocumentRef(
+                bucket=self._store.bucket,
+                key=key(suffix),
+                sha256=stored[suffix].sha256,
+                size_bytes=len(stored[suffix].body),
+                content_type=content_type,
+                filename=f"{name}.{suffix}",
+            )
+
+        document = ref("zip", "application/zip") if tenant.packaging == "zip" else ref("pdf", "application/pdf")
         rendered = child_of(
             event,
             type="invoice.rendered",
@@ -165,30 +197,59 @@ class RenderHandlers:
                 source=files.source,
                 packaging=tenant.packaging,
                 einvoice=files.einvoice,
-                pdf_sha256=pdf.sha256,
+                pdf_sha256=stored["pdf"].sha256,
                 retention_days=tenant.retention_days,
                 expires_on=utcnow().date() + timedelta(days=tenant.retention_days),
                 tenant_config_version=tenant.version,
             ),
             producer=PRODUCER,
         )
-        # The manifest (the event itself) is written with the documents, all before publishing:
-        # a crash after this point re-publishes the same event; before it, nothing was announced.
-        objects.append(("rendered.json", rendered.model_dump_json().encode(), "application/json"))
-        await asyncio.gather(
-            *(
-                self._store.put(
-                    key(suffix),
-                    body,
-                    content_type=content_type,
-                    sha256=hashlib.sha256(body).hexdigest(),
-                    metadata=meta,
-                    retention_days=tenant.retention_days,
-                )
-                for suffix, body, content_type in objects
-            )
+        # Every upload settles before we look at the results: none is still running once this
+        # handler has returned or raised.
+        results = await asyncio.gather(
+            *(self._put_document(key(f.suffix), f, meta, tenant.retention_days) for f in stored.values()),
+            return_exceptions=True,
         )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        manifest = rendered.model_dump_json().encode()
+        try:
+            await self._store.put(
+                self._manifest_key(event),
+                manifest,
+                content_type="application/json",
+                sha256=hashlib.sha256(manifest).hexdigest(),
+                metadata=meta,
+                retention_days=tenant.retention_days,
+            )
+        except ObjectExists:
+            # Another consumer of this very event (a zombie after a rebalance) recorded its version
+            # first: announce that one, so every publication of this event names the same document.
+            previous = await self._recorded(event)
+            if previous is None:
+                raise RuntimeError(f"manifest {self._manifest_key(event)} exists but could not be read") from None
+            return previous
         return rendered
+
+    async def _put_document(self, key: str, file: StoredFile, meta: dict[str, str], retention_days: int) -> None:
+        """Store one document; an object already at its key must hold these very bytes."""
+        try:
+            await self._store.put(
+                key,
+                file.body,
+                content_type=file.content_type,
+                sha256=file.sha256,
+                metadata=meta,
+                retention_days=retention_days,
+            )
+            return
+        except ObjectExists:
+            pass
+        # The folder is named by the files' hashes, so only the same bytes can be there already.
+        existing = await self._store.stored_sha256(key)
+        if existing != file.sha256:
+            raise RuntimeError(f"{key} holds a document with sha256 {existing}, not {file.sha256}; left as it is")
 
     async def _reject(self, message: Message[Envelope[InvoiceCreatedV1]], reasons: list[FieldError]) -> None:
         event = message.value
@@ -210,3 +271,9 @@ class RenderHandlers:
             producer=PRODUCER,
         )
         await self._publisher.publish(rejected)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a side task's failure as seen once its caller has another error to raise."""
+    if not task.cancelled():
+        task.exception()
