@@ -6,7 +6,7 @@ UV ?= python3 -m uv
 STAMP := $(VENV)/.installed
 SRC := libs/common/src services/*/src devstack/src
 
-.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer clean
+.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer bench-sigkill clean
 
 install: $(STAMP)
 
@@ -61,6 +61,9 @@ bench-render: install  ## renderer full cost vs bare WeasyPrint, p50/p95, 2-core
 
 bench-consumer: install  ## ConsumerLoop vs raw aiokafka, and healthy partitions while one fails (~2 min)
 	$(PY) -m benchmarks.bench_consumer
+
+bench-sigkill: install  ## 300 invoices while the senders are SIGKILLed 20 times: lost and duplicate counts (~3 min)
+	$(PY) -m benchmarks.bench_sigkill
 
 clean: down
 	rm -rf .data
