@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from factura.common.kafka.producer import Publisher
-from factura.common.topics import ERP_INVOICES, INVOICE_RENDERED
+from factura.common.topics import DELIVERY_SUCCEEDED, ERP_INVOICES, INVOICE_RENDERED
 from factura.devstack.config import StackConfig
 from factura.devstack.flow import Observation, publish, timeline, wait_for_outcomes
 from factura.devstack.samples import Outcome, Sample, invoice_payload
@@ -139,7 +139,16 @@ async def test_redelivered_events_store_once_and_send_once(services: Stack) -> N
     finally:
         await publisher.stop()
     await publish(cfg, [s])
-    await asyncio.sleep(6)  # time for both to travel the whole flow again
+    # Positive signal that both redeliveries went all the way: the email sender re-published its
+    # recorded outcome for each (the original + 2), instead of mailing again.
+    topic = DELIVERY_SUCCEEDED.physical(cfg.topic_prefix)
+    outcomes: list[Any] = []
+    for _ in range(120):
+        records = await read_topic(cfg.kafka_bootstrap, topic, expect=10**6, timeout_s=0.5)
+        outcomes = [r for r in records if json.loads(r.value)["invoice_id"] == s.invoice_number]
+        if len(outcomes) >= 3:
+            break
+    assert len(outcomes) == 3 and len({json.loads(r.value)["event_id"] for r in outcomes}) == 1
     assert len(mails_to(cfg, s.payload["customer"]["email"])) == 1
     async with httpx.AsyncClient() as client:
         events = await timeline(client, cfg, s)

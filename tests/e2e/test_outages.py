@@ -116,3 +116,27 @@ async def test_mongodb_down_for_a_minute_pauses_its_users_then_everything_is_del
     for service in ("audit", "email-sender", "scheduler", "sms-sender"):
         await wait_readiness(cfg, service, ready=True)
     assert await dead_lettered(cfg) == dead_before
+
+
+async def test_paused_dependencies_make_readiness_answer_within_its_deadline_and_work_resumes(
+    services: Stack,
+) -> None:
+    """A dependency that accepts connections but never answers (SIGSTOP): readiness must not hang
+    (it did for 19 s on MongoDB) nor say ok (it did for 45 s on the broker); liveness stays up."""
+    cfg = services.cfg
+    for server, service in (("mongo", "audit"), ("kafka", "renderer")):
+        # The launcher is synchronous and probes the broker with its own event loop: run it in a thread.
+        await asyncio.to_thread(services.pause_server, server)
+        try:
+            started = time.monotonic()
+            status, body = await readiness(cfg, service)
+            assert time.monotonic() - started < 5, f"readiness hung while {server} was paused"
+            assert status == 503 and body["checks"][server] == "timeout", body
+            async with httpx.AsyncClient(timeout=10) as client:
+                assert (await client.get(f"{cfg.service_url(service)}/livez")).status_code == 200
+        finally:
+            await asyncio.to_thread(services.resume_server, server)
+        await wait_readiness(cfg, service, ready=True)
+    s = sample("email", email=f"after-pause.{uuid.uuid4().hex[:6]}@cliente.test")
+    await publish(cfg, [s])
+    await delivered_once_and_audited(cfg, [s])

@@ -144,7 +144,7 @@ class PartitionWorker:
         return started is not None and now - started > self._s.settings.handler_timeout_s
 
     def interrupt(self) -> None:
-        """Cancel the overdue handler call; :meth:`_call` turns it into a ``TimeoutError``.
+        """Cancel the overdue handler call; :meth:`_attempts` turns it into a ``TimeoutError``.
 
         One watchdog per consumer instead of an ``asyncio.timeout`` per call: the deadline then
         costs one clock read per record, not a timer scheduled and cancelled on the event loop.
@@ -184,18 +184,28 @@ class PartitionWorker:
         return await self._attempts(message, record)  # ingest binds the identifiers it parses
 
     async def _attempts(self, message: Message[Any], record: Record) -> bool:
-        started = time.perf_counter()
         bugs = 0
         attempt = 0
         while True:
             attempt += 1
-            error = await self._call(message)
-            if error is None:
-                self._duration.observe(time.perf_counter() - started)
+            # The handler call is inlined (no helper coroutine): this is the per-record hot path.
+            self._call_started = started = time.monotonic()
+            try:
+                await self._handler(message)
+            except asyncio.CancelledError:
+                if not self._interrupted:
+                    raise
+                error: Exception = self._timed_out()
+            except Exception as e:  # noqa: BLE001 - every failure is classified below, none escapes
+                error = e
+            else:
+                self._call_started = None
+                self._duration.observe(time.monotonic() - started)
                 if attempt > 1:
                     self._recovered(message, attempt)
                 self._s.dlq_limit.handled()
                 return True
+            self._call_started = None
             kind, dependency = classify(error)
             if isinstance(error, TimeoutError) and dependency is None:
                 # The loop's own deadline: a handler that hangs is a bug, not an outage
@@ -222,24 +232,13 @@ class PartitionWorker:
             if await self._backoff(attempt):
                 return False
 
-    async def _call(self, message: Message[Any]) -> Exception | None:
-        """Run the handler once; its exception (or the watchdog's ``TimeoutError``), else None."""
-        self._call_started = time.monotonic()
-        try:
-            await self._handler(message)
-        except asyncio.CancelledError:
-            if not self._interrupted:
-                raise
-            self._interrupted = False
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
-            return TimeoutError(f"handler ran past its deadline of {self._s.settings.handler_timeout_s} s")
-        except Exception as e:  # noqa: BLE001 - every failure is classified by the caller, none escapes
-            return e
-        finally:
-            self._call_started = None
-        return None
+    def _timed_out(self) -> TimeoutError:
+        """The watchdog cancelled the call: take the cancellation back and report a timeout."""
+        self._interrupted = False
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
+        return TimeoutError(f"handler ran past its deadline of {self._s.settings.handler_timeout_s} s")
 
     def _recovered(self, message: Message[Any], attempts: int) -> None:
         self._s.outages.cleared(self.tp)
