@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any, Literal
 
 from factura.common.envelope import Envelope, child_of, utcnow
@@ -46,8 +46,8 @@ from factura.common.tenants import TenantConfig, TenantDirectory
 from factura.renderer.einvoice import EInvoiceError
 from factura.renderer.limits import DocumentRejected
 from factura.renderer.packaging import build_zip
-from factura.renderer.pipeline import produce
-from factura.renderer.pool import RenderPool
+from factura.renderer.pipeline import Produced, produce
+from factura.renderer.pool import RenderPool, WorkerDied
 from factura.renderer.settings import RenderLimits
 from factura.renderer.supplied import fetch_supplied
 
@@ -89,6 +89,7 @@ class RenderHandlers:
         self._tenants = tenants
         self._pool = pool
         self._limits = limits
+        self._worker_deaths: dict[tuple[str, str, date], int] = {}
 
     async def on_invoice_created(self, message: Message[Envelope[InvoiceCreatedV1]]) -> None:
         event = message.value
@@ -141,8 +142,30 @@ class RenderHandlers:
             )
             einvoice: EInvoice = "erp_supplied" if supplied.xml else "none"
             return Files(supplied.pdf, supplied.xml, supplied.annexes, "erp_supplied", einvoice)
-        produced = await self._pool.run(produce, invoice, tenant, self._limits)
+        produced = await self._render(invoice, tenant)
         return Files(produced.pdf, produced.xml, [], "rendered", "factur-x-en16931" if produced.xml else "none")
+
+    async def _render(self, invoice: InvoiceCreatedV1, tenant: TenantConfig) -> Produced:
+        """Render in the pool; an invoice in flight at every one of several worker deaths is rejected.
+
+        Each death is first a transient error (the pool is replaced and the invoice retried), since
+        a worker also dies for reasons that are not the invoice's (another job, the OOM killer).
+        Counts live in this process only: a restart forgives, which errs on the side of retrying.
+        """
+        key = (tenant.tenant_id, invoice.invoice_number, invoice.issue_date)
+        try:
+            produced = await self._pool.run(produce, invoice, tenant, self._limits)
+        except WorkerDied:
+            deaths = self._worker_deaths.pop(key, 0) + 1
+            if deaths >= self._limits.max_worker_crashes:
+                message = f"its render worker died on each of {deaths} attempts (a crash or out of memory)"
+                raise DocumentRejected([FieldError(field="$", message=message)]) from None
+            self._worker_deaths[key] = deaths
+            while len(self._worker_deaths) > 1000:  # bounded: the oldest entries go first
+                del self._worker_deaths[next(iter(self._worker_deaths))]
+            raise
+        self._worker_deaths.pop(key, None)
+        return produced
 
     async def _store_files(
         self, event: Envelope[InvoiceCreatedV1], tenant: TenantConfig, files: Files

@@ -9,9 +9,9 @@ broken for good: every later submit raises ``BrokenProcessPool``. :class:`Render
 replaces a broken executor with a fresh, warmed one, started once however many callers notice,
 and turns the jobs that were lost into :class:`~factura.common.errors.DependencyDown`, so the
 consumer loop pauses and retries them instead of dead-lettering invoices. The pool cannot tell
-which job killed a worker: an invoice that crashed its worker on every attempt would be retried
-for as long as it keeps doing so, with readiness reporting ``render-pool``; the input limits
-(:mod:`factura.renderer.limits`) are what keep absurd invoices from getting that far.
+which job killed a worker, so it raises :class:`WorkerDied` for each job that was lost; the render
+handler counts them per invoice and rejects one that was in flight at ``max_worker_crashes``
+consecutive deaths, so a poison invoice cannot stall its partition for ever.
 
 Each worker also watches the process that owns the pool and exits when it is gone, so a
 SIGKILLed renderer leaves no render process behind: once its workers have exited, the
@@ -40,6 +40,13 @@ T = TypeVar("T")
 DEPENDENCY = "render-pool"
 REPLACEMENTS = counter("render_pool_replacements_total", "Render pools replaced after a worker died.")
 log = logging.getLogger(__name__)
+
+
+class WorkerDied(DependencyDown):
+    """A render worker died with this job in flight (it may or may not be the job's fault)."""
+
+    def __init__(self) -> None:
+        super().__init__(DEPENDENCY, "a render worker died; the pool is being replaced")
 
 
 def _warm() -> int:
@@ -119,7 +126,7 @@ class RenderPool:
         except BrokenProcessPool as e:
             if executor is self._executor:
                 self._replace_soon()  # so the retry, and readiness, find a fresh pool sooner
-            raise DependencyDown(DEPENDENCY, "a render worker died; the pool is being replaced") from e
+            raise WorkerDied from e
 
     async def check(self) -> None:
         """Readiness: raises while the pool is starting, broken or being replaced.

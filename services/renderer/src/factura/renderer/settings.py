@@ -13,6 +13,9 @@ class RenderLimits(BaseModel):
     max_text_bytes: int = Field(default=256 * 1024, ge=1024, description="All invoice text fields together")
     max_pages: int = Field(default=20, ge=1)
     max_supplied_bytes: int = Field(default=20 * 1024 * 1024, description="Largest ERP-supplied document accepted")
+    max_worker_crashes: int = Field(
+        default=3, ge=2, description="Consecutive render-worker deaths with an invoice in flight before it is rejected"
+    )
 
 
 class Settings(ServiceSettings):
