@@ -205,11 +205,13 @@ class ConsumerLoop:
         if not offsets:
             return
         try:
-            await self._consumer.commit(offsets)
+            # Bounded: a broker that accepts connections but does not answer must not freeze the
+            # poll loop (liveness) or a rebalance; the offsets stay pending and go with the next commit.
+            await asyncio.wait_for(self._consumer.commit(offsets), self._settings.drain_timeout_s)
         except CommitFailedError:
             # The group rebalanced under us; the new owner re-reads these (idempotent) messages.
             log.warning("commit failed after rebalance", extra={"offsets": len(offsets)})
-        except KafkaError as e:
+        except (KafkaError, TimeoutError) as e:
             log.warning("commit failed; will retry", extra={"error": repr(e)})  # offsets stay pending
         else:
             self._committed.update(offsets)
@@ -217,24 +219,28 @@ class ConsumerLoop:
     async def _report_lag(self) -> None:
         while True:
             await asyncio.sleep(self._settings.lag_interval_s)
-            assigned = list(self._workers)
-            if not assigned:
-                continue
             try:
-                ends = await asyncio.wait_for(self._consumer.end_offsets(assigned), self._settings.lag_interval_s)
+                await asyncio.wait_for(self._measure_lag(), self._settings.lag_interval_s)
             except (KafkaError, TimeoutError) as e:
                 log.warning("lag not measured: broker did not answer", extra={"error": repr(e)})
+
+    async def _measure_lag(self) -> None:
+        assigned = list(self._workers)
+        if not assigned:
+            return
+        ends = await self._consumer.end_offsets(assigned)
+        for tp, end in ends.items():
+            if tp not in self._workers:
                 continue
-            for tp, end in ends.items():
-                if tp not in self._workers:
+            committed = self._committed.get(tp)
+            if committed is None:
+                committed = await self._consumer.committed(tp) or 0
+                if tp not in self._workers:  # revoked meanwhile: its gauge is gone, keep it so
                     continue
-                committed = self._committed.get(tp)
-                if committed is None:
-                    committed = await self._consumer.committed(tp) or 0
-                    self._committed[tp] = committed
-                CONSUMER_LAG.labels(topic=self._routes[tp.topic][0].name, partition=str(tp.partition)).set(
-                    max(0, end - committed)
-                )
+                self._committed[tp] = committed
+            CONSUMER_LAG.labels(topic=self._routes[tp.topic][0].name, partition=str(tp.partition)).set(
+                max(0, end - committed)
+            )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
