@@ -97,7 +97,7 @@ async def test_a_hung_handler_times_out_as_a_bug_and_the_partition_goes_on(cfg: 
         dlq = await read_topic(cfg.kafka_bootstrap, f"{topic}.dlq", expect=1)
     assert attempts["hangs"] == settings.retry_max_attempts
     assert dict(dlq[0].headers)["dlq.reason"] == b"bug"
-    assert b"TimeoutError" in dict(dlq[0].headers)["dlq.error"]
+    assert b"HandlerTimeout" in dict(dlq[0].headers)["dlq.error"]
 
 
 async def test_stop_returns_while_a_handler_hangs(cfg: StackConfig) -> None:

@@ -38,7 +38,7 @@ class DeadLetterEntry(BaseModel):
     service: str
     reason: str
     error: str
-    attempts: int
+    attempts: int | None
     invoice_id: str | None
     recorded_at: datetime
 

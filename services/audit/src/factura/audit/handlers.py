@@ -50,13 +50,18 @@ def dead_letter_record(message: Message[bytes]) -> dict[str, Any]:
         "service": service,
         "reason": headers.get("dlq.reason", "unknown"),
         "error": headers.get("dlq.error", ""),
-        "attempts": int(headers.get("dlq.attempts", "0") or 0),
+        "attempts": _count(headers.get("dlq.attempts")),
         "tenant_id": tenant or headers.get("tenant_id"),
         "invoice_id": invoice,
         "key": message.key.decode(errors="replace") if message.key else None,
         "body": body[:100_000],
         "body_encoding": encoding,
     }
+
+
+def _count(value: str | None) -> int | None:
+    """A header that should hold a count; None if it does not (audit records what it got, never fails)."""
+    return int(value) if value is not None and value.isdigit() and len(value) < 10 else None
 
 
 def _identify(raw: bytes) -> tuple[str | None, str | None]:

@@ -88,7 +88,9 @@ class Lease:
             )
         except DuplicateKeyError:
             doc = None
-        mine = doc is not None and doc.get("owner") == self.owner
+        # nx-27017 (the local MongoDB-wire server) may apply an ``$or`` filter to another document
+        # that matches the ``$or`` alone; accept the answer only if it is about this lease.
+        mine = doc is not None and doc.get("_id") == self.name and doc.get("owner") == self.owner
         self._set(until if mine else None)
         return mine
 

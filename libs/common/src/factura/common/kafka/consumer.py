@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Mapping
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 
@@ -85,6 +85,7 @@ class ConsumerLoop:
         self._workers: dict[TopicPartition, PartitionWorker] = {}
         self._paused: set[TopicPartition] = set()
         self._committed: dict[TopicPartition, int] = {}
+        self._releasing = asyncio.Lock()
         self.last_poll = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -117,29 +118,44 @@ class ConsumerLoop:
         """Fetch, hand records to partition workers, commit periodically, watch the workers."""
         settings = self._settings
         next_commit = time.monotonic() + settings.commit_interval_s
-        while not self._stopping.is_set():
-            batch = await self._consumer.getmany(
-                timeout_ms=settings.poll_timeout_ms, max_records=settings.max_poll_records
-            )
-            self.last_poll = time.monotonic()
-            for tp, records in batch.items():
-                worker = self._workers.get(tp)
-                if worker is None:  # assigned between the listener and this poll
-                    worker = self._start_worker(tp)
-                worker.feed(records)
-                if worker.buffered >= settings.max_buffered_records:
-                    self._flow(worker)
-            self._check_workers()
-            if self.last_poll >= next_commit:
-                await self._commit(list(self._workers.values()))
-                next_commit = self.last_poll + settings.commit_interval_s
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                fetch = asyncio.ensure_future(
+                    self._consumer.getmany(timeout_ms=settings.poll_timeout_ms, max_records=settings.max_poll_records)
+                )
+                # getmany waits without limit while a rebalance is in progress: stop must not.
+                await asyncio.wait((fetch, stopping), return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    await asyncio.gather(fetch, return_exceptions=True)
+                    return
+                self._hand_over(fetch.result())
+                self._check_workers()
+                if self.last_poll >= next_commit:
+                    await self._commit(list(self._workers.values()))
+                    next_commit = self.last_poll + settings.commit_interval_s
+        finally:
+            stopping.cancel()
+
+    def _hand_over(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        self.last_poll = time.monotonic()
+        for tp, records in batch.items():
+            worker = self._workers.get(tp)
+            if worker is None:  # assigned between the listener and this poll
+                worker = self._start_worker(tp)
+            worker.feed(records)
+            if worker.buffered >= self._settings.max_buffered_records:
+                self._flow(worker)
 
     def _check_workers(self) -> None:
         """Surface a worker's fatal error (DlqLimitExceeded, a loop bug); interrupt overdue handlers."""
         for worker in list(self._workers.values()):
-            if worker.task.done() and not worker.task.cancelled():
-                worker.task.result()
-            elif worker.overdue(self.last_poll):
+            if worker.task.done() and not worker.halted:
+                if not worker.task.cancelled():
+                    worker.task.result()  # raises what ended it
+                raise RuntimeError(f"the worker of {worker.tp} ended unexpectedly (cancelled by its handler)")
+            if worker.overdue(self.last_poll):
                 log.error("handler past its deadline; interrupting", extra={"partition": str(worker.tp)})
                 worker.interrupt()
 
@@ -172,29 +188,43 @@ class ConsumerLoop:
             PARTITIONS_PAUSED.dec()
 
     async def _release(self, partitions: list[TopicPartition]) -> None:
-        """Halt these partitions' workers (bounded wait), commit what they finished, forget them."""
-        workers = [self._workers[tp] for tp in partitions if tp in self._workers]
-        for worker in workers:
-            worker.halt()
-        if workers:
-            _, pending = await asyncio.wait([w.task for w in workers], timeout=self._settings.drain_timeout_s)
+        """Halt these partitions' workers, commit what they finished, forget them: all within one
+        deadline below the rebalance timeout, so the group does not drop this member meanwhile.
+
+        Serialised: the revoke listener and ``run()``'s shutdown may both release at once.
+        """
+        async with self._releasing:
+            workers = [w for tp in partitions if (w := self._workers.pop(tp, None)) is not None]
+            if not workers:
+                return
+            deadline = time.monotonic() + min(
+                self._settings.drain_timeout_s, self._settings.rebalance_timeout_ms / 1000 * 0.8
+            )
+            for worker in workers:
+                worker.halt()
+            _, pending = await asyncio.wait([w.task for w in workers], timeout=max(0.0, deadline - time.monotonic()))
             for task in pending:
                 log.warning(
-                    "handler did not finish in time; cancelled, it will be redelivered", extra={"task": task.get_name()}
+                    "handler did not finish in time; cancelled, redelivered later", extra={"task": task.get_name()}
                 )
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            await self._commit(workers)
-        for worker in workers:
-            del self._workers[worker.tp]
-            if worker.tp in self._paused:
-                self._paused.discard(worker.tp)
-                PARTITIONS_PAUSED.dec()
-            self._committed.pop(worker.tp, None)
-            with contextlib.suppress(KeyError):
-                CONSUMER_LAG.remove(self._routes[worker.tp.topic][0].name, str(worker.tp.partition))
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+            await self._commit(workers, within_s=max(0.5, deadline - time.monotonic()))
+            for worker in workers:
+                self.outages.cleared(worker.tp)
+                if worker.tp in self._paused:
+                    self._paused.discard(worker.tp)
+                    PARTITIONS_PAUSED.dec()
+                self._committed.pop(worker.tp, None)
+                with contextlib.suppress(KeyError):
+                    CONSUMER_LAG.remove(self._routes[worker.tp.topic][0].name, str(worker.tp.partition))
+            for worker in workers:  # e.g. DlqLimitExceeded that landed just before the revoke
+                error = worker.task.exception() if worker.task.done() and not worker.task.cancelled() else None
+                if error is not None:
+                    raise error
 
-    async def _commit(self, workers: list[PartitionWorker]) -> None:
+    async def _commit(self, workers: list[PartitionWorker], within_s: float | None = None) -> None:
         offsets = {
             w.tp: w.done_offset
             for w in workers
@@ -207,14 +237,15 @@ class ConsumerLoop:
         try:
             # Bounded: a broker that accepts connections but does not answer must not freeze the
             # poll loop (liveness) or a rebalance; the offsets stay pending and go with the next commit.
-            await asyncio.wait_for(self._consumer.commit(offsets), self._settings.drain_timeout_s)
+            await asyncio.wait_for(self._consumer.commit(offsets), within_s or self._settings.drain_timeout_s)
         except CommitFailedError:
             # The group rebalanced under us; the new owner re-reads these (idempotent) messages.
             log.warning("commit failed after rebalance", extra={"offsets": len(offsets)})
         except (KafkaError, TimeoutError) as e:
             log.warning("commit failed; will retry", extra={"error": repr(e)})  # offsets stay pending
         else:
-            self._committed.update(offsets)
+            # Only for partitions still ours: a revoked one must not keep a stale committed offset.
+            self._committed.update({tp: off for tp, off in offsets.items() if tp in self._workers})
 
     async def _report_lag(self) -> None:
         while True:

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiokafka import ConsumerRecord
+from aiokafka.errors import MessageSizeTooLargeError
 
 from factura.common.errors import ErrorKind
 from factura.common.kafka.producer import Headers, Publisher
@@ -24,6 +25,8 @@ from factura.common.metrics import MESSAGES_DLQ
 from factura.common.topics import Topic
 
 log = logging.getLogger(__name__)
+#: What is kept of a message too large for the DLQ (below the producer's 1 MiB request limit).
+TRUNCATED_BYTES = 512 * 1024
 #: Sleeps between attempts; returns True when the consumer is stopping (give up, stay uncommitted).
 Sleeper = Callable[[int], Awaitable[bool]]
 
@@ -81,16 +84,31 @@ class DeadLetters:
         attempts: int,
         sleep: Sleeper,
     ) -> bool:
-        """Publish to ``<topic>.dlq`` until the broker takes it. False if stopped before that."""
+        """Publish to ``<topic>.dlq`` until the broker takes it. False if stopped before that.
+
+        A message of a DLQ topic itself is not dead-lettered again (nobody reads ``x.dlq.dlq``): it
+        stays where it is, on the DLQ topic, and the failure is logged and counted.
+        """
+        if topic.dead_letters_of is not None:
+            MESSAGES_DLQ.labels(topic=topic.name, reason=f"{kind.value}_not_requeued").inc()
+            log.error("could not handle a dead letter; it stays on its DLQ topic", extra={"error": error[:500]})
+            self._limit.dead_lettered(topic, kind)
+            return True
         dlq = topic.dlq(self._prefix)
         headers = dlq_headers(record, kind, error, service=self._service, attempts=attempts)
+        value = record.value or b""
         attempt = 0
         while True:  # the DLQ is the last resort: keep trying until it takes the message or we stop
             attempt += 1
             try:
-                await self._publisher.send(dlq, record.value or b"", key=record.key, headers=headers)
+                await self._publisher.send(dlq, value, key=record.key, headers=headers)
                 break
-            except Exception:
+            except MessageSizeTooLargeError:
+                # Retrying cannot help: keep the head of the message, say how long it was.
+                log.error("message too large for the DLQ; truncated", extra={"dlq": dlq, "size": len(value)})
+                headers = [*headers, ("dlq.truncated_from_bytes", str(len(value)).encode())]
+                value = value[:TRUNCATED_BYTES] if len(value) > TRUNCATED_BYTES else b""
+            except Exception:  # a broker error here only delays: logged and retried
                 log.warning("DLQ publish failed; retrying", exc_info=True, extra={"dlq": dlq})
                 if await sleep(attempt):
                     return False

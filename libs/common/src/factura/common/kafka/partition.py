@@ -75,6 +75,13 @@ def decode(topic: Topic, raw: bytes) -> Envelope[Any] | bytes:
         raise InvalidMessage([FieldError(field="$", message=f"not decodable: {str(e)[:200]}")]) from e
 
 
+class HandlerTimeout(Exception):
+    """The loop's own deadline for one handler call passed: a hang, counted as a bug.
+
+    Distinct from ``TimeoutError``, which a dependency's client raises and which means an outage.
+    """
+
+
 class Outages:
     """Dependencies that failed a handler and have not succeeded since: what readiness reports."""
 
@@ -133,6 +140,10 @@ class PartitionWorker:
         self.buffered += len(records)
         self._arrived.set()
 
+    @property
+    def halted(self) -> bool:
+        return self._halt.is_set()
+
     def halt(self) -> None:
         """Stop after the record in hand (revoke, shutdown); what is buffered is re-read later."""
         self._halt.set()
@@ -144,7 +155,7 @@ class PartitionWorker:
         return started is not None and now - started > self._s.settings.handler_timeout_s
 
     def interrupt(self) -> None:
-        """Cancel the overdue handler call; :meth:`_attempts` turns it into a ``TimeoutError``.
+        """Cancel the overdue handler call; :meth:`_attempts` turns it into a :class:`HandlerTimeout`.
 
         One watchdog per consumer instead of an ``asyncio.timeout`` per call: the deadline then
         costs one clock read per record, not a timer scheduled and cancelled on the event loop.
@@ -188,6 +199,8 @@ class PartitionWorker:
         attempt = 0
         while True:
             attempt += 1
+            if self._interrupted:  # a handler swallowed the watchdog's cancel: take it back now
+                self._timed_out()
             # The handler call is inlined (no helper coroutine): this is the per-record hot path.
             self._call_started = started = time.monotonic()
             try:
@@ -206,11 +219,7 @@ class PartitionWorker:
                 self._s.dlq_limit.handled()
                 return True
             self._call_started = None
-            kind, dependency = classify(error)
-            if isinstance(error, TimeoutError) and dependency is None:
-                # The loop's own deadline: a handler that hangs is a bug, not an outage
-                # (dependencies have shorter client timeouts of their own, which are transient).
-                kind = ErrorKind.BUG
+            kind, dependency = classify(error)  # HandlerTimeout is a bug: it is no known outage
             MESSAGES_FAILED.labels(topic=self._topic.name, error=type(error).__name__).inc()
             if kind is ErrorKind.INVALID:
                 log.warning("invalid message", extra={"source": message.source, "error": str(error)})
@@ -232,13 +241,13 @@ class PartitionWorker:
             if await self._backoff(attempt):
                 return False
 
-    def _timed_out(self) -> TimeoutError:
+    def _timed_out(self) -> HandlerTimeout:
         """The watchdog cancelled the call: take the cancellation back and report a timeout."""
         self._interrupted = False
         current = asyncio.current_task()
         if current is not None:
             current.uncancel()
-        return TimeoutError(f"handler ran past its deadline of {self._s.settings.handler_timeout_s} s")
+        return HandlerTimeout(f"handler ran past its deadline of {self._s.settings.handler_timeout_s} s")
 
     def _recovered(self, message: Message[Any], attempts: int) -> None:
         self._s.outages.cleared(self.tp)
