@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from factura.common.erp import MAX_DEPTH, decode_erp
+from factura.common.erp import MAX_DEPTH, MAX_MESSAGE_BYTES, decode_erp
 from factura.common.errors import InvalidMessage
 from factura.common.schemas import EXAMPLES_DIR
 
@@ -119,3 +119,10 @@ def test_mangled_json_decodes_or_raises_invalid_message(
     _outcome(raw[:cut] + insert + raw[cut:])
     _outcome(b"[" * depth + EXAMPLE + b"]" * depth)
     _outcome(b'{"a":' * depth + EXAMPLE + b"}" * depth)
+
+
+def test_a_message_over_the_size_limit_is_refused_before_parsing() -> None:
+    raw = b'{"padding": "' + b"x" * MAX_MESSAGE_BYTES + b'"}'
+    with pytest.raises(InvalidMessage) as info:
+        decode_erp(raw)
+    assert info.value.reasons[0].field == "$" and "at most" in info.value.reasons[0].message

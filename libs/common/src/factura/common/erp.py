@@ -299,6 +299,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+#: Largest ERP message (uncompressed): below the producer's 1 MiB request limit, far above any real invoice.
+MAX_MESSAGE_BYTES = 512 * 1024
+
+
 def decode_erp(raw: bytes) -> dict[str, Any]:
     """The JSON object an ERP message holds, or :class:`InvalidMessage` naming field ``$``.
 
@@ -307,7 +311,10 @@ def decode_erp(raw: bytes) -> dict[str, Any]:
     is ignored), no ``NaN``/``Infinity``, no ``\\ud800``-style escapes that are not characters, at
     most :data:`MAX_DEPTH` levels of nesting, and an object at the top. Numbers with a fraction or
     an exponent become :class:`~decimal.Decimal`, so an amount sent as a number keeps every digit.
+    At most :data:`MAX_MESSAGE_BYTES`: a larger message could not even be dead-lettered whole.
     """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise _undecodable(f"message is {len(raw)} bytes; at most {MAX_MESSAGE_BYTES} are accepted")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
