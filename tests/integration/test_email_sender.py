@@ -280,6 +280,18 @@ async def test_an_attachment_that_is_not_the_one_the_event_names_is_not_mailed(r
     assert await rig.claim_state(event) == "done"  # a redelivery re-publishes, never retries
 
 
+async def test_a_document_gone_from_s3_is_delivery_failed_not_a_dead_letter(rig: Rig) -> None:
+    event = await rig.rendered()
+    gone = event.data.document.model_copy(update={"key": f"it-email/{uuid.uuid4().hex}-never-stored.pdf"})
+    event = event.model_copy(update={"data": event.data.model_copy(update={"document": gone})})
+    await rig.handle(event)
+
+    assert rig.mail(event) == []
+    [outcome] = await rig.outcomes()
+    failed = failure(outcome)
+    assert failed.reason == "document_missing" and gone.key in failed.detail
+
+
 async def test_a_message_that_cannot_be_built_fails_for_good(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(**_: Any) -> EmailMessage:
         raise ValueError("Header values may not contain linefeed or carriage return characters")

@@ -148,7 +148,9 @@ class DeliverySucceededV1(_Model):
     document: DocumentRef
 
 
-FailureReason = Literal["no_address", "rejected_by_server", "provider_error", "message_invalid", "document_mismatch"]
+FailureReason = Literal[
+    "no_address", "rejected_by_server", "provider_error", "message_invalid", "document_mismatch", "document_missing"
+]
 
 
 class DeliveryFailedV1(_Model):

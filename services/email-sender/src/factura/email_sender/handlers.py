@@ -25,6 +25,7 @@ from email.message import EmailMessage
 from typing import Any, Final, Protocol
 
 import aiosmtplib
+from botocore.exceptions import ClientError
 
 from factura.common.envelope import Envelope
 from factura.common.errors import DependencyDown
@@ -33,7 +34,7 @@ from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
 from factura.common.ledger import Claim, DeliveryLedger
 from factura.common.outcomes import delivered, undelivered
-from factura.common.storage import DocumentStore
+from factura.common.storage import MISSING_CODES, DocumentStore, error_code
 from factura.common.tenants import TenantDirectory
 from factura.email_sender.message import build_invoice_email
 from factura.email_sender.settings import SmtpSettings
@@ -196,7 +197,14 @@ class EmailHandlers:
         if email is None:
             return self._failed(event, "no_address", "customer has no email address")
         document = rendered.document
-        attachment = await self._store.get(document.key, bucket=document.bucket)
+        try:
+            attachment = await self._store.get(document.key, bucket=document.bucket)
+        except ClientError as e:
+            if error_code(e) not in MISSING_CODES:
+                raise
+            # Gone for good (its retention ended, or it was deleted): say so, and let SMS say it too.
+            log.error("stored document %s/%s is missing", document.bucket, document.key)
+            return self._failed(event, "document_missing", f"stored document {document.bucket}/{document.key} is gone")
         digest = hashlib.sha256(attachment).hexdigest()
         if digest != document.sha256:
             # Mailing it could send another invoice's PDF (e.g. an older one with the same number).

@@ -59,9 +59,9 @@ class SmsHandlers:
         phone = failed.invoice.customer.phone
         if phone is None:
             return self._failed(event, "no_address", "customer has no phone number", None)
-        if failed.reason == "document_mismatch":
-            # The link is signed for the event's sha256, so the download would refuse the stored bytes.
-            return self._failed(event, "document_mismatch", "no link sent: " + failed.detail, None)
+        if failed.reason in ("document_mismatch", "document_missing"):
+            # The link is signed for the event's sha256: the download would refuse what is stored, or find nothing.
+            return self._failed(event, failed.reason, "no link sent: " + failed.detail, None)
         link = self._signer.sign_document(
             failed.document,
             tenant_id=event.tenant_id,
