@@ -7,12 +7,14 @@ database, so concurrent runs on one machine never see each other's messages.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 
 from factura.common.settings import KafkaSettings, MongoSettings, S3Settings
+from factura.common.storage import DocumentStore
 from factura.devstack.config import StackConfig
 from factura.devstack.stack import Stack
 
@@ -68,3 +70,12 @@ def mongo_settings(cfg: StackConfig) -> MongoSettings:
 
 def s3_settings(cfg: StackConfig) -> S3Settings:
     return S3Settings(endpoint_url=cfg.s3_url, bucket=cfg.s3_bucket)
+
+
+@pytest.fixture(scope="module")
+async def store(cfg: StackConfig) -> AsyncIterator[DocumentStore]:
+    """The document store on the local S3 server, its bucket created."""
+    async with AsyncExitStack() as stack:
+        documents = await DocumentStore.connect(s3_settings(cfg), stack)
+        await documents.ensure_bucket()
+        yield documents

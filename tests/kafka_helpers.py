@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 
 async def read_topic(
@@ -23,3 +23,22 @@ async def read_topic(
         return records
     finally:
         await consumer.stop()
+
+
+async def read_all(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Exactly what is on ``topic`` now: counted by offsets first, so no read waits for a timeout."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+    finally:
+        await consumer.stop()
+    count = sum(ends[tp] - starts[tp] for tp in partitions)
+    if count == 0:
+        return []
+    records = await read_topic(bootstrap, topic, expect=count)
+    assert len(records) == count
+    return records

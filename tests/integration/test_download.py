@@ -8,7 +8,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ from factura.common.links import LinkSigner
 from factura.common.storage import DocumentStore, ObjectExists
 from factura.devstack.config import StackConfig
 from factura.renderer.download import download_router
-from tests.conftest import kafka_settings, s3_settings
+from tests.conftest import kafka_settings
 from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -31,14 +30,6 @@ SECRET = b"integration-secret-0123456789abcdef"
 CLIENT_IP = "203.0.113.77"
 USER_AGENT = "Mozilla/5.0 (test) " + "x" * 400
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
-
-
-@pytest.fixture(scope="module")
-async def store(cfg: StackConfig) -> AsyncIterator[DocumentStore]:
-    async with AsyncExitStack() as stack:
-        documents = await DocumentStore.connect(s3_settings(cfg), stack)
-        await documents.ensure_bucket()
-        yield documents
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from typing import Any
 import aioboto3
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
 from lxml import etree
 from pypdf import PdfReader
@@ -62,7 +61,7 @@ from factura.renderer.handlers import RenderHandlers
 from factura.renderer.pool import RenderPool
 from factura.renderer.settings import RenderLimits
 from tests.conftest import kafka_settings, s3_settings
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import read_all
 
 pytestmark = pytest.mark.integration
 
@@ -140,23 +139,8 @@ class Bus:
         return f"{self.settings.topic_prefix}{logical}"
 
     async def raw(self, logical: str) -> list[bytes]:
-        """Exactly what is on the topic: counted by offsets first, so no read waits for a timeout."""
-        topic = self.topic(logical)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None)
-        await consumer.start()
-        try:
-            await consumer.topics()
-            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-            ends = await consumer.end_offsets(partitions)
-            starts = await consumer.beginning_offsets(partitions)
-        finally:
-            await consumer.stop()
-        count = sum(ends[tp] - starts[tp] for tp in partitions)
-        if count == 0:
-            return []
-        records = await read_topic(self.settings.bootstrap_servers, topic, expect=count)
-        assert len(records) == count
-        return [r.value for r in records]
+        """Exactly what is on the topic."""
+        return [r.value for r in await read_all(self.settings.bootstrap_servers, self.topic(logical))]
 
     async def events(self, logical: str) -> list[Envelope[Any]]:
         return [parse_event(raw) for raw in await self.raw(logical)]
