@@ -18,8 +18,9 @@ from factura.common.kafka.consumer import ConsumerLoop, Message
 from factura.common.kafka.deadletter import DlqLimitExceeded
 from factura.common.metrics import CONSUMER_LAG
 from factura.devstack.config import StackConfig
-from tests.integration.test_consumer_loop import event_bytes, isolated, running, until
-from tests.kafka_helpers import read_topic
+from tests.integration.test_consumer_loop import event_bytes, running
+from tests.kafka_helpers import isolated, read_topic
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 

@@ -13,14 +13,13 @@ import pytest
 
 from factura.common.envelope import Envelope
 from factura.common.errors import DependencyDown
-from factura.common.kafka.admin import ensure_topics
 from factura.common.kafka.consumer import ConsumerLoop, Message
 from factura.common.kafka.producer import Publisher
 from factura.common.schemas import EXAMPLES_DIR
 from factura.common.settings import KafkaSettings
 from factura.devstack.config import StackConfig
-from tests.conftest import kafka_settings
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import isolated, read_topic
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 EXAMPLE = json.loads((EXAMPLES_DIR / "invoice.created.v1.json").read_text(encoding="utf-8"))
@@ -31,18 +30,6 @@ def event_bytes(invoice_id: str) -> bytes:
     payload = EXAMPLE | {"event_id": str(uuid.uuid4()), "invoice_id": "same-key"}
     payload["data"] = EXAMPLE["data"] | {"invoice_number": invoice_id}
     return json.dumps(payload).encode()
-
-
-@asynccontextmanager
-async def isolated(cfg: StackConfig) -> AsyncIterator[tuple[KafkaSettings, Publisher]]:
-    settings = kafka_settings(cfg, prefix=f"{cfg.topic_prefix}{uuid.uuid4().hex[:6]}.")
-    await ensure_topics(settings)
-    publisher = Publisher(settings, client_id="test")
-    await publisher.start()
-    try:
-        yield settings, publisher
-    finally:
-        await publisher.stop()
 
 
 @asynccontextmanager
@@ -58,14 +45,6 @@ async def running(
     finally:
         loop.stop()
         await asyncio.wait_for(task, 30)
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    for _ in range(int(timeout_s / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def send(publisher: Publisher, settings: KafkaSettings, value: bytes) -> None:

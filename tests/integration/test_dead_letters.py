@@ -18,8 +18,9 @@ from factura.common.kafka.consumer import ConsumerLoop, Message
 from factura.common.mongo import create_client, database
 from factura.devstack.config import StackConfig
 from tests.conftest import mongo_settings
-from tests.integration.test_consumer_loop import event_bytes, isolated, send, until
-from tests.kafka_helpers import read_topic
+from tests.integration.test_consumer_loop import event_bytes, send
+from tests.kafka_helpers import isolated, read_topic
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 

@@ -27,14 +27,12 @@ import factura.email_sender.handlers as email_handlers
 from factura.common.envelope import Envelope
 from factura.common.errors import DependencyDown
 from factura.common.events import DeliveryFailedV1, DeliverySucceededV1, InvoiceRenderedV1, parse_event
-from factura.common.kafka.admin import ensure_topics
 from factura.common.kafka.consumer import Message
-from factura.common.kafka.producer import Publisher
 from factura.common.ledger import DeliveryLedger
 from factura.common.links import LinkSigner
 from factura.common.mongo import Document
 from factura.common.schemas import EXAMPLES_DIR
-from factura.common.settings import KafkaSettings, LinkSettings
+from factura.common.settings import LinkSettings
 from factura.common.storage import DocumentStore
 from factura.common.tenants import TenantDirectory
 from factura.common.topics import DELIVERY_FAILED, INVOICE_RENDERED
@@ -46,8 +44,8 @@ from factura.email_sender.settings import SmtpSettings
 from factura.sms_sender.handlers import SmsHandlers
 from factura.sms_sender.provider import SmsProvider
 from factura.sms_sender.settings import ProviderSettings
-from tests.conftest import kafka_settings, mongo_settings
-from tests.kafka_helpers import read_all
+from tests.conftest import mongo_settings
+from tests.kafka_helpers import Bus, isolated
 
 pytestmark = pytest.mark.integration
 
@@ -59,27 +57,10 @@ PDF = b"%PDF-1.7\n% an invoice\n"
 # -- fixtures ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Bus:
-    settings: KafkaSettings
-    publisher: Publisher
-
-    async def events(self, logical: str) -> list[Envelope[Any]]:
-        """Every event on the topic."""
-        topic = f"{self.settings.topic_prefix}{logical}"
-        return [parse_event(r.value) for r in await read_all(self.settings.bootstrap_servers, topic)]
-
-
 @pytest.fixture
 async def bus(cfg: StackConfig) -> AsyncIterator[Bus]:
-    settings = kafka_settings(cfg, prefix=f"{cfg.topic_prefix}{uuid.uuid4().hex[:6]}.")
-    await ensure_topics(settings)
-    publisher = Publisher(settings, client_id="test-email-sender")
-    await publisher.start()
-    try:
-        yield Bus(settings, publisher)
-    finally:
-        await publisher.stop()
+    async with isolated(cfg, client_id="test-email-sender") as topics:
+        yield topics
 
 
 @pytest.fixture

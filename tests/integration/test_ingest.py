@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 import pytest
 
 from factura.common.events import parse_event
-from factura.common.kafka.admin import ensure_topics
 from factura.common.kafka.consumer import ConsumerLoop
 from factura.common.kafka.producer import Headers, Publisher
 from factura.common.schemas import EXAMPLES_DIR
@@ -26,8 +24,7 @@ from factura.common.settings import KafkaSettings
 from factura.devstack.config import StackConfig
 from factura.ingest.bootstrap import bootstrap
 from factura.ingest.settings import Settings
-from tests.conftest import kafka_settings
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import isolated, read_topic
 
 pytestmark = pytest.mark.integration
 EXAMPLE: dict[str, Any] = json.loads((EXAMPLES_DIR / "erp.invoice.v1.json").read_text(encoding="utf-8"))
@@ -46,11 +43,7 @@ def invoice(number: str, customer_name: str | None = None, **line_changes: Any) 
 @asynccontextmanager
 async def ingest_running(cfg: StackConfig) -> AsyncIterator[tuple[KafkaSettings, Publisher]]:
     """Ingest's own wiring (``bootstrap``) on a ConsumerLoop, with topics of its own."""
-    settings = kafka_settings(cfg, prefix=f"{cfg.topic_prefix}{uuid.uuid4().hex[:6]}.")
-    await ensure_topics(settings)
-    publisher = Publisher(settings, client_id="test-ingest")
-    await publisher.start()
-    async with AsyncExitStack() as stack:
+    async with isolated(cfg, client_id="test-ingest") as (settings, publisher), AsyncExitStack() as stack:
         wiring = await bootstrap(Settings(kafka=settings), publisher, stack)
         loop = ConsumerLoop(
             settings=settings, group_id="ingest", routes=wiring.routes, publisher=publisher, service="ingest"
@@ -61,7 +54,6 @@ async def ingest_running(cfg: StackConfig) -> AsyncIterator[tuple[KafkaSettings,
         finally:
             loop.stop()
             await asyncio.wait_for(task, 30)
-            await publisher.stop()
 
 
 async def test_poison_erp_messages_are_rejected_on_record_and_the_loop_goes_on(cfg: StackConfig) -> None:

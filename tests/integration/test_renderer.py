@@ -44,12 +44,9 @@ from factura.common.events import (
     parse_event,
     summary_of,
 )
-from factura.common.kafka.admin import ensure_topics
 from factura.common.kafka.consumer import Message
-from factura.common.kafka.producer import Publisher
 from factura.common.links import LinkSigner
 from factura.common.schemas import EXAMPLES_DIR
-from factura.common.settings import KafkaSettings
 from factura.common.storage import DocumentStore, invoice_prefix, manifest_key
 from factura.common.tenants import TenantDirectory
 from factura.common.topics import INVOICE_CREATED
@@ -60,8 +57,8 @@ from factura.renderer.einvoice import extract_xml, validate_xml
 from factura.renderer.handlers import RenderHandlers
 from factura.renderer.pool import RenderPool
 from factura.renderer.settings import RenderLimits
-from tests.conftest import kafka_settings, s3_settings
-from tests.kafka_helpers import read_all
+from tests.conftest import s3_settings
+from tests.kafka_helpers import Bus, isolated
 
 pytestmark = pytest.mark.integration
 
@@ -130,32 +127,10 @@ async def s3(cfg: StackConfig) -> AsyncIterator[S3]:
         yield S3(store, client)
 
 
-@dataclass(frozen=True)
-class Bus:
-    settings: KafkaSettings
-    publisher: Publisher
-
-    def topic(self, logical: str) -> str:
-        return f"{self.settings.topic_prefix}{logical}"
-
-    async def raw(self, logical: str) -> list[bytes]:
-        """Exactly what is on the topic."""
-        return [r.value for r in await read_all(self.settings.bootstrap_servers, self.topic(logical))]
-
-    async def events(self, logical: str) -> list[Envelope[Any]]:
-        return [parse_event(raw) for raw in await self.raw(logical)]
-
-
 @pytest.fixture
 async def bus(cfg: StackConfig) -> AsyncIterator[Bus]:
-    settings = kafka_settings(cfg, prefix=f"{cfg.topic_prefix}{uuid.uuid4().hex[:6]}.")
-    await ensure_topics(settings)
-    publisher = Publisher(settings, client_id="test-renderer")
-    await publisher.start()
-    try:
-        yield Bus(settings, publisher)
-    finally:
-        await publisher.stop()
+    async with isolated(cfg, client_id="test-renderer") as topics:
+        yield topics
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from factura.scheduler.schedule import Schedules
 from tests.conftest import kafka_settings, mongo_settings
 from tests.kafka_helpers import read_topic
 from tests.unit.test_scheduler import TENANT, invoice_created, invoice_rejected, payment_received
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 LEASE = "reminder-sweep"
@@ -98,14 +99,6 @@ async def record_overdue(handlers: SchedulerHandlers, count: int) -> list[str]:
     for number in numbers:
         await handlers.on_invoice_created(message(invoice_created(number, due=utcnow().date() - timedelta(days=2))))
     return [f"{TENANT}/{n}" for n in numbers]
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    for _ in range(int(timeout_s / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 class Clock:

@@ -17,6 +17,7 @@ from factura.common.kafka.deadletter import DeadLetters, DlqLimit
 from factura.common.kafka.producer import Headers, Publisher
 from factura.common.settings import KafkaSettings
 from factura.common.topics import ERP_INVOICES
+from tests.waiting import until
 
 TP = TopicPartition("erp.invoices", 0)
 
@@ -51,14 +52,6 @@ def loop_with(handler: Any, fake: FakeConsumer) -> ConsumerLoop:
     )
     loop._consumer = fake
     return loop
-
-
-async def until(predicate: Any) -> None:
-    for _ in range(200):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met")
 
 
 async def test_a_revoked_partition_takes_its_outage_with_it() -> None:
