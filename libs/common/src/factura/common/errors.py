@@ -24,7 +24,6 @@ from enum import StrEnum
 from typing import Final
 
 import aiokafka.errors
-import botocore.exceptions
 import pymongo.errors
 from pydantic import ValidationError
 
@@ -63,16 +62,14 @@ def field_errors(error: ValidationError, prefix: str = "") -> list[FieldError]:
     return out
 
 
-#: Client-library exceptions that mean "the other side is unreachable or overloaded". Senders wrap
-#: their provider's errors (SMTP, SMS) in :class:`DependencyDown` themselves.
+#: Client-library exceptions that mean "the other side is unreachable or overloaded", for the
+#: clients handlers use directly. Adapters that own a dependency translate its errors themselves:
+#: the document store (S3), the senders' SMTP and SMS clients, the render pool.
 _TRANSIENT: Final[dict[type[BaseException], str]] = {
     pymongo.errors.AutoReconnect: "mongo",  # includes NetworkTimeout
     pymongo.errors.ServerSelectionTimeoutError: "mongo",
     pymongo.errors.ConnectionFailure: "mongo",
     pymongo.errors.ExecutionTimeout: "mongo",
-    botocore.exceptions.EndpointConnectionError: "s3",
-    botocore.exceptions.ConnectTimeoutError: "s3",
-    botocore.exceptions.ReadTimeoutError: "s3",
     aiokafka.errors.KafkaConnectionError: "kafka",
     aiokafka.errors.KafkaTimeoutError: "kafka",
     aiokafka.errors.NodeNotReadyError: "kafka",

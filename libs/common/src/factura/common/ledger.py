@@ -45,10 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -62,7 +59,7 @@ from factura.common.envelope import Envelope, utcnow
 from factura.common.errors import DependencyDown
 from factura.common.events import parse_event
 from factura.common.metrics import PREFIX
-from factura.common.mongo import Document
+from factura.common.mongo import Document, process_owner
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +83,6 @@ class LedgerSettings(BaseModel):
         ge=0,
         description="A delivery must finish this long before its lease ends; bounds tolerated clock skew.",
     )
-
-
-def process_owner() -> str:
-    """An owner id unique to this process: host and pid for people, a random part for pid reuse."""
-    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
 def _now_ms() -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from typing import Any
 
 from pymongo import AsyncMongoClient
@@ -23,3 +26,10 @@ def database(client: AsyncMongoClient[Document], settings: MongoSettings) -> Asy
 
 async def ping(client: AsyncMongoClient[Document]) -> None:
     await client.admin.command("ping")
+
+
+def process_owner() -> str:
+    """The owner id a process writes into the leases it holds in MongoDB (delivery claims, the
+    scheduler's sweep): host (the pod name under Kubernetes) and pid for people, a random part
+    for pid reuse."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"

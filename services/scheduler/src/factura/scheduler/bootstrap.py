@@ -6,10 +6,10 @@ import asyncio
 from contextlib import AsyncExitStack
 
 from factura.common.kafka.producer import Publisher
-from factura.common.mongo import create_client, database, ping
+from factura.common.mongo import create_client, database, ping, process_owner
 from factura.common.runtime import Wiring
 from factura.scheduler.handlers import SchedulerHandlers
-from factura.scheduler.lease import Lease, default_owner
+from factura.scheduler.lease import Lease
 from factura.scheduler.schedule import Schedules
 from factura.scheduler.settings import Settings
 
@@ -22,7 +22,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     db = database(mongo, settings.mongo)
     schedules = Schedules(db["schedules"])
     await schedules.ensure_indexes()
-    lease = Lease(db["leases"], SWEEP_LEASE, owner=settings.replica_id or default_owner(), ttl=settings.lease_ttl)
+    lease = Lease(db["leases"], SWEEP_LEASE, owner=settings.replica_id or process_owner(), ttl=settings.lease_ttl)
     handlers = SchedulerHandlers(publisher, schedules, lease)
 
     async def sweeps(stopping: asyncio.Event) -> None:

@@ -24,9 +24,6 @@ event that consumers already ignore, never a second email.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -43,11 +40,6 @@ log = logging.getLogger(__name__)
 LEASE_HELD = Gauge(f"{PREFIX}lease_held", "1 while this replica holds the named lease.", ["lease"])
 #: What a released lease expires at: in the past for every clock.
 RELEASED = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def default_owner() -> str:
-    """Host (the pod name under Kubernetes), process and a random part: unique per process run."""
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class Lease:
