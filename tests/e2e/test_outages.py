@@ -1,8 +1,10 @@
-"""A dependency down for a minute mid-flow: work pauses, readiness says so, nothing is dead-lettered,
-and everything is delivered (once) and audited after the dependency comes back.
+"""A dependency down (SMTP, MongoDB, the SMS provider) or hanging (S3) for a minute mid-flow: work
+pauses, readiness says so, nothing is dead-lettered, and everything is delivered (once) and audited
+after the dependency comes back.
 
-The real local servers are stopped and started again on the same port (devstack's
-``stop_server``/``start_server``); the services are not told.
+The real local servers are stopped and started again on the same port, or frozen with SIGSTOP
+(devstack's ``stop_server``/``start_server``, ``pause_server``/``resume_server``); the services
+are not told.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from factura.devstack.config import StackConfig
 from factura.devstack.flow import publish, timeline, wait_for_outcomes
 from factura.devstack.samples import Sample
 from factura.devstack.stack import Stack
-from tests.e2e.test_flow import mails_to, sample
+from tests.e2e.test_flow import mails_to, sample, sms_to
 
 pytestmark = pytest.mark.e2e
 OUTAGE_S = float(os.environ.get("FACTURA_TEST_OUTAGE_S", "60"))
@@ -71,10 +73,28 @@ async def delivered_once_and_audited(cfg: StackConfig, batch: Iterable[Sample]) 
     seen = await wait_for_outcomes(cfg, batch, timeout_s=180)
     async with httpx.AsyncClient() as client:
         for s in batch:
-            assert seen[s.invoice_number].outcome == "email", (s.invoice_number, seen[s.invoice_number])
-            assert len(mails_to(cfg, s.payload["customer"]["email"])) == 1, s.invoice_number
+            assert seen[s.invoice_number].outcome == s.expected, (s.invoice_number, seen[s.invoice_number])
             types = [e["type"] for e in await timeline(client, cfg, s)]
-            assert types == ["invoice.created", "invoice.rendered", "delivery.succeeded"], (s.invoice_number, types)
+            if s.expected == "email":
+                assert len(mails_to(cfg, s.payload["customer"]["email"])) == 1, s.invoice_number
+                assert types == ["invoice.created", "invoice.rendered", "delivery.succeeded"], (s.invoice_number, types)
+            else:  # email bounced for good, then one SMS
+                assert len(await sms_to(cfg, s.payload["customer"]["phone"].replace(" ", ""))) == 1, s.invoice_number
+                assert types.count("delivery.succeeded") == 1 and types.count("delivery.failed") == 1, types
+
+
+async def outage(services: Stack, server: str, *, pause: bool = False) -> None:
+    """Take ``server`` away (stopped, or frozen so it accepts connections and never answers).
+
+    In a thread: the launcher is synchronous and probes the broker with an event loop of its own.
+    """
+    stop = services.pause_server if pause else services.stop_server
+    await asyncio.to_thread(stop, server)
+
+
+async def recovery(services: Stack, server: str, *, pause: bool = False) -> None:
+    start = services.resume_server if pause else services.start_server
+    await asyncio.to_thread(start, server)
 
 
 async def test_smtp_refusing_for_a_minute_pauses_delivery_then_sends_everything(services: Stack) -> None:
@@ -83,7 +103,7 @@ async def test_smtp_refusing_for_a_minute_pauses_delivery_then_sends_everything(
     batch = [
         sample("email", email=f"smtp{i}.{uuid.uuid4().hex[:6]}@cliente.test", phone="+34 699 000 111") for i in range(6)
     ]
-    services.stop_server("smtp")
+    await outage(services, "smtp")
     try:
         started = time.monotonic()
         await publish(cfg, batch)
@@ -91,7 +111,7 @@ async def test_smtp_refusing_for_a_minute_pauses_delivery_then_sends_everything(
         await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
         assert all(mails_to(cfg, s.payload["customer"]["email"]) == [] for s in batch)
     finally:
-        services.start_server("smtp")
+        await recovery(services, "smtp")
     await delivered_once_and_audited(cfg, batch)  # by email: no SMS fallback for an outage
     await wait_readiness(cfg, "email-sender", ready=True)
     assert await dead_lettered(cfg) == dead_before
@@ -103,7 +123,7 @@ async def test_mongodb_down_for_a_minute_pauses_its_users_then_everything_is_del
     cfg = services.cfg
     dead_before = await dead_lettered(cfg)
     batch = [sample("email", email=f"mongo{i}.{uuid.uuid4().hex[:6]}@cliente.test") for i in range(6)]
-    services.stop_server("mongo")
+    await outage(services, "mongo")
     try:
         started = time.monotonic()
         await publish(cfg, batch)
@@ -111,10 +131,51 @@ async def test_mongodb_down_for_a_minute_pauses_its_users_then_everything_is_del
             await wait_readiness(cfg, service, ready=False, dependency="mongo")
         await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
     finally:
-        services.start_server("mongo")
+        await recovery(services, "mongo")
     await delivered_once_and_audited(cfg, batch)
     for service in ("audit", "email-sender", "scheduler", "sms-sender"):
         await wait_readiness(cfg, service, ready=True)
+    assert await dead_lettered(cfg) == dead_before
+
+
+async def test_sms_provider_down_for_a_minute_pauses_the_fallback_then_texts_everyone_once(services: Stack) -> None:
+    cfg = services.cfg
+    dead_before = await dead_lettered(cfg)
+    batch = [
+        sample(
+            "sms", email=f"sms{i}.{uuid.uuid4().hex[:6]}@bounce.test", phone=f"+34 699 {uuid.uuid4().int % 10**6:06d}"
+        )
+        for i in range(4)
+    ]
+    await outage(services, "sms")
+    try:
+        started = time.monotonic()
+        await publish(cfg, batch)
+        await wait_readiness(cfg, "sms-sender", ready=False, dependency="sms")
+        await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
+    finally:
+        await recovery(services, "sms")
+    await delivered_once_and_audited(cfg, batch)
+    await wait_readiness(cfg, "sms-sender", ready=True)
+    assert await dead_lettered(cfg) == dead_before
+
+
+async def test_s3_hanging_for_a_minute_pauses_rendering_and_mailing_then_delivers_everything(services: Stack) -> None:
+    """S3 frozen (connections accepted, nothing answered: the slow case, not the refused one)."""
+    cfg = services.cfg
+    dead_before = await dead_lettered(cfg)
+    batch = [sample("email", email=f"s3-{i}.{uuid.uuid4().hex[:6]}@cliente.test") for i in range(4)]
+    await outage(services, "s3", pause=True)
+    try:
+        started = time.monotonic()
+        await publish(cfg, batch)
+        await wait_readiness(cfg, "renderer", ready=False, dependency="s3")
+        await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
+        assert all(mails_to(cfg, s.payload["customer"]["email"]) == [] for s in batch)
+    finally:
+        await recovery(services, "s3", pause=True)
+    await delivered_once_and_audited(cfg, batch)
+    await wait_readiness(cfg, "renderer", ready=True)
     assert await dead_lettered(cfg) == dead_before
 
 
@@ -125,8 +186,7 @@ async def test_paused_dependencies_make_readiness_answer_within_its_deadline_and
     (it did for 19 s on MongoDB) nor say ok (it did for 45 s on the broker); liveness stays up."""
     cfg = services.cfg
     for server, service in (("mongo", "audit"), ("kafka", "renderer")):
-        # The launcher is synchronous and probes the broker with its own event loop: run it in a thread.
-        await asyncio.to_thread(services.pause_server, server)
+        await outage(services, server, pause=True)
         try:
             started = time.monotonic()
             status, body = await readiness(cfg, service)
@@ -135,7 +195,7 @@ async def test_paused_dependencies_make_readiness_answer_within_its_deadline_and
             async with httpx.AsyncClient(timeout=10) as client:
                 assert (await client.get(f"{cfg.service_url(service)}/livez")).status_code == 200
         finally:
-            await asyncio.to_thread(services.resume_server, server)
+            await recovery(services, server, pause=True)
         await wait_readiness(cfg, service, ready=True)
     s = sample("email", email=f"after-pause.{uuid.uuid4().hex[:6]}@cliente.test")
     await publish(cfg, [s])
