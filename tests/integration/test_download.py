@@ -1,4 +1,5 @@
-"""The download endpoint against the real S3 (moto) and broker (Tansu); only HTTP runs in-process."""
+"""The download endpoint against the real S3 (moto), broker (Tansu) and MongoDB-wire server (hit
+de-duplication); only HTTP runs in-process."""
 
 from __future__ import annotations
 
@@ -13,20 +14,27 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from pymongo.asynchronous.database import AsyncDatabase
 
 from factura.common.envelope import Envelope
 from factura.common.kafka.admin import ensure_topics
 from factura.common.kafka.producer import Publisher
 from factura.common.links import LinkSigner
+from factura.common.mongo import Document, create_client, database
 from factura.common.storage import DocumentStore, ObjectExists
+from factura.common.tenants import TenantDirectory
 from factura.devstack.config import StackConfig
 from factura.renderer.download import download_router
-from tests.conftest import kafka_settings
-from tests.kafka_helpers import read_topic
+from factura.renderer.pages import LinkPages
+from factura.renderer.settings import TrackingSettings
+from factura.renderer.tracking import HitGuard, Tracker
+from tests.conftest import kafka_settings, mongo_settings
+from tests.kafka_helpers import read_all, read_topic
 
 pytestmark = pytest.mark.integration
 
 SECRET = b"integration-secret-0123456789abcdef"
+PSEUDONYM_SECRET = b"integration-pseudonyms-0123456789"
 CLIENT_IP = "203.0.113.77"
 USER_AGENT = "Mozilla/5.0 (test) " + "x" * 400
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
@@ -46,14 +54,41 @@ async def publisher(cfg: StackConfig) -> AsyncIterator[Publisher]:
 
 @pytest.fixture(scope="module")
 def signer() -> LinkSigner:
-    return LinkSigner(SECRET, "https://links.factura.test", ttl_s=3600)
+    return LinkSigner(SECRET, "https://links.factura.test", ttl_s=3600, pseudonym_secret=PSEUDONYM_SECRET)
 
 
-def client_for(signer: LinkSigner, store: DocumentStore, publisher: Publisher) -> httpx.AsyncClient:
+@pytest.fixture(scope="module")
+async def db(cfg: StackConfig) -> AsyncIterator[AsyncDatabase[Document]]:
+    client = create_client(mongo_settings(cfg))
+    try:
+        yield database(client, mongo_settings(cfg))
+    finally:
+        await client.close()
+
+
+@pytest.fixture(scope="module")
+async def tracker(db: AsyncDatabase[Document], signer: LinkSigner) -> Tracker:
+    guard = HitGuard(db[f"link_hits_{uuid.uuid4().hex[:8]}"], TrackingSettings())
+    await guard.ensure_indexes()
+    return Tracker(guard, signer.pseudonym, TrackingSettings(), minimal_user_agent=False)
+
+
+def client_for(
+    signer: LinkSigner,
+    store: DocumentStore,
+    publisher: Publisher,
+    tracker: Tracker,
+    *,
+    client_ip: str = CLIENT_IP,
+    accept: str = "application/json",
+) -> httpx.AsyncClient:
+    """A client of the endpoint; JSON answers unless ``accept`` asks for pages."""
     app = FastAPI()
-    app.include_router(download_router(signer, store, publisher))
-    transport = httpx.ASGITransport(app=app, client=(CLIENT_IP, 40000))
-    return httpx.AsyncClient(transport=transport, base_url="https://links.factura.test")
+    app.include_router(
+        download_router(signer, store, publisher, tracker=tracker, pages=LinkPages(), tenants=TenantDirectory(None))
+    )
+    transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="https://links.factura.test", headers={"Accept": accept})
 
 
 async def stored_pdf(store: DocumentStore, body: bytes = PDF) -> tuple[str, str]:
@@ -96,12 +131,18 @@ async def downloaded_events(
     raise AssertionError(f"fewer than {count} document.downloaded for link {link_id}")
 
 
+async def our_downloads(cfg: StackConfig, link_id: str) -> list[dict[str, Any]]:
+    """Exactly the document.downloaded events of ``link_id`` on the topic now (counted by offsets)."""
+    records = await read_all(cfg.kafka_bootstrap, f"{cfg.topic_prefix}document.downloaded")
+    return [e for e in (json.loads(r.value) for r in records) if e["data"]["link_id"] == link_id]
+
+
 async def test_valid_link_serves_the_document_and_records_the_download(
-    cfg: StackConfig, store: DocumentStore, publisher: Publisher, signer: LinkSigner
+    cfg: StackConfig, store: DocumentStore, publisher: Publisher, signer: LinkSigner, tracker: Tracker
 ) -> None:
     key, sha = await stored_pdf(store)
     link_id = f"it-{uuid.uuid4().hex[:8]}"
-    async with client_for(signer, store, publisher) as client:
+    async with client_for(signer, store, publisher, tracker) as client:
         response = await client.get(
             path_of(signer, store, key, sha, link_id=link_id), headers={"User-Agent": USER_AGENT}
         )
@@ -135,39 +176,123 @@ async def test_valid_link_serves_the_document_and_records_the_download(
     assert CLIENT_IP.encode() not in raw
 
 
-async def test_each_download_is_its_own_event(
-    cfg: StackConfig, store: DocumentStore, publisher: Publisher, signer: LinkSigner
+async def test_each_client_gets_one_event_per_window_however_often_it_downloads(
+    cfg: StackConfig, store: DocumentStore, publisher: Publisher, signer: LinkSigner, tracker: Tracker
 ) -> None:
     key, sha = await stored_pdf(store)
     link_id = f"it-{uuid.uuid4().hex[:8]}"
     path = path_of(signer, store, key, sha, link_id=link_id)
-    async with client_for(signer, store, publisher) as client:
-        assert (await client.get(path)).status_code == 200
-        assert (await client.get(path)).status_code == 200
-    events = await downloaded_events(cfg, link_id, count=2)
-    assert len({event["event_id"] for _, event in events}) == 2
+    async with (
+        client_for(signer, store, publisher, tracker) as first,
+        client_for(signer, store, publisher, tracker, client_ip="198.51.100.9") as second,
+    ):
+        for _ in range(5):
+            response = await first.get(path)
+            assert response.status_code == 200  # the document is always served
+            assert response.content == PDF
+        assert (await second.get(path)).status_code == 200
+    await downloaded_events(cfg, link_id, count=2)  # both clients' events arrived...
+    events = await our_downloads(cfg, link_id)  # ...and nothing else: the other four were duplicates
+    assert sorted(e["data"]["client_ip_hash"] for e in events) == sorted(
+        [signer.pseudonym(CLIENT_IP), signer.pseudonym("198.51.100.9")]
+    )
+    assert len({e["event_id"] for e in events}) == 2
 
 
-async def test_tampered_expired_and_malformed_links_get_the_same_403(
-    store: DocumentStore, publisher: Publisher, signer: LinkSigner
+async def test_downloads_of_one_link_are_recorded_at_most_20_times_an_hour(
+    cfg: StackConfig, store: DocumentStore, publisher: Publisher, signer: LinkSigner, tracker: Tracker
+) -> None:
+    key, sha = await stored_pdf(store)
+    link_id = f"it-{uuid.uuid4().hex[:8]}"
+    path = path_of(signer, store, key, sha, link_id=link_id)
+    for i in range(25):
+        async with client_for(signer, store, publisher, tracker, client_ip=f"198.51.100.{i + 1}") as client:
+            assert (await client.get(path)).status_code == 200
+    await downloaded_events(cfg, link_id, count=20)
+    assert len(await our_downloads(cfg, link_id)) == 20
+
+
+async def test_forged_and_malformed_links_get_the_same_generic_403(
+    store: DocumentStore, publisher: Publisher, signer: LinkSigner, tracker: Tracker
 ) -> None:
     key, sha = await stored_pdf(store)
     good = path_of(signer, store, key, sha)
     body, sig = good.removeprefix("/d/").split(".")
     tampered = f"/d/{body[:-2]}{'A' if body[-2] != 'A' else 'B'}{body[-1]}.{sig}"
-    expired = path_of(signer, store, key, sha, now=time.time() - 7200)
     other_secret = path_of(LinkSigner(b"not-our-secret", "https://x.test", 3600), store, key, sha)
-    async with client_for(signer, store, publisher) as client:
-        responses = [await client.get(p) for p in (tampered, expired, other_secret, "/d/garbage", "/d/a.b")]
+    paths = (tampered, other_secret, "/d/garbage", "/d/a.b")
+    async with client_for(signer, store, publisher, tracker) as client:
+        responses = [await client.get(p) for p in paths]
+    async with client_for(signer, store, publisher, tracker, accept="text/html") as browser:
+        pages = [await browser.get(p, headers={"Accept-Language": "es-ES,es;q=0.9"}) for p in paths]
     for response in responses:
         assert response.status_code == 403
         assert response.json() == {"detail": "link invalid or expired"}
         assert response.headers["cache-control"] == "private, no-store"
     assert len({r.content for r in responses}) == 1
+    for page in pages:
+        assert page.status_code == 403
+        assert page.headers["content-type"].startswith("text/html")
+        assert "Este enlace no es válido" in page.text
+        assert "harinas" not in page.text.lower()  # nothing from the (unverified) token
+    assert len({p.content for p in pages}) == 1
+
+
+async def test_expired_link_gets_a_410_page_in_the_customers_language(
+    store: DocumentStore, publisher: Publisher, signer: LinkSigner, tracker: Tracker
+) -> None:
+    key, sha = await stored_pdf(store)
+    long_ago = time.time() - 7200
+    portuguese = path_of(signer, store, key, sha, now=long_ago, locale="pt")
+    unknown_language = path_of(signer, store, key, sha, now=long_ago)
+    async with client_for(signer, store, publisher, tracker, accept="text/html") as browser:
+        by_token = await browser.get(portuguese, headers={"Accept-Language": "ro-RO,ro;q=0.9"})
+        by_browser = await browser.get(unknown_language, headers={"Accept-Language": "ro-RO,ro;q=0.9"})
+    async with client_for(signer, store, publisher, tracker) as api:
+        as_json = await api.get(portuguese)
+    assert by_token.status_code == by_browser.status_code == as_json.status_code == 410
+    assert '<html lang="pt">' in by_token.text and "Este link expirou" in by_token.text
+    assert '<html lang="ro">' in by_browser.text and "Acest link a expirat" in by_browser.text
+    assert by_token.headers["cache-control"] == "private, no-store"
+    assert as_json.json() == {"detail": "link expired"}
+
+
+async def test_a_link_never_serves_another_tenants_document(
+    store: DocumentStore, publisher: Publisher, signer: LinkSigner, tracker: Tracker, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, sha = await stored_pdf(store)  # stored under harinas-sur/
+    url = signer.sign(
+        tenant_id="panaderia-norte", invoice_id="F-9", bucket=store.bucket, key=key, sha256=sha, channel="email"
+    )
+    async with client_for(signer, store, publisher, tracker) as client:
+        with caplog.at_level(logging.ERROR, logger="factura.renderer.download"):
+            response = await client.get(url.removeprefix("https://links.factura.test"))
+    assert response.status_code == 403
+    assert response.json() == {"detail": "link invalid or expired"}
+    assert PDF not in response.content
+    assert f"of tenant panaderia-norte names key {key}" in caplog.text
+
+
+async def test_content_type_follows_the_bytes_not_the_token(
+    store: DocumentStore, publisher: Publisher, signer: LinkSigner, tracker: Tracker
+) -> None:
+    key, sha = await stored_pdf(store)
+    async with client_for(signer, store, publisher, tracker) as client:
+        as_zip = await client.get(path_of(signer, store, key, sha, content_type="application/zip"))
+        as_html = await client.get(path_of(signer, store, key, sha, content_type="text/html"))
+    for response in (as_zip, as_html):
+        assert response.status_code == 200
+        assert response.content == PDF
+        assert response.headers["content-type"] == "application/octet-stream"
+        assert response.headers["x-content-type-options"] == "nosniff"
 
 
 async def test_replaced_or_missing_object_is_not_served(
-    store: DocumentStore, publisher: Publisher, signer: LinkSigner, caplog: pytest.LogCaptureFixture
+    store: DocumentStore,
+    publisher: Publisher,
+    signer: LinkSigner,
+    tracker: Tracker,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     key, sha = await stored_pdf(store)
     path = path_of(signer, store, key, sha)
@@ -182,7 +307,7 @@ async def test_replaced_or_missing_object_is_not_served(
         replace=True,
     )
     missing = path_of(signer, store, f"harinas-sur/2026/11/gone-{uuid.uuid4().hex[:6]}.pdf", sha)
-    async with client_for(signer, store, publisher) as client:
+    async with client_for(signer, store, publisher, tracker) as client:
         with caplog.at_level(logging.ERROR, logger="factura.renderer.download"):
             changed = await client.get(path)
         gone = await client.get(missing)
@@ -194,7 +319,7 @@ async def test_replaced_or_missing_object_is_not_served(
 
 
 async def test_a_stored_document_is_never_overwritten_so_its_link_keeps_serving_it(
-    store: DocumentStore, publisher: Publisher, signer: LinkSigner
+    store: DocumentStore, publisher: Publisher, signer: LinkSigner, tracker: Tracker
 ) -> None:
     key, sha = await stored_pdf(store)
     other = PDF.replace(b"1 0 obj", b"3 0 obj")
@@ -203,7 +328,7 @@ async def test_a_stored_document_is_never_overwritten_so_its_link_keeps_serving_
             key, other, content_type="application/pdf", sha256=hashlib.sha256(other).hexdigest(), metadata={}
         )
     assert await store.stored_sha256(key) == sha
-    async with client_for(signer, store, publisher) as client:
+    async with client_for(signer, store, publisher, tracker) as client:
         response = await client.get(path_of(signer, store, key, sha))
     assert response.status_code == 200
     assert response.content == PDF
@@ -217,11 +342,11 @@ class BrokenPublisher(Publisher):
 
 
 async def test_document_is_served_when_publishing_fails(
-    cfg: StackConfig, store: DocumentStore, signer: LinkSigner, caplog: pytest.LogCaptureFixture
+    cfg: StackConfig, store: DocumentStore, signer: LinkSigner, tracker: Tracker, caplog: pytest.LogCaptureFixture
 ) -> None:
     key, sha = await stored_pdf(store)
     broken = BrokenPublisher(kafka_settings(cfg), client_id="never-started")
-    async with client_for(signer, store, broken) as client:
+    async with client_for(signer, store, broken, tracker) as client:
         with caplog.at_level(logging.ERROR, logger="factura.renderer.download"):
             response = await client.get(path_of(signer, store, key, sha))
     assert response.status_code == 200

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from factura.common.envelope import Envelope
 from factura.common.errors import DependencyDown, ErrorKind, classify
-from factura.common.events import InvoiceRenderedV1, parse_event
+from factura.common.events import InvoiceRenderedV1, Notice, parse_event
 from factura.common.ledger import Claim, DeliveryLedger, LedgerSettings
 from factura.common.mongo import Document
 from factura.common.outcomes import delivered
@@ -54,8 +55,11 @@ def accepted(event: Envelope[Any]) -> Envelope[Any]:
         channel="email",
         recipient="facturas@pasteleria-lucia.es",
         provider_message_id=f"<{event.event_id}@test>",
-        document=event.data.document,
+        notice=Notice(purpose="invoice", invoice=event.data.invoice, document=event.data.document),
+        chain=(),
         producer="email-sender",
+        cost=Decimal("0.001"),
+        currency="EUR",
     )
 
 

@@ -46,6 +46,7 @@ from factura.common.events import (
 )
 from factura.common.kafka.consumer import Message
 from factura.common.links import LinkSigner
+from factura.common.mongo import create_client
 from factura.common.schemas import EXAMPLES_DIR
 from factura.common.storage import DocumentStore, invoice_prefix, manifest_key
 from factura.common.tenants import TenantDirectory
@@ -55,9 +56,11 @@ from factura.renderer.document import render_pdf
 from factura.renderer.download import download_router
 from factura.renderer.einvoice import extract_xml, validate_xml
 from factura.renderer.handlers import RenderHandlers
+from factura.renderer.pages import LinkPages
 from factura.renderer.pool import RenderPool
-from factura.renderer.settings import RenderLimits
-from tests.conftest import s3_settings
+from factura.renderer.settings import RenderLimits, TrackingSettings
+from factura.renderer.tracking import HitGuard, Tracker
+from tests.conftest import mongo_settings, s3_settings
 from tests.kafka_helpers import Bus, isolated
 
 pytestmark = pytest.mark.integration
@@ -699,19 +702,44 @@ async def test_two_consumers_of_one_event_announce_one_document(rig: Rig) -> Non
 
 # -- immutable documents -------------------------------------------------------------------------
 
-SIGNER = LinkSigner(b"renderer-integration-secret-0123456789", "https://links.factura.test", ttl_s=3600)
+SIGNER = LinkSigner(
+    b"renderer-integration-secret-0123456789",
+    "https://links.factura.test",
+    ttl_s=3600,
+    pseudonym_secret=b"renderer-integration-pseudonym-0123456789",
+)
 
 
-async def download(rig: Rig, link: str) -> httpx.Response:
-    """GET a signed link through the renderer's own download endpoint (HTTP in-process, S3 real)."""
-    app = FastAPI()
-    app.include_router(download_router(SIGNER, rig.s3.store, rig.bus.publisher))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="https://links.factura.test") as client:
-        return await client.get(link.removeprefix("https://links.factura.test"))
+async def download(rig: Rig, cfg: StackConfig, link: str) -> httpx.Response:
+    """GET a signed link through the renderer's own download endpoint (HTTP in-process, S3 and MongoDB real)."""
+    mongo = create_client(mongo_settings(cfg))
+    try:
+        hits = mongo[mongo_settings(cfg).database][f"link_hits_{uuid.uuid4().hex[:8]}"]
+        tracking = TrackingSettings()
+        tracker = Tracker(HitGuard(hits, tracking), SIGNER.pseudonym, tracking, minimal_user_agent=False)
+        app = FastAPI()
+        app.include_router(
+            download_router(
+                SIGNER,
+                rig.s3.store,
+                rig.bus.publisher,
+                tracker=tracker,
+                pages=LinkPages(),
+                tenants=TenantDirectory(None),
+            )
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://links.factura.test") as client:
+            return await client.get(
+                link.removeprefix("https://links.factura.test"), headers={"Accept": "application/json"}
+            )
+    finally:
+        await mongo.close()
 
 
-async def test_a_corrected_invoice_is_a_new_version_and_the_first_link_keeps_its_bytes(rig: Rig) -> None:
+async def test_a_corrected_invoice_is_a_new_version_and_the_first_link_keeps_its_bytes(
+    rig: Rig, cfg: StackConfig
+) -> None:
     tenant = new_tenant()
     original = created(tenant, invoice())
     await rig.handle(original)
@@ -745,11 +773,12 @@ async def test_a_corrected_invoice_is_a_new_version_and_the_first_link_keeps_its
         manifest_of(corrected),
     }
 
-    served = await download(rig, link)
+    served = await download(rig, cfg, link)
     assert served.status_code == 200
     assert served.content == first_bytes
     served_second = await download(
         rig,
+        cfg,
         SIGNER.sign_document(
             second.document, tenant_id=tenant, invoice_id=corrected.data.invoice_number, channel="sms"
         ),

@@ -8,9 +8,10 @@ import hmac
 import json
 
 import pytest
+from pydantic import SecretStr
 
 from factura.common.events import DocumentRef
-from factura.common.links import InvalidLink, LinkSigner
+from factura.common.links import ExpiredLink, InvalidLink, LinkSigner
 from factura.common.settings import LinkSettings
 
 SECRET = b"s3cret-s3cret-s3cret-s3cret-0001"
@@ -124,11 +125,67 @@ def test_old_secret_still_verifies_after_rotation() -> None:
     assert signer().verify(token_of(link(rotated)), now=NOW).key == KEY
 
 
-def test_expired_is_refused() -> None:
-    token = token_of(link())
+def test_expired_is_refused_with_its_claims() -> None:
+    token = token_of(link(locale="es"))
     signer().verify(token, now=NOW + 3599)
-    with pytest.raises(InvalidLink, match="expired"):
+    with pytest.raises(ExpiredLink, match="expired") as raised:
         signer().verify(token, now=NOW + 3600)
+    assert isinstance(raised.value, InvalidLink)  # callers that only know InvalidLink still refuse it
+    assert (raised.value.claims.tenant_id, raised.value.claims.locale) == ("harinas-sur", "es")
+
+
+def test_forged_expired_token_is_not_reported_as_expired() -> None:
+    """Only an authentic token may say "expired": a forged one must not reach the claims."""
+    body, sig = token_of(link()).split(".")
+    flipped = ("A" if sig[0] != "A" else "B") + sig[1:]
+    with pytest.raises(InvalidLink) as raised:
+        signer().verify(f"{body}.{flipped}", now=NOW + 7200)
+    assert not isinstance(raised.value, ExpiredLink)
+
+
+def test_locale_travels_only_when_not_english() -> None:
+    spanish, english = link(locale="es"), link(locale="en")
+    assert signer().verify(token_of(spanish), now=NOW).locale == "es"
+    assert signer().verify(token_of(english), now=NOW).locale is None
+    assert len(english) == len(link())  # English costs no characters
+    payload = json.loads(base64.urlsafe_b64decode(token_of(spanish).split(".")[0] + "=="))
+    assert payload["g"] == "es"
+
+
+def test_old_tokens_without_locale_still_verify() -> None:
+    good = json.loads(base64.urlsafe_b64decode(token_of(link()).split(".")[0] + "=="))
+    assert "g" not in good
+    assert signer().verify(forge(good), now=NOW).locale is None
+
+
+def test_bad_locales_are_refused() -> None:
+    with pytest.raises(ValueError, match="locale"):
+        link(locale="fr")
+    good = json.loads(base64.urlsafe_b64decode(token_of(link()).split(".")[0] + "=="))
+    for bad in ("fr", "", 3):
+        with pytest.raises(InvalidLink):
+            signer().verify(forge(good | {"g": bad}), now=NOW)
+
+
+def test_pseudonym_uses_its_own_key() -> None:
+    pseudo = LinkSigner(SECRET, BASE, ttl_s=60, pseudonym_secret=b"pseudonym-key")
+    value = pseudo.pseudonym("203.0.113.7")
+    assert value == hmac.new(b"pseudonym-key", b"pseudonym:203.0.113.7", hashlib.sha256).hexdigest()
+    assert value != hmac.new(SECRET, b"pseudonym:203.0.113.7", hashlib.sha256).hexdigest()
+    assert pseudo.pseudonym("203.0.113.7") == value != pseudo.pseudonym("203.0.113.8")
+
+
+def test_pseudonym_key_is_required_where_hits_are_recorded() -> None:
+    with pytest.raises(ValueError, match="pseudonym"):
+        signer().pseudonym("203.0.113.7")
+    settings = LinkSettings(secret=SecretStr("link-secret"))
+    LinkSigner.from_settings(settings)  # senders do not pseudonymise: fine without the key
+    with pytest.raises(ValueError, match="pseudonym_secret"):
+        LinkSigner.from_settings(settings, require_pseudonym=True)
+    keyed = LinkSettings(secret=SecretStr("link-secret"), pseudonym_secret=SecretStr("other"))
+    assert LinkSigner.from_settings(keyed, require_pseudonym=True).pseudonym("x")
+    with pytest.raises(ValueError, match="differ"):
+        LinkSigner(SECRET, BASE, ttl_s=60, pseudonym_secret=SECRET)
 
 
 @pytest.mark.parametrize(

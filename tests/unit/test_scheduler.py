@@ -263,7 +263,7 @@ def test_reminder_event_is_deterministic_and_valid() -> None:
     first = reminder_event(state, decide(state, TODAY))
     later = reminder_event(state, decide(state, TODAY + timedelta(days=1)))
     assert first.event_id == later.event_id  # one overdue reminder per invoice and due date
-    assert first.data.days_overdue == 4 and first.causation_id == created.event_id
+    assert first.data.days_from_due == 4 and first.data.step == "overdue" and first.causation_id == created.event_id
     assert parse_event(first.model_dump_json()).type == "reminder.due"
 
 

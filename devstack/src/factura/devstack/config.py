@@ -22,8 +22,8 @@ HOST = "127.0.0.1"
 #: Sample tenant configs (branding, e-invoice, packaging) shipped with the devstack.
 TENANTS_DIR = Path(__file__).resolve().parents[3] / "tenants"
 
-_USES_MONGO = frozenset({"email-sender", "sms-sender", "scheduler", "audit"})
-_USES_S3 = frozenset({"renderer", "email-sender", "sms-sender"})
+_USES_MONGO = frozenset({"renderer", "email-sender", "sms-sender", "scheduler", "audit"})
+_USES_S3 = frozenset({"renderer", "email-sender"})
 
 
 def _attr(name: str) -> str:
@@ -51,6 +51,10 @@ class StackConfig:
     s3_bucket: str = "factura-documents"
     bounce_domain: str = "bounce.test"
     link_secret: str = "devstack-only-link-secret"
+    pseudonym_secret: str = "devstack-only-pseudonym-secret"
+    webhook_secret: str = "devstack-only-webhook-secret"
+    admin_token: str = "devstack-only-admin-token"
+    push_project: str = "factura-dev"
     tenants_dir: Path = field(default_factory=lambda: TENANTS_DIR)
 
     def __post_init__(self) -> None:
@@ -150,19 +154,36 @@ def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
     if name in _USES_S3:
         env |= {p + "S3__ENDPOINT_URL": cfg.s3_url, p + "S3__BUCKET": cfg.s3_bucket}
     if name == "email-sender":
-        env |= {p + "SMTP__HOST": HOST, p + "SMTP__PORT": str(cfg.smtp_port)}
+        env |= {
+            p + "SMTP__HOST": HOST,
+            p + "SMTP__PORT": str(cfg.smtp_port),
+            p + "SMTP__SECURITY": "none",  # the capture server on loopback; see docs/operations.md for TLS
+            p + "WEBHOOKS__HMAC_SECRETS": json.dumps([cfg.webhook_secret]),
+            p + "ADMIN__TOKENS": json.dumps([cfg.admin_token]),
+        }
     if name == "sms-sender":
         env |= {
             p + "PROVIDER__BASE_URL": cfg.sms_url,
             p + "PROVIDER__ACCOUNT_SID": cfg.sms_account_sid,
             p + "PROVIDER__AUTH_TOKEN": cfg.sms_auth_token,
+            p + "VOICE__BASE_URL": cfg.sms_url,
+            p + "VOICE__ACCOUNT_SID": cfg.sms_account_sid,
+            p + "VOICE__AUTH_TOKEN": cfg.sms_auth_token,
+            p + "PUSH__BASE_URL": cfg.sms_url,
+            p + "PUSH__PROJECT_ID": cfg.push_project,
+            p + "PUSH__ACCESS_TOKEN": cfg.sms_auth_token,  # the capture server takes the account token
+            p + "STATUS_CALLBACK_URL": cfg.service_url("sms-sender") + "/v1/webhooks/sms-status",
         }
     if name == "scheduler":
         env[p + "TICK_SECONDS"] = "1"
     if name in ("renderer", "email-sender", "sms-sender"):
         env[p + "TENANTS_DIR"] = str(cfg.tenants_dir)
-    if name in ("renderer", "sms-sender"):
-        env |= {p + "LINKS__SECRET": cfg.link_secret, p + "LINKS__BASE_URL": cfg.service_url("renderer")}
+    if name in ("renderer", "email-sender", "sms-sender"):
+        env |= {
+            p + "LINKS__SECRET": cfg.link_secret,
+            p + "LINKS__PSEUDONYM_SECRET": cfg.pseudonym_secret,
+            p + "LINKS__BASE_URL": cfg.service_url("renderer"),
+        }
     if name == "ingest":
         env[p + "ALLOW_TEST_EMAIL_DOMAINS"] = "true"  # sample customers live under the reserved .test TLD
     return env

@@ -45,12 +45,16 @@ class InvalidMessage(Exception):
 
 
 class DependencyDown(Exception):
-    """A dependency (``smtp``, ``mongo``, ``s3``, ``kafka``, ``sms``, ``render-pool``) cannot serve now."""
+    """A dependency (``smtp``, ``mongo``, ``s3``, ``kafka``, ``sms``, ``render-pool``) cannot serve now.
 
-    def __init__(self, dependency: str, detail: str) -> None:
+    ``retry_after_s`` is the dependency's own hint (e.g. an HTTP ``Retry-After``), when it gave one.
+    """
+
+    def __init__(self, dependency: str, detail: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(f"{dependency}: {detail}")
         self.dependency = dependency
         self.detail = detail
+        self.retry_after_s = retry_after_s
 
 
 def field_errors(error: ValidationError, prefix: str = "") -> list[FieldError]:

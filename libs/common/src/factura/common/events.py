@@ -7,6 +7,7 @@ checked in under ``schemas/json`` (``make schemas``) with examples under ``schem
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any, Literal, get_args
@@ -17,9 +18,13 @@ from factura.common.envelope import Envelope
 
 Locale = Literal["es", "pt", "en", "ro"]
 LOCALES: tuple[str, ...] = get_args(Locale)
-Channel = Literal["email", "sms"]
+Channel = Literal["email", "sms", "voice", "push"]
+CHANNELS: tuple[str, ...] = get_args(Channel)
 #: Where a signed download link can travel (delivery channels, plus a customer portal).
-LinkChannel = Literal["email", "sms", "portal"]
+LinkChannel = Literal["email", "sms", "voice", "push", "portal"]
+#: Why a message is sent: the invoice itself, one reminder step (``reminder:<step>``), or a receipt.
+Purpose = Annotated[str, Field(pattern=r"^(invoice|receipt|reminder:[a-z0-9][a-z0-9_+-]{0,39})$")]
+ReminderStep = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_+-]{0,39}$", examples=["before-5", "due", "after-3"])]
 Money = Annotated[Decimal, Field(max_digits=18, decimal_places=2)]
 CENT = Decimal("0.01")
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
@@ -52,6 +57,12 @@ class Customer(_Model):
     phone: E164 | None = None
     locale: Locale = "en"
     tax_id: str | None = Field(default=None, max_length=50)
+    preferred_channel: Channel | None = Field(
+        default=None, description="Channel the customer asked to be reached on first; the tenant's order follows"
+    )
+    push_token: str | None = Field(
+        default=None, min_length=1, max_length=4096, description="Device registration token for push messages"
+    )
 
 
 class Line(_Model):
@@ -142,19 +153,29 @@ class InvoiceRenderedV1(_Model):
 
 
 class DeliverySucceededV1(_Model):
-    channel: Channel
+    channel: Literal["email", "sms"]
     recipient: str
     provider_message_id: str
     document: DocumentRef
 
 
 FailureReason = Literal[
-    "no_address", "rejected_by_server", "provider_error", "message_invalid", "document_mismatch", "document_missing"
+    "no_address",
+    "rejected_by_server",
+    "provider_error",
+    "message_invalid",
+    "document_mismatch",
+    "document_missing",
+    "hard_bounce",
+    "soft_bounce",
+    "complaint",
+    "suppressed",
+    "not_mobile",
 ]
 
 
 class DeliveryFailedV1(_Model):
-    channel: Channel
+    channel: Literal["email", "sms"]
     reason: FailureReason
     detail: str = Field(description="Human-readable explanation, e.g. the SMTP reply text")
     code: int | None = Field(default=None, description="SMTP reply code or provider error code")
@@ -162,6 +183,87 @@ class DeliveryFailedV1(_Model):
     recipient: str | None = None
     invoice: InvoiceSummary
     document: DocumentRef
+
+
+class Notice(_Model):
+    """What one message is about. Copied unchanged from the request into every outcome and fallback,
+    so each delivery event says which message it belongs to (audit tells invoice from reminder)."""
+
+    purpose: Purpose
+    invoice: InvoiceSummary
+    document: DocumentRef | None = Field(default=None, description="The invoice document to attach or link")
+    days_from_due: int | None = Field(default=None, description="Reminders: days after (+) or before (-) the due date")
+    channels: list[Channel] | None = Field(
+        default=None, description="Channel order for this message only (a reminder step's rule); else the tenant's"
+    )
+
+
+class Attempt(_Model):
+    """One channel that did not deliver a message: tried and failed, or skipped without trying."""
+
+    channel: Channel
+    reason: FailureReason
+    detail: str = Field(max_length=1000)
+    recipient: str | None = None
+
+
+class DeliverySucceededV2(_Model):
+    channel: Channel
+    recipient: str
+    provider_message_id: str = Field(description="SMTP Message-ID, or the provider's message/call id")
+    notice: Notice
+    chain: list[Attempt] = Field(default_factory=list, description="Channels that failed before this one")
+    segments: int | None = Field(default=None, ge=1, description="SMS segments billed")
+    encoding: Literal["gsm7", "ucs2"] | None = Field(default=None, description="SMS encoding")
+    cost: Decimal | None = Field(default=None, ge=0, description="Cost of this message per the tenant's policy")
+
+
+class DeliveryFailedV2(_Model):
+    channel: Channel
+    reason: FailureReason
+    detail: str = Field(description="Human-readable explanation, e.g. the SMTP reply text")
+    code: int | None = Field(default=None, description="SMTP reply code or provider error code")
+    enhanced_code: str | None = Field(default=None, description="SMTP enhanced status, e.g. 5.1.1")
+    recipient: str | None = None
+    notice: Notice
+    chain: list[Attempt] = Field(default_factory=list, description="Earlier failures of this message, oldest first")
+    next_channel: Channel | None = Field(
+        description="Channel the policy hands the message to next (the same one to retry); null: exhausted"
+    )
+    provider_message_id: str | None = Field(default=None, description="For a later bounce: the message that bounced")
+    evidence: str | None = Field(
+        default=None, max_length=16_000, description="Raw provider evidence (DSN, webhook body), truncated"
+    )
+
+
+class DeliveryExhaustedV1(_Model):
+    """Every channel the policy allows failed or was skipped: the customer was not reached."""
+
+    notice: Notice
+    chain: list[Attempt] = Field(min_length=1)
+
+
+class TrackingHit(_Model):
+    """Who touched a tracked message or link, without personal data in the clear."""
+
+    channel: LinkChannel
+    purpose: Purpose
+    link_id: str = Field(min_length=1, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=300, description="Raw, unless the tenant asks for less")
+    user_agent_class: Literal["browser", "mobile", "email_client", "scanner", "bot", "unknown"]
+    client_ip_hash: str | None = Field(default=None, description="Keyed HMAC-SHA256 of the client address")
+    automated: bool = Field(description="A link scanner or preview bot, not a person")
+    automated_reason: str | None = None
+
+
+class DeliveryOpenedV1(TrackingHit):
+    """The open pixel of an email was fetched."""
+
+
+class LinkClickedV1(TrackingHit):
+    """A tracked payment or download link was followed."""
+
+    target: Literal["payment", "download"]
 
 
 class DocumentDownloadedV1(_Model):
@@ -191,6 +293,15 @@ class ReminderDueV1(_Model):
     invoice: InvoiceSummary
 
 
+class ReminderDueV2(_Model):
+    step: ReminderStep = Field(description="Plan step; the message purpose is reminder:<step>")
+    due_date: date
+    days_from_due: int = Field(description="Days after (+) or before (-) the due date")
+    invoice: InvoiceSummary
+    document: DocumentRef | None = Field(default=None, description="The invoice document, once rendered")
+    channels: list[Channel] | None = Field(default=None, description="The step's channel order, if it has one")
+
+
 UnmatchedReason = Literal["currency_mismatch"]
 
 
@@ -209,11 +320,42 @@ EVENT_MODELS: dict[tuple[str, int], type[_Model]] = {
     ("invoice.rejected", 1): InvoiceRejectedV1,
     ("invoice.rendered", 1): InvoiceRenderedV1,
     ("delivery.succeeded", 1): DeliverySucceededV1,
+    ("delivery.succeeded", 2): DeliverySucceededV2,
     ("delivery.failed", 1): DeliveryFailedV1,
+    ("delivery.failed", 2): DeliveryFailedV2,
+    ("delivery.exhausted", 1): DeliveryExhaustedV1,
+    ("delivery.opened", 1): DeliveryOpenedV1,
+    ("link.clicked", 1): LinkClickedV1,
     ("document.downloaded", 1): DocumentDownloadedV1,
     ("payment.received", 1): PaymentReceivedV1,
     ("payment.unmatched", 1): PaymentUnmatchedV1,
     ("reminder.due", 1): ReminderDueV1,
+    ("reminder.due", 2): ReminderDueV2,
+}
+
+
+def _reminder_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "step": data["kind"],
+        "due_date": data["due_date"],
+        "days_from_due": data["days_overdue"],
+        "invoice": data["invoice"],
+    }
+
+
+def _failed_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    notice = {"purpose": "invoice", "invoice": data["invoice"], "document": data["document"]}
+    rest = {k: v for k, v in data.items() if k not in ("invoice", "document")}
+    # v1 had one fallback, email → SMS, decided by the SMS sender itself.
+    return rest | {"notice": notice, "next_channel": "sms" if data["channel"] == "email" else None}
+
+
+#: (type, version) → function turning that version's data into the next version's. Consumers then
+#: handle the current version only; a v1 event still in a topic reads as v2 (delivery.succeeded v1
+#: lacks the invoice, so it cannot be upgraded and stays v1).
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    ("reminder.due", 1): _reminder_v1_to_v2,
+    ("delivery.failed", 1): _failed_v1_to_v2,
 }
 
 #: The version producers write today.
@@ -234,7 +376,14 @@ def parse_event(raw: bytes | str) -> Envelope[Any]:
     model = EVENT_MODELS.get((generic.type, generic.schema_version))
     if model is None:
         raise UnknownEventType(f"unknown event type/version {generic.type} v{generic.schema_version}")
-    return Envelope[model].model_validate(generic.model_dump() | {"data": model.model_validate(generic.data)})  # type: ignore[valid-type]
+    data = model.model_validate(generic.data)
+    version = generic.schema_version
+    while (upcast := UPCASTERS.get((generic.type, version))) is not None:
+        version += 1
+        model = EVENT_MODELS[(generic.type, version)]
+        data = model.model_validate(upcast(data.model_dump(mode="json")))
+    envelope = generic.model_dump() | {"data": data, "schema_version": version}
+    return Envelope[model].model_validate(envelope)  # type: ignore[valid-type]
 
 
 def summary_of(invoice: InvoiceCreatedV1) -> InvoiceSummary:

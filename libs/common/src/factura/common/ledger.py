@@ -125,6 +125,13 @@ class DeliveryLedger:
 
     async def ensure_indexes(self) -> None:
         await self._deliveries.create_index([("tenant_id", 1), ("invoice_id", 1)])
+        await self._deliveries.create_index("provider_message_id")
+
+    async def accepted_message(self, provider_message_id: str) -> Envelope[Any] | None:
+        """The recorded outcome of the delivery the provider knows as ``provider_message_id``
+        (an SMTP Message-ID, an SMS sid): how a later bounce or status report finds its message."""
+        doc = await self._deliveries.find_one({"provider_message_id": provider_message_id, "state": "done"})
+        return parse_event(doc["outcome"]) if doc is not None else None
 
     async def deliver_once(
         self,
@@ -262,7 +269,12 @@ class DeliveryLedger:
         before = await self._deliveries.find_one_and_update(
             {"_id": key, "state": "sending"},
             {
-                "$set": {"state": "done", "outcome": outcome.model_dump_json(), "owner": self.owner},
+                "$set": {
+                    "state": "done",
+                    "outcome": outcome.model_dump_json(),
+                    "owner": self.owner,
+                    "provider_message_id": getattr(outcome.data, "provider_message_id", None),
+                },
                 "$currentDate": {"done_at": True},
             },
             return_document=ReturnDocument.BEFORE,

@@ -4,8 +4,18 @@ A link is ``<base>/d/<token>`` with ``token = b64url(payload) "." b64url(HMAC-SH
 The payload is compact JSON with one-letter keys (the link often travels by SMS, where every
 character costs): ``v`` format version, ``t`` tenant, ``i`` invoice, ``b`` bucket, ``k`` key,
 ``h`` sha256 (raw digest, base64url), ``n`` channel, ``e`` expiry (unix s), ``l`` link id, and
-``f`` filename / ``c`` content type / ``r`` correlation id only when they differ from their
-defaults (key basename / ``application/pdf`` / ``<tenant>/<invoice>``).
+``f`` filename / ``c`` content type / ``r`` correlation id / ``g`` customer language only when
+they differ from their defaults (key basename / ``application/pdf`` / ``<tenant>/<invoice>`` /
+``en``). Tokens minted before ``g`` existed still verify: their language is then unknown and the
+download endpoint falls back to the browser's ``Accept-Language``.
+
+An expired but authentic token raises :class:`ExpiredLink` (a kind of :class:`InvalidLink`) with its
+claims, so the endpoint can say "expired, ask <seller> for a new one" in the customer's language;
+a forged one only ever gets the generic refusal.
+
+Client addresses are pseudonymised with a key of their own (``LinkSettings.pseudonym_secret``):
+whoever may verify links need not be able to link pseudonyms, and rotating one key leaves the
+other alone.
 
 Verification tries the current secret, then any old ones, so the secret can rotate without
 breaking links already sent.
@@ -25,23 +35,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast, get_args
 
-from factura.common.events import DocumentRef, LinkChannel
+from factura.common.events import LOCALES, DocumentRef, LinkChannel
 from factura.common.settings import LinkSettings
 
 CHANNELS: frozenset[str] = frozenset(get_args(LinkChannel))
 FORMAT_VERSION = 1
 DEFAULT_CONTENT_TYPE = "application/pdf"
+DEFAULT_LOCALE = "en"
 #: Anything longer was not minted by us: refuse it before doing any work.
 MAX_TOKEN_CHARS = 2048
 
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _REQUIRED = {"v", "t", "i", "b", "k", "h", "n", "e", "l"}
-_OPTIONAL = {"f", "c", "r"}
+_OPTIONAL = {"f", "c", "r", "g"}
 
 
 class InvalidLink(Exception):
     """Any reason a token is refused. The message is for logs only, never for the client."""
+
+
+class ExpiredLink(InvalidLink):
+    """An authentic token past its expiry: the claims may be shown to the customer (who, whom to ask)."""
+
+    def __init__(self, claims: LinkClaims) -> None:
+        super().__init__(f"expired at {claims.expires_at}")
+        self.claims = claims
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,8 @@ class LinkClaims:
     expires_at: int
     link_id: str
     correlation_id: str
+    #: The customer's language; ``None`` for tokens that do not say (older ones).
+    locale: str | None = None
 
     def document(self, size_bytes: int) -> DocumentRef:
         """The document as events describe it (the size is only known once it is fetched)."""
@@ -102,7 +123,15 @@ def _default_correlation(tenant_id: str, invoice_id: str) -> str:
 class LinkSigner:
     """Mints and checks download links; one instance per process, built from :class:`LinkSettings`."""
 
-    def __init__(self, secret: bytes, default_base_url: str, ttl_s: int, old_secrets: Sequence[bytes] = ()) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        default_base_url: str,
+        ttl_s: int,
+        old_secrets: Sequence[bytes] = (),
+        *,
+        pseudonym_secret: bytes = b"",
+    ) -> None:
         # An empty secret would sign links anyone can forge: fail at startup, not in production traffic.
         if not secret:
             raise ValueError("link secret must not be empty")
@@ -110,17 +139,35 @@ class LinkSigner:
             raise ValueError("old link secrets must not be empty")
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
+        if pseudonym_secret and pseudonym_secret in (secret, *old_secrets):
+            raise ValueError("the pseudonym secret must differ from the link secrets")
         self._secrets: tuple[bytes, ...] = (secret, *old_secrets)
+        self._pseudonym_secret = pseudonym_secret
         self._base_url = default_base_url.rstrip("/")
         self._ttl_s = ttl_s
 
     @classmethod
-    def from_settings(cls, settings: LinkSettings, old_secrets: Sequence[bytes] = ()) -> LinkSigner:
-        return cls(settings.secret.get_secret_value().encode(), settings.base_url, settings.ttl_s, old_secrets)
+    def from_settings(
+        cls, settings: LinkSettings, old_secrets: Sequence[bytes] = (), *, require_pseudonym: bool = False
+    ) -> LinkSigner:
+        """``require_pseudonym``: the process records client hits (the public link host), so it must
+        be able to pseudonymise addresses; checked here so a missing key fails at startup."""
+        pseudonym_secret = settings.pseudonym_secret.get_secret_value().encode()
+        if require_pseudonym and not pseudonym_secret:
+            raise ValueError("links.pseudonym_secret must not be empty where link hits are recorded")
+        return cls(
+            settings.secret.get_secret_value().encode(),
+            settings.base_url,
+            settings.ttl_s,
+            old_secrets,
+            pseudonym_secret=pseudonym_secret,
+        )
 
     def pseudonym(self, value: str) -> str:
         """A keyed hash of personal data (a client IP): comparable, but not reversible by brute force."""
-        return hmac.new(self._secrets[0], b"pseudonym:" + value.encode(), hashlib.sha256).hexdigest()
+        if not self._pseudonym_secret:
+            raise ValueError("no pseudonym secret configured")
+        return hmac.new(self._pseudonym_secret, b"pseudonym:" + value.encode(), hashlib.sha256).hexdigest()
 
     def _mac(self, secret: bytes, payload: str) -> bytes:
         return hmac.new(secret, payload.encode("ascii"), hashlib.sha256).digest()
@@ -141,6 +188,7 @@ class LinkSigner:
         base_url: str | None = None,
         ttl_s: int | None = None,
         now: float | None = None,
+        locale: str | None = None,
     ) -> str:
         """A full link URL. ``base_url`` is the tenant's white-label domain, if it has one.
 
@@ -151,6 +199,8 @@ class LinkSigner:
             raise ValueError("sha256 must be 64 lowercase hex digits")
         if channel not in CHANNELS:
             raise ValueError(f"unknown channel {channel!r}")
+        if locale is not None and locale not in LOCALES:
+            raise ValueError(f"unknown locale {locale!r}")
         issued = time.time() if now is None else now
         payload: dict[str, Any] = {
             "v": FORMAT_VERSION,
@@ -170,6 +220,8 @@ class LinkSigner:
             payload["c"] = content_type
         if correlation_id is not None and correlation_id != _default_correlation(tenant_id, invoice_id):
             payload["r"] = correlation_id
+        if locale is not None and locale != DEFAULT_LOCALE:
+            payload["g"] = locale
         body = _b64encode(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
         token = f"{body}.{_b64encode(self._mac(self._secrets[0], body))}"
         return f"{(base_url or self._base_url).rstrip('/')}/d/{token}"
@@ -186,6 +238,7 @@ class LinkSigner:
         base_url: str | None = None,
         ttl_s: int | None = None,
         now: float | None = None,
+        locale: str | None = None,
     ) -> str:
         """:meth:`sign` for the :class:`DocumentRef` that senders already hold from ``invoice.rendered``."""
         return self.sign(
@@ -202,10 +255,14 @@ class LinkSigner:
             base_url=base_url,
             ttl_s=ttl_s,
             now=now,
+            locale=locale,
         )
 
     def verify(self, token: str, now: float | None = None) -> LinkClaims:
-        """The claims of an authentic, unexpired token; :class:`InvalidLink` for anything else."""
+        """The claims of an authentic, unexpired token.
+
+        :class:`ExpiredLink` for an authentic token past its time, :class:`InvalidLink` for anything else.
+        """
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise InvalidLink("empty or oversized token")
         parts = token.split(".")
@@ -218,7 +275,7 @@ class LinkSigner:
             raise InvalidLink("bad signature")
         claims = _parse(raw)
         if (time.time() if now is None else now) >= claims.expires_at:
-            raise InvalidLink(f"expired at {claims.expires_at}")
+            raise ExpiredLink(claims)
         return claims
 
 
@@ -254,6 +311,9 @@ def _parse(raw: bytes) -> LinkClaims:
     if len(digest) != 32:
         raise InvalidLink("field 'h' is not a sha256 digest")
     tenant_id, invoice_id, key = _text(payload, "t"), _text(payload, "i"), _text(payload, "k")
+    locale = _text(payload, "g") if "g" in payload else None
+    if locale is not None and locale not in LOCALES:
+        raise InvalidLink(f"unknown locale {locale!r}")
     return LinkClaims(
         tenant_id=tenant_id,
         invoice_id=invoice_id,
@@ -266,4 +326,5 @@ def _parse(raw: bytes) -> LinkClaims:
         expires_at=expires_at,
         link_id=_text(payload, "l"),
         correlation_id=_text(payload, "r") if "r" in payload else _default_correlation(tenant_id, invoice_id),
+        locale=locale,
     )

@@ -70,6 +70,13 @@ class LinkSettings(BaseModel):
     secret: SecretStr = SecretStr("")
     base_url: str = Field(default="http://127.0.0.1:8102", description="Default public base; tenants may override")
     ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
+    pseudonym_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="Key of the client-address pseudonyms in tracking events; required where hits are recorded",
+    )
+    minimal_user_agent: bool = Field(
+        default=False, description="Record only the user-agent class in tracking events, never the raw string"
+    )
 
 
 class ServiceSettings(BaseSettings):

@@ -20,10 +20,13 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from factura.common.delivery.policy import ChannelPolicy
 from factura.common.envelope import TENANT_PATTERN
+from factura.common.events import InvoiceCreatedV1, InvoiceSummary
 
 HEX_COLOR = r"^#[0-9a-fA-F]{6}$"
 #: Placeholders a payment URL template may use.
@@ -59,6 +62,8 @@ class Seller(_Config):
 
 
 class Sender(_Config):
+    """Who the customer sees as the sender: only ever from here, never from ERP-supplied text."""
+
     from_name: str = Field(min_length=1, max_length=200)
     from_address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
     reply_to: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
@@ -78,6 +83,7 @@ class TenantConfig(_Config):
     packaging: Literal["pdf", "zip"] = "pdf"
     retention_days: int = Field(default=3650, ge=1, le=36500)
     links_base_url: str | None = Field(default=None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._/-]*)?$")
+    delivery: ChannelPolicy = Field(default_factory=ChannelPolicy, description="Channels, fallback, tracking")
 
     @field_validator("payment_url_template")
     @classmethod
@@ -91,6 +97,24 @@ class TenantConfig(_Config):
         if not value.startswith("https://") and not value.startswith("http://"):
             raise ValueError("must be an http(s) URL")
         return value
+
+    def payment_url(self, invoice: InvoiceCreatedV1 | InvoiceSummary) -> str | None:
+        """The tenant's payment link with this invoice's values, each URL-encoded (they are untrusted)."""
+        if self.payment_url_template is None:
+            return None
+        values = {
+            "tenant_id": self.tenant_id,
+            "invoice_number": invoice.invoice_number,
+            "total": str(invoice.total),
+            "currency": invoice.currency,
+            "customer_id": invoice.customer.customer_id,
+        }
+        return self.payment_url_template.format(**{k: quote(v, safe="") for k, v in values.items()})
+
+    @property
+    def display_name(self) -> str | None:
+        """How messages name the tenant (SMS, voice, subjects): configured text only."""
+        return self.branding.display_name or (self.sender.from_name if self.sender else None)
 
     @classmethod
     def default(cls, tenant_id: str) -> TenantConfig:

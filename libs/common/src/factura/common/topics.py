@@ -42,8 +42,11 @@ ERP_PAYMENTS = Topic("erp.payments", "Raw payments from ERP systems (ERP contrac
 INVOICE_CREATED = Topic("invoice.created", "A validated, normalised invoice.")
 INVOICE_REJECTED = Topic("invoice.rejected", "An ERP message refused, with field-level reasons.")
 INVOICE_RENDERED = Topic("invoice.rendered", "The invoice PDF is stored in S3.")
-DELIVERY_SUCCEEDED = Topic("delivery.succeeded", "A channel delivered the invoice.")
-DELIVERY_FAILED = Topic("delivery.failed", "A channel could not deliver the invoice, and why.")
+DELIVERY_SUCCEEDED = Topic("delivery.succeeded", "A channel delivered a message (invoice, reminder, receipt).")
+DELIVERY_FAILED = Topic("delivery.failed", "A channel did not deliver a message, why, and which channel is next.")
+DELIVERY_EXHAUSTED = Topic("delivery.exhausted", "Every allowed channel failed for a message; the chain of reasons.")
+DELIVERY_OPENED = Topic("delivery.opened", "An email's open pixel was fetched (tracking, where the tenant asks).")
+LINK_CLICKED = Topic("link.clicked", "A tracked payment or download link was followed.")
 DOCUMENT_DOWNLOADED = Topic("document.downloaded", "A customer opened a signed download link.")
 PAYMENT_RECEIVED = Topic("payment.received", "A validated payment against an invoice.")
 PAYMENT_UNMATCHED = Topic("payment.unmatched", "A payment not counted toward its invoice, with the reason.")
@@ -59,6 +62,9 @@ REGISTRY: dict[str, Topic] = {
         INVOICE_RENDERED,
         DELIVERY_SUCCEEDED,
         DELIVERY_FAILED,
+        DELIVERY_EXHAUSTED,
+        DELIVERY_OPENED,
+        LINK_CLICKED,
         DOCUMENT_DOWNLOADED,
         PAYMENT_RECEIVED,
         PAYMENT_UNMATCHED,

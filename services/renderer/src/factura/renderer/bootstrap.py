@@ -1,4 +1,5 @@
-"""Wire the renderer: tenant configs, S3 (bucket, retention rules), the render pool, links, handlers."""
+"""Wire the renderer: tenant configs, S3 (bucket, retention rules), the render pool, MongoDB (short
+links, hit de-duplication), and the public link host (downloads, short links, open pixel)."""
 
 from __future__ import annotations
 
@@ -6,28 +7,49 @@ from contextlib import AsyncExitStack
 
 from factura.common.kafka.producer import Publisher
 from factura.common.links import LinkSigner
+from factura.common.mongo import create_client, database, ping
 from factura.common.runtime import Wiring
+from factura.common.shortlinks import ShortLinks
 from factura.common.storage import DocumentStore
 from factura.common.tenants import TenantConfig, TenantDirectory
 from factura.renderer.download import download_router
 from factura.renderer.handlers import RenderHandlers
+from factura.renderer.pages import LinkPages
 from factura.renderer.pool import RenderPool
 from factura.renderer.settings import Settings
+from factura.renderer.tracking import HitGuard, Tracker, tracking_router
 
 
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
     tenants = TenantDirectory(settings.tenants_dir)
+    # Checked before anything starts: the link host records hits, so it needs the pseudonym key.
+    signer = LinkSigner.from_settings(settings.links, require_pseudonym=True)
     store = await DocumentStore.connect(settings.s3, stack)
     await store.ensure_bucket()
     default_retention = TenantConfig.default("default").retention_days
     await store.ensure_retention_rules({default_retention, *(t.retention_days for t in tenants)})
+    mongo = create_client(settings.mongo)
+    stack.push_async_callback(mongo.close)
+    db = database(mongo, settings.mongo)
+    shortlinks = ShortLinks(db["short_links"], settings.links.secret.get_secret_value().encode())
+    guard = HitGuard(db["link_hits"], settings.tracking)
+    for indexed in (shortlinks, guard):
+        await indexed.ensure_indexes()
     pool = RenderPool(settings.workers)
     stack.callback(pool.close)
     await pool.warm_up()
     handlers = RenderHandlers(publisher, store, tenants, pool, settings.limits)
-    signer = LinkSigner.from_settings(settings.links)
+    tracker = Tracker(guard, signer.pseudonym, settings.tracking, minimal_user_agent=settings.links.minimal_user_agent)
+    pages = LinkPages()
+
+    async def mongo_ok() -> None:
+        await ping(mongo)
+
     return Wiring(
         routes={"invoice.created": handlers.on_invoice_created},
-        checks={"s3": store.ping, "render-pool": pool.check},
-        routers=[download_router(signer, store, publisher)],
+        checks={"s3": store.ping, "render-pool": pool.check, "mongo": mongo_ok},
+        routers=[
+            download_router(signer, store, publisher, tracker=tracker, pages=pages, tenants=tenants),
+            tracking_router(links=shortlinks, tracker=tracker, publisher=publisher, pages=pages, tenants=tenants),
+        ],
     )

@@ -11,7 +11,6 @@ from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
@@ -37,20 +36,6 @@ def environment(template_dir: Path | None) -> SandboxedEnvironment:
     )
 
 
-def payment_url(invoice: InvoiceCreatedV1, tenant: TenantConfig) -> str | None:
-    """The tenant's payment link with this invoice's values, each URL-encoded (they are untrusted)."""
-    if tenant.payment_url_template is None:
-        return None
-    values = {
-        "tenant_id": tenant.tenant_id,
-        "invoice_number": invoice.invoice_number,
-        "total": str(invoice.total),
-        "currency": invoice.currency,
-        "customer_id": invoice.customer.customer_id,
-    }
-    return tenant.payment_url_template.format(**{k: quote(v, safe="") for k, v in values.items()})
-
-
 def context(invoice: InvoiceCreatedV1, tenant: TenantConfig) -> dict[str, Any]:
     """Everything the template shows, already formatted for the customer's locale."""
     lang = invoice.customer.locale
@@ -67,7 +52,7 @@ def context(invoice: InvoiceCreatedV1, tenant: TenantConfig) -> dict[str, Any]:
         "logo": tenant.branding.logo,
         "seller": tenant.seller,
         "seller_name": tenant.seller.legal_name if tenant.seller else invoice.seller_name,
-        "payment_url": payment_url(invoice, tenant),
+        "payment_url": tenant.payment_url(invoice),
         "issue_date": day(invoice.issue_date, customer),
         "due_date": day(invoice.due_date, customer),
         "lines": [

@@ -3,7 +3,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
-from factura.common.settings import LinkSettings, S3Settings, ServiceSettings
+from factura.common.settings import LinkSettings, MongoSettings, S3Settings, ServiceSettings
 
 
 class RenderLimits(BaseModel):
@@ -18,11 +18,27 @@ class RenderLimits(BaseModel):
     )
 
 
+class TrackingSettings(BaseModel):
+    """How hits on public links become tracking events (see factura.renderer.tracking)."""
+
+    scanner_window_s: float = Field(
+        default=10.0, ge=0, description="A hit this soon after the link was minted is a mail gateway's scan"
+    )
+    dedupe_window_s: int = Field(
+        default=60, ge=1, description="Per link and client, one event per window of this many seconds"
+    )
+    max_events_per_link_per_hour: int = Field(
+        default=20, ge=1, description="Events per link and hour, counted apart for people and machines"
+    )
+
+
 class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FACTURA_RENDERER_", env_nested_delimiter="__", extra="ignore")
 
     s3: S3Settings = S3Settings()
     links: LinkSettings = LinkSettings()
+    mongo: MongoSettings = MongoSettings()
+    tracking: TrackingSettings = TrackingSettings()
     limits: RenderLimits = RenderLimits()
     tenants_dir: Path | None = Field(default=None, description="Folder of per-tenant configs (see docs/documents.md)")
     workers: int = Field(default=0, ge=0, description="Render processes; 0 = one per CPU core")

@@ -35,6 +35,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
         routes={
             "invoice.created": handlers.on_invoice_created,
             "invoice.rejected": handlers.on_invoice_rejected,
+            "invoice.rendered": handlers.on_invoice_rendered,
             "payment.received": handlers.on_payment_received,
         },
         checks={"mongo": mongo_ok},

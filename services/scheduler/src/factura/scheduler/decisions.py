@@ -18,10 +18,11 @@ from typing import Any
 from factura.common.envelope import Envelope, make_event, stable_id
 from factura.common.events import (
     CURRENT_VERSION,
+    DocumentRef,
     InvoiceSummary,
     PaymentReceivedV1,
     PaymentUnmatchedV1,
-    ReminderDueV1,
+    ReminderDueV2,
     UnmatchedReason,
 )
 
@@ -58,6 +59,8 @@ class ScheduleState:
     #: when a rejection did not say which version it refused.
     rejected_causes: frozenset[str | None] = field(default_factory=frozenset)
     reminded: bool = False
+    #: The document delivered for the invoice (from ``invoice.rendered``), linked from reminders.
+    document: DocumentRef | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def decide(state: ScheduleState, today: date) -> Decision:
     return Decision(Outcome.REMIND, days_overdue=(today - due).days, paid=paid)
 
 
-def reminder_event(state: ScheduleState, decision: Decision) -> Envelope[ReminderDueV1]:
+def reminder_event(state: ScheduleState, decision: Decision) -> Envelope[ReminderDueV2]:
     """The ``reminder.due`` for a REMIND decision. Same invoice, due date and kind → same event id,
     so a sweep that crashes before marking, or a second sweeper, publishes a duplicate audit ignores."""
     assert state.invoice is not None and decision.outcome is Outcome.REMIND
@@ -155,7 +158,13 @@ def reminder_event(state: ScheduleState, decision: Decision) -> Envelope[Reminde
         event_id=stable_id(state.tenant_id, state.invoice_id, "reminder", kind, summary.due_date.isoformat()),
         type="reminder.due",
         schema_version=CURRENT_VERSION["reminder.due"],
-        data=ReminderDueV1(kind=kind, due_date=summary.due_date, days_overdue=decision.days_overdue, invoice=summary),
+        data=ReminderDueV2(
+            step=kind,
+            due_date=summary.due_date,
+            days_from_due=decision.days_overdue,
+            invoice=summary,
+            document=state.document,
+        ),
         tenant_id=state.tenant_id,
         invoice_id=state.invoice_id,
         correlation_id=state.invoice.correlation_id,

@@ -10,7 +10,13 @@ from datetime import datetime
 
 from factura.common.envelope import Envelope, utcnow
 from factura.common.errors import InvalidMessage
-from factura.common.events import FieldError, InvoiceCreatedV1, InvoiceRejectedV1, PaymentReceivedV1
+from factura.common.events import (
+    FieldError,
+    InvoiceCreatedV1,
+    InvoiceRejectedV1,
+    InvoiceRenderedV1,
+    PaymentReceivedV1,
+)
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
 from factura.common.metrics import counter
@@ -48,6 +54,10 @@ class SchedulerHandlers:
         state = await self._schedules.record_invoice(message.value)
         # Payments recorded before their invoice are judged now (a redelivery republishes the same ids).
         await self._refuse(state, refusals(state))
+
+    async def on_invoice_rendered(self, message: Message[Envelope[InvoiceRenderedV1]]) -> None:
+        event = message.value
+        await self._schedules.record_document(event, event.invoice_id or event.data.invoice.invoice_number)
 
     async def on_payment_received(self, message: Message[Envelope[PaymentReceivedV1]]) -> None:
         event = message.value

@@ -22,8 +22,10 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from factura.common.envelope import Envelope
 from factura.common.events import (
+    DocumentRef,
     InvoiceCreatedV1,
     InvoiceRejectedV1,
+    InvoiceRenderedV1,
     InvoiceSummary,
     PaymentReceivedV1,
     as_datetime,
@@ -52,6 +54,7 @@ def state_from_document(doc: Document) -> ScheduleState:
         payments=tuple(payment_from_document(p) for p in doc.get("payments", [])),
         rejected_causes=frozenset(r.get("cause") for r in doc.get("rejections", [])),
         reminded=bool(doc.get("reminded", False)),
+        document=DocumentRef.model_validate(doc["document"]) if doc.get("document") else None,
     )
 
 
@@ -83,6 +86,17 @@ class Schedules:
                     "correlation_id": event.correlation_id,
                     "cause_event_id": str(event.event_id),
                 },
+                "$setOnInsert": {"reminded": False, "payments": [], "rejections": []},
+            },
+        )
+
+    async def record_document(self, event: Envelope[InvoiceRenderedV1], invoice_id: str) -> ScheduleState:
+        """The document the customer got, so reminders can link to it (the last rendering wins)."""
+        return await self._upsert(
+            event.tenant_id,
+            invoice_id,
+            {
+                "$set": {"document": event.data.document.model_dump(mode="json")},
                 "$setOnInsert": {"reminded": False, "payments": [], "rejections": []},
             },
         )

@@ -1,109 +1,133 @@
-"""SMS fallback handler: delivery.failed (email) → SMS with a link → delivery.succeeded | failed.
+"""The HTTP-API channels (SMS, voice, push) as adapters of the shared delivery path.
 
-The ledger records "done" right after the provider's 2xx; a provider outage raises
-``DependencyDown("sms", ...)`` (see :mod:`factura.sms_sender.provider`) so the loop retries. An
-email failure for ``document_mismatch`` gets no SMS: its link is signed for the hash the event
-names, so the download would refuse the stored bytes.
+Each adapter builds the text for the message's purpose and locale (:mod:`factura.sms_sender.texts`),
+naming the tenant as its configuration says (never the ERP's ``seller_name``), and hands it to its
+provider. SMS links are short links so a message with the payment and the download link fits one
+GSM-7 segment; segments and encoding are recorded for the cost. A provider refusal of the message
+is a :class:`Refused` (the next channel takes over); an outage raises ``DependencyDown`` and the
+message waits for the provider.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final, TypedDict
 
-from factura.common.envelope import Envelope
-from factura.common.events import DeliveryFailedV1, FailureReason
-from factura.common.kafka.consumer import Message
-from factura.common.kafka.producer import Publisher
-from factura.common.ledger import Claim, DeliveryLedger
-from factura.common.links import LinkSigner
-from factura.common.locales import money
-from factura.common.outcomes import delivered, undelivered
-from factura.common.tenants import TenantDirectory
-from factura.sms_sender.provider import DEPENDENCY, ProviderRefusal, SmsProvider
+from factura.common.delivery.gsm import prepare
+from factura.common.delivery.links import LinkMaker, MessageLinks
+from factura.common.delivery.sender import Accepted, Job, Refused, Sent
+from factura.common.events import Channel, Customer, Locale
+from factura.common.locales import day, money
+from factura.sms_sender.provider import ProviderRefusal, SmsProvider
+from factura.sms_sender.push import PushProvider
+from factura.sms_sender.texts import push_text, sms_text, voice_text
+from factura.sms_sender.voice import VoiceProvider, say_language
 
-PRODUCER = "sms-sender"
-CHANNEL: Final = "sms"
-TEXT = {
-    "en": "{seller}: invoice {number}, {total}. Download: {link}",
-    "es": "{seller}: factura {number}, {total}. Descárguela: {link}",
-    "pt": "{seller}: fatura {number}, {total}. Descarregue: {link}",
-    "ro": "{seller}: factura {number}, {total}. Descărcați: {link}",
-}
+PRODUCER: Final = "sms-sender"
 
 
-class SmsHandlers:
-    def __init__(
-        self,
-        publisher: Publisher,
-        ledger: DeliveryLedger,
-        provider: SmsProvider,
-        signer: LinkSigner,
-        tenants: TenantDirectory,
-    ) -> None:
-        self._publisher = publisher
-        self._ledger = ledger
+class Wording(TypedDict):
+    """The values every text template takes, formatted for the customer."""
+
+    locale: Locale
+    purpose: str
+    sender_name: str
+    invoice_number: str
+    amount: str
+    due_date: str
+    days_from_due: int | None
+    pay_url: str | None
+    download_url: str | None
+
+
+def wording(job: Job, links: MessageLinks | None = None) -> Wording:
+    invoice = job.notice.invoice
+    return Wording(
+        locale=invoice.customer.locale,
+        purpose=job.notice.purpose,
+        # The tenant's configured name, never the ERP's seller_name.
+        sender_name=job.tenant.display_name or job.tenant.tenant_id,
+        invoice_number=invoice.invoice_number,
+        amount=money(invoice.total, invoice.currency, invoice.customer),
+        due_date=day(invoice.due_date, invoice.customer, "short"),
+        days_from_due=job.notice.days_from_due,
+        pay_url=links.payment if links else None,
+        download_url=links.download if links else None,
+    )
+
+
+def refused(e: ProviderRefusal, *, dead_address: bool = False) -> Refused:
+    """``dead_address``: a refusal that means the address itself is gone (a dead push token)."""
+    suppress = e.reason == "complaint" or (dead_address and e.reason == "rejected_by_server")
+    return Refused(e.reason, e.text, code=e.code, suppress=suppress)
+
+
+class SmsChannel:
+    channel: Channel = "sms"
+    dependency = "sms"
+
+    def __init__(self, provider: SmsProvider, links: LinkMaker, status_callback: str | None) -> None:
         self._provider = provider
-        self._signer = signer
-        self._tenants = tenants
+        self._links = links
+        self._status_callback = status_callback
 
-    async def on_delivery_failed(self, message: Message[Envelope[DeliveryFailedV1]]) -> None:
-        event = message.value
-        if event.data.channel != "email":
-            return  # SMS is the email fallback; an SMS failure is final for now
-        await self._ledger.deliver_once(
-            event, CHANNEL, lambda claim: self._deliver(event, claim), self._publisher.publish, dependency=DEPENDENCY
-        )
+    def address(self, customer: Customer) -> str | None:
+        return customer.phone
 
-    async def _deliver(self, event: Envelope[DeliveryFailedV1], claim: Claim) -> Envelope[Any]:
-        failed = event.data
-        phone = failed.invoice.customer.phone
-        if phone is None:
-            return self._failed(event, "no_address", "customer has no phone number", None)
-        if failed.reason in ("document_mismatch", "document_missing"):
-            # The link is signed for the event's sha256: the download would refuse what is stored, or find nothing.
-            return self._failed(event, failed.reason, "no link sent: " + failed.detail, None)
-        link = self._signer.sign_document(
-            failed.document,
-            tenant_id=event.tenant_id,
-            invoice_id=event.invoice_id or failed.invoice.invoice_number,
-            channel=CHANNEL,
-            correlation_id=event.correlation_id,
-            link_id=event.event_id.hex[:12],  # the same link again if this event is redelivered
-            base_url=self._tenants.get(event.tenant_id).links_base_url,
-        )
-        lang = failed.invoice.customer.locale
-        body = TEXT[lang].format(
-            seller=failed.invoice.seller_name,
-            number=failed.invoice.invoice_number,
-            total=money(failed.invoice.total, failed.invoice.currency, failed.invoice.customer),
-            link=link,
-        )
+    async def send(self, job: Job, accepted: Accepted) -> None:
+        links = await self._links.for_job(job, short=True)
+        text = sms_text(**wording(job, links))
+        body = prepare(text, transliterate=job.tenant.delivery.sms_transliterate)
         try:
-            sid = await self._provider.send(phone, body)
+            sid = await self._provider.send(job.recipient, body.text, status_callback=self._status_callback)
         except ProviderRefusal as e:
-            return self._failed(event, "provider_error", e.text, e.code)
-        outcome = delivered(
-            event,
-            channel=CHANNEL,
-            recipient=phone,
-            provider_message_id=sid,
-            document=failed.document,
-            producer=PRODUCER,
-        )
-        await claim.record(outcome)
-        return outcome
+            raise refused(e) from e
+        await accepted(Sent(sid, units=body.segments, segments=body.segments, encoding=body.encoding))
 
-    def _failed(
-        self, event: Envelope[DeliveryFailedV1], reason: FailureReason, detail: str, code: int | None
-    ) -> Envelope[DeliveryFailedV1]:
-        return undelivered(
-            event,
-            channel=CHANNEL,
-            reason=reason,
-            detail=detail,
-            code=code,
-            recipient=event.data.invoice.customer.phone,
-            invoice=event.data.invoice,
-            document=event.data.document,
-            producer=PRODUCER,
-        )
+
+class VoiceChannel:
+    channel: Channel = "voice"
+    dependency = "voice"
+
+    def __init__(self, provider: VoiceProvider, status_callback: str | None) -> None:
+        self._provider = provider
+        self._status_callback = status_callback
+
+    def address(self, customer: Customer) -> str | None:
+        return customer.phone
+
+    async def send(self, job: Job, accepted: Accepted) -> None:
+        customer = job.notice.invoice.customer
+        text = voice_text(**wording(job))
+        try:
+            sid = await self._provider.send(
+                job.recipient,
+                text,
+                language=say_language(customer.locale, customer.country),
+                status_callback=self._status_callback,
+            )
+        except ProviderRefusal as e:
+            raise refused(e) from e
+        await accepted(Sent(sid))
+
+
+class PushChannel:
+    channel: Channel = "push"
+    dependency = "push"
+
+    def __init__(self, provider: PushProvider, links: LinkMaker) -> None:
+        self._provider = provider
+        self._links = links
+
+    def address(self, customer: Customer) -> str | None:
+        return customer.push_token
+
+    async def send(self, job: Job, accepted: Accepted) -> None:
+        links = await self._links.for_job(job, short=False)
+        title, body = push_text(**wording(job, links))
+        try:
+            name = await self._provider.send(
+                job.recipient, title=title, body=body, link=links.payment or links.download
+            )
+        except ProviderRefusal as e:
+            raise refused(e, dead_address=True) from e
+        await accepted(Sent(name))

@@ -1,29 +1,51 @@
 """Client for a Twilio-shaped SMS API (Twilio itself in production, the capture server locally).
 
-Answers are sorted the way the SMTP side sorts them:
+Answers are sorted the way the SMTP side sorts them (the voice client shares this sorting):
 
 * 2xx: accepted;
 * a 4xx about the message (e.g. Twilio's 400/21211 for a number that is not a phone) refuses it
-  for good: :class:`ProviderRefusal`, published as ``delivery.failed``;
+  for good: :class:`ProviderRefusal`, published as ``delivery.failed`` with the reason the error
+  code means (:data:`REFUSAL_REASONS`: a landline is ``not_mobile``, an opted-out recipient a
+  ``complaint``, so the address is suppressed);
 * network errors, timeouts, 5xx and 429 are "not now", and so are 401/403/404, which refuse our
   credentials or account rather than the message (a configuration fix, after which every
-  waiting SMS can go): :class:`DependencyDown` ``("sms", ...)``, retried by the consumer loop.
+  waiting SMS can go): :class:`DependencyDown` ``("sms", ...)``, retried by the consumer loop,
+  carrying the provider's ``Retry-After`` when it sent one.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Final
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import ClassVar, Final
 
 import httpx
 
 from factura.common.errors import DependencyDown
+from factura.common.events import FailureReason
 from factura.sms_sender.settings import ProviderSettings
 
 DEPENDENCY: Final = "sms"
 #: Answers that refuse the account or the credentials, not the message.
 _NOT_THE_MESSAGE: Final = frozenset({401, 403, 404})
+#: The longest wait a provider's ``Retry-After`` may impose on a partition.
+MAX_RETRY_AFTER_S: Final = 300.0
+#: Twilio error codes that say this recipient cannot take this message; any other refusal is a
+#: ``provider_error``. Region permissions (21408, 21215) are account settings, but they refuse one
+#: country's numbers only: waiting would stall every other message behind them, so they refuse.
+REFUSAL_REASONS: Final[dict[int, FailureReason]] = {
+    21211: "rejected_by_server",  # invalid 'To' phone number
+    21214: "rejected_by_server",  # 'To' phone number cannot be reached (calls)
+    21215: "rejected_by_server",  # geo permission does not allow calling this number
+    21217: "rejected_by_server",  # phone number does not appear to be valid
+    21401: "rejected_by_server",  # invalid phone number
+    21408: "rejected_by_server",  # SMS not enabled for the region of the 'To' number
+    21612: "rejected_by_server",  # 'To' number not reachable via SMS from our number
+    21610: "complaint",  # the recipient replied STOP: never text them again
+    21614: "not_mobile",  # 'To' number is not a mobile number (a landline)
+}
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +57,39 @@ class ProviderRefusal(Exception):
     status: int
     code: int | None
     text: str
+    reason: FailureReason = "provider_error"
 
 
-class SmsProvider:
+def retry_after_s(response: httpx.Response) -> float | None:
+    """The response's ``Retry-After`` (delay-seconds or an HTTP date) in seconds, within 0..300."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() - datetime.now(UTC).timestamp()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def json_object(response: httpx.Response) -> dict[str, object]:
+    """The response body as a JSON object, ``{}`` if it is not one."""
+    try:
+        value = response.json()
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class TwilioClient:
+    """What Twilio's SMS and Calls APIs share: the account, Basic auth, answer sorting, readiness."""
+
+    dependency: ClassVar[str]
+
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient) -> None:
         self._s = settings
         self._client = client
@@ -50,30 +102,29 @@ class SmsProvider:
     def _auth(self) -> tuple[str, str]:
         return self._s.account_sid, self._s.auth_token.get_secret_value()
 
-    async def send(self, to: str, body: str) -> str:
-        """The provider's message id (``""`` if it named none) once it accepted the message (a 2xx)."""
+    async def _create(self, resource: str, form: dict[str, str]) -> str:
+        """POST ``form`` to ``<account>/<resource>.json``; the new resource's sid (``""`` if none)."""
         try:
             response = await self._client.post(
-                f"{self._account_url}/Messages.json",
-                data={"To": to, "From": self._s.from_number, "Body": body},
-                auth=self._auth,
-                timeout=self._s.timeout_s,
+                f"{self._account_url}/{resource}.json", data=form, auth=self._auth, timeout=self._s.timeout_s
             )
         except httpx.TransportError as e:  # connect/read/write errors, timeouts, broken HTTP
-            raise DependencyDown(DEPENDENCY, f"{type(e).__name__}: {e}") from e
+            raise DependencyDown(self.dependency, f"{type(e).__name__}: {e}") from e
         status = response.status_code
         if 200 <= status < 300:
-            sid = _json(response).get("sid")
+            sid = json_object(response).get("sid")
             if isinstance(sid, str):
                 return sid
-            log.warning("SMS provider accepted the message (HTTP %d) without a message sid", status)
+            log.warning("%s provider accepted (HTTP %d) without a sid", self.dependency, status)
             return ""
         if status == 429 or status >= 500 or status in _NOT_THE_MESSAGE or status < 400:
-            raise DependencyDown(DEPENDENCY, f"provider answered HTTP {status}")
-        payload = _json(response)
-        code = payload.get("code")
-        text = str(payload.get("message", response.text))
-        raise ProviderRefusal(status, code if isinstance(code, int) else None, text)
+            wait = retry_after_s(response)
+            raise DependencyDown(self.dependency, f"provider answered HTTP {status}", retry_after_s=wait)
+        payload = json_object(response)
+        code, text = payload.get("code"), str(payload.get("message", response.text))
+        if not isinstance(code, int):
+            raise ProviderRefusal(status, None, text)
+        raise ProviderRefusal(status, code, text, REFUSAL_REASONS.get(code, "provider_error"))
 
     async def probe(self) -> None:
         """Readiness: GET the account resource with our credentials, within the provider timeout.
@@ -85,14 +136,21 @@ class SmsProvider:
         try:
             response = await self._client.get(f"{self._account_url}.json", auth=self._auth, timeout=self._s.timeout_s)
         except httpx.TransportError as e:
-            raise DependencyDown(DEPENDENCY, f"{type(e).__name__}: {e}") from e
+            raise DependencyDown(self.dependency, f"{type(e).__name__}: {e}") from e
         if response.status_code in (401, 403, 429) or response.status_code >= 500:
-            raise DependencyDown(DEPENDENCY, f"provider answered HTTP {response.status_code}")
+            raise DependencyDown(self.dependency, f"provider answered HTTP {response.status_code}")
 
 
-def _json(response: httpx.Response) -> dict[str, object]:
-    try:
-        value = response.json()
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+class SmsProvider(TwilioClient):
+    dependency = DEPENDENCY
+
+    async def send(self, to: str, body: str, *, status_callback: str | None = None) -> str:
+        """The provider's message id (``""`` if it named none) once it accepted the message (a 2xx).
+
+        ``status_callback``: a URL the provider POSTs the final status to (delivered/undelivered),
+        signed with ``X-Twilio-Signature``.
+        """
+        form = {"To": to, "From": self._s.from_number, "Body": body}
+        if status_callback:
+            form["StatusCallback"] = status_callback
+        return await self._create("Messages", form)

@@ -238,7 +238,8 @@ class PartitionWorker:
                 )
             self.in_retry = True
             self._s.flow(self)
-            if await self._backoff(attempt):
+            # A provider that says when to come back (429 Retry-After) is not asked sooner.
+            if await self._backoff(attempt, at_least_s=getattr(error, "retry_after_s", None) or 0.0):
                 return False
 
     def _timed_out(self) -> HandlerTimeout:
@@ -263,10 +264,11 @@ class PartitionWorker:
             self._s.flow(self)
         return sent
 
-    async def _backoff(self, attempt: int) -> bool:
+    async def _backoff(self, attempt: int, at_least_s: float = 0.0) -> bool:
         """Sleep with capped exponential backoff and jitter; True if halted meanwhile."""
         s = self._s.settings
         delay = min(s.retry_max_s, s.retry_initial_s * 2.0 ** min(attempt - 1, 30)) * random.uniform(0.5, 1.0)
+        delay = max(delay, at_least_s)
         try:
             await asyncio.wait_for(self._halt.wait(), timeout=delay)
         except TimeoutError:

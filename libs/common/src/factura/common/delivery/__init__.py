@@ -1,0 +1,1 @@
+"""Delivery: channel policy, the one sender loop, suppression, texts."""

@@ -1,0 +1,59 @@
+"""Suppression admin API: list a tenant's suppressed addresses and numbers, and lift one.
+
+Operators authenticate with a bearer token (``AdminSettings.tokens``); per-tenant API keys come
+with the ingest API and will replace this.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query
+from pydantic import BaseModel, Field, SecretStr
+
+from factura.common.delivery.suppression import SuppressionStore
+from factura.common.envelope import TENANT_PATTERN
+from factura.common.webhooks import WebhookAuthError, verify_bearer
+
+Tenant = Annotated[str, Query(pattern=TENANT_PATTERN)]
+
+
+class AdminSettings(BaseModel):
+    tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens of operators; none: API closed")
+
+
+class Lift(BaseModel):
+    tenant_id: str = Field(pattern=TENANT_PATTERN)
+    address: str = Field(min_length=3, max_length=4096)
+    by: str = Field(min_length=1, max_length=200, description="Who lifts it (recorded)")
+    note: str = Field(default="", max_length=500)
+
+
+def suppression_router(store: SuppressionStore, settings: AdminSettings) -> APIRouter:
+    router = APIRouter(prefix="/v1/suppressions", tags=["suppressions"])
+    tokens = [t.get_secret_value() for t in settings.tokens]
+
+    def authorise(authorization: str | None) -> None:
+        try:
+            verify_bearer(authorization, tokens)
+        except WebhookAuthError as e:
+            raise HTTPException(401, f"unauthorised: {e}", headers={"WWW-Authenticate": "Bearer"}) from e
+
+    @router.get("")
+    async def list_suppressions(
+        tenant_id: Tenant,
+        include_lifted: bool = False,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any]:
+        authorise(authorization)
+        items = await store.list(tenant_id, include_lifted=include_lifted)
+        return {"tenant_id": tenant_id, "count": len(items), "items": [s.as_json() for s in items]}
+
+    @router.post("/lift")
+    async def lift(body: Lift, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        authorise(authorization)
+        if not await store.lift(body.tenant_id, body.address, by=body.by, note=body.note):
+            raise HTTPException(404, f"{body.address} is not suppressed for tenant {body.tenant_id}")
+        return {"tenant_id": body.tenant_id, "address": body.address, "lifted": True}
+
+    return router

@@ -1,0 +1,328 @@
+"""The one delivery path: every message, every channel, every sender.
+
+Each sender service runs a :class:`Sender` with the channel adapters it hosts (the email sender:
+email; the SMS sender: sms, voice, push). A Sender consumes every event that can ask for a
+delivery and acts only when the channel asked for is one of its own:
+
+* ``invoice.rendered``: purpose ``invoice``, the policy's first channel;
+* ``reminder.due``: purpose ``reminder:<step>``, the policy's (or the step's) first channel;
+* ``delivery.failed``: the channel its ``next_channel`` names (the failing sender decided).
+
+Then, under the shared ledger (send at most once per request and channel): a document key
+outside the event's tenant stops the message; a customer without an address for the channel,
+or a suppressed address, is a failure recorded without calling any provider; otherwise the
+adapter sends and awaits ``accepted`` the moment the provider has the message. Refusals become
+``delivery.failed`` with the policy's ``next_channel``; a failure with none left is followed by
+``delivery.exhausted``. A provider outage (``DependencyDown``) propagates: the consumer loop
+waits for the provider and never falls back for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from prometheus_client import Histogram
+
+from factura.common.delivery.policy import SUPPRESSING
+from factura.common.delivery.suppression import SuppressionStore
+from factura.common.envelope import Envelope
+from factura.common.events import (
+    Attempt,
+    Channel,
+    Customer,
+    DeliveryFailedV2,
+    DeliverySucceededV2,
+    FailureReason,
+    InvoiceRenderedV1,
+    Notice,
+    ReminderDueV2,
+)
+from factura.common.kafka.consumer import Handler, Message
+from factura.common.kafka.producer import Publisher
+from factura.common.ledger import Claim, DeliveryLedger
+from factura.common.metrics import PREFIX
+from factura.common.outcomes import attempt_of, delivered, exhausted, undelivered
+from factura.common.tenants import TenantConfig, TenantDirectory
+
+SEND_SECONDS = Histogram(
+    f"{PREFIX}provider_send_seconds",
+    "Time for a provider to accept or refuse one message (SMTP transaction, HTTP call).",
+    ["channel"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+#: Topics that may ask a sender to deliver something.
+REQUEST_TOPICS = ("invoice.rendered", "reminder.due", "delivery.failed")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One message on one channel, and the failures that led here."""
+
+    channel: Channel
+    notice: Notice
+    chain: tuple[Attempt, ...]
+
+
+def request_of(event: Envelope[Any], tenant: TenantConfig) -> Request | None:
+    """What ``event`` asks to deliver, and on which channel; ``None`` when it asks nothing."""
+    data = event.data
+    policy = tenant.delivery
+    if isinstance(data, DeliveryFailedV2):
+        if data.next_channel is None:
+            return None
+        return Request(data.next_channel, data.notice, (*data.chain, attempt_of(data)))
+    if isinstance(data, InvoiceRenderedV1):
+        notice = Notice(purpose="invoice", invoice=data.invoice, document=data.document)
+    elif isinstance(data, ReminderDueV2):
+        notice = Notice(
+            purpose=f"reminder:{data.step}",
+            invoice=data.invoice,
+            document=data.document,
+            days_from_due=data.days_from_due,
+            channels=data.channels,
+        )
+    else:
+        return None
+    return Request(policy.first(notice), notice, ())
+
+
+@dataclass(frozen=True)
+class Job:
+    """What an adapter needs to send one message."""
+
+    cause: Envelope[Any]
+    channel: Channel
+    notice: Notice
+    chain: tuple[Attempt, ...]
+    tenant: TenantConfig
+    recipient: str
+    #: Ledger key of this delivery: seed for deterministic ids (Message-ID, short links).
+    key: str
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The provider accepted the message."""
+
+    provider_message_id: str
+    units: int = 1  # what the cost is multiplied by (SMS segments)
+    segments: int | None = None
+    encoding: Literal["gsm7", "ucs2"] | None = None
+
+
+class Refused(Exception):
+    """The provider or the message itself says this channel will not carry it."""
+
+    def __init__(
+        self,
+        reason: FailureReason,
+        detail: str,
+        *,
+        code: int | None = None,
+        enhanced_code: str | None = None,
+        evidence: str | None = None,
+        suppress: bool = False,
+    ) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason: FailureReason = reason
+        self.detail = detail
+        self.code = code
+        self.enhanced_code = enhanced_code
+        self.evidence = evidence
+        #: Suppress the address (besides the reasons that always do, e.g. an SMS "STOP").
+        self.suppress = suppress
+
+
+Accepted = Callable[[Sent], Awaitable[None]]
+
+
+class ChannelAdapter(Protocol):
+    channel: Channel
+    #: Name of the provider in readiness and outage reports ("smtp", "sms", ...).
+    dependency: str
+
+    def address(self, customer: Customer) -> str | None:
+        """The customer's address on this channel, if any."""
+        ...
+
+    async def send(self, job: Job, accepted: Accepted) -> None:
+        """Hand the message to the provider and await ``accepted`` once it has taken it.
+
+        Raises :class:`Refused` for a refusal and ``DependencyDown`` for "not now".
+        """
+        ...
+
+
+async def publish_outcome(publisher: Publisher, outcome: Envelope[Any], producer: str) -> None:
+    """Publish an outcome, and ``delivery.exhausted`` after a failure that leaves no channel."""
+    await publisher.publish(outcome)
+    if isinstance(outcome.data, DeliveryFailedV2) and outcome.data.next_channel is None:
+        await publisher.publish(exhausted(outcome, producer))
+
+
+class Sender:
+    def __init__(
+        self,
+        *,
+        producer: str,
+        adapters: Sequence[ChannelAdapter],
+        ledger: DeliveryLedger,
+        publisher: Publisher,
+        tenants: TenantDirectory,
+        suppressions: SuppressionStore,
+    ) -> None:
+        self._producer = producer
+        self._adapters = {a.channel: a for a in adapters}
+        self._ledger = ledger
+        self._publisher = publisher
+        self._tenants = tenants
+        self._suppressions = suppressions
+
+    @property
+    def routes(self) -> Mapping[str, Handler]:
+        return dict.fromkeys(REQUEST_TOPICS, self.handle)
+
+    async def handle(self, message: Message[Envelope[Any]]) -> None:
+        event = message.value
+        tenant = self._tenants.get(event.tenant_id)
+        request = request_of(event, tenant)
+        if request is None or (adapter := self._adapters.get(request.channel)) is None:
+            return
+
+        async def publish(outcome: Envelope[Any]) -> None:
+            await publish_outcome(self._publisher, outcome, self._producer)
+
+        await self._ledger.deliver_once(
+            event,
+            request.channel,
+            lambda claim: self._deliver(event, request, tenant, adapter, claim),
+            publish,
+            dependency=adapter.dependency,
+        )
+
+    async def _deliver(
+        self, event: Envelope[Any], request: Request, tenant: TenantConfig, adapter: ChannelAdapter, claim: Claim
+    ) -> Envelope[Any]:
+        notice, channel = request.notice, request.channel
+
+        def failed(
+            reason: FailureReason, detail: str, recipient: str | None, **extra: Any
+        ) -> Envelope[DeliveryFailedV2]:
+            return failure(
+                event,
+                request,
+                tenant=tenant,
+                producer=self._producer,
+                reason=reason,
+                detail=detail,
+                recipient=recipient,
+                **extra,
+            )
+
+        document = notice.document
+        if document is not None and not document.key.startswith(f"{event.tenant_id}/"):
+            return failed("document_mismatch", f"document {document.key} is not under tenant {event.tenant_id}", None)
+        recipient = adapter.address(notice.invoice.customer)
+        if recipient is None:
+            return failed("no_address", f"customer has no address for {channel}", None)
+        suppressed = await self._suppressions.find(event.tenant_id, recipient)
+        if suppressed is not None:
+            since = f"{suppressed.since:%Y-%m-%d}"
+            return failed("suppressed", f"{recipient} is suppressed since {since} ({suppressed.reason})", recipient)
+        job = Job(event, channel, notice, request.chain, tenant, recipient, claim.key)
+
+        async def accepted(sent: Sent) -> None:
+            await claim.record(
+                delivered(
+                    event,
+                    channel=channel,
+                    recipient=recipient,
+                    provider_message_id=sent.provider_message_id,
+                    notice=notice,
+                    chain=request.chain,
+                    producer=self._producer,
+                    cost=tenant.delivery.cost_of(channel, sent.units),
+                    currency=tenant.delivery.currency,
+                    segments=sent.segments,
+                    encoding=sent.encoding,
+                )
+            )
+
+        started = time.perf_counter()
+        try:
+            await adapter.send(job, accepted)
+        except Refused as e:
+            SEND_SECONDS.labels(channel).observe(time.perf_counter() - started)
+            if e.suppress or e.reason in SUPPRESSING:
+                await self._suppressions.suppress(
+                    event.tenant_id,
+                    recipient,
+                    channel=channel,
+                    reason=e.reason,
+                    detail=e.detail,
+                    source_event_id=str(event.event_id),
+                )
+            return failed(
+                e.reason, e.detail, recipient, code=e.code, enhanced_code=e.enhanced_code, evidence=e.evidence
+            )
+        SEND_SECONDS.labels(channel).observe(time.perf_counter() - started)
+        if claim.outcome is None:
+            raise RuntimeError(f"the {channel} adapter returned without reporting the message accepted")
+        return claim.outcome
+
+
+def failure(
+    cause: Envelope[Any],
+    request: Request,
+    *,
+    tenant: TenantConfig,
+    producer: str,
+    reason: FailureReason,
+    detail: str,
+    recipient: str | None,
+    **extra: Any,
+) -> Envelope[DeliveryFailedV2]:
+    """``delivery.failed`` for ``request``, handing the message to the policy's next channel."""
+    this = Attempt(channel=request.channel, reason=reason, detail=detail[:1000], recipient=recipient)
+    return undelivered(
+        cause,
+        channel=request.channel,
+        reason=reason,
+        detail=detail,
+        recipient=recipient,
+        notice=request.notice,
+        chain=request.chain,
+        next_channel=tenant.delivery.after(request.notice, (*request.chain, this)),
+        producer=producer,
+        **extra,
+    )
+
+
+def later_failure(
+    delivery: Envelope[DeliverySucceededV2],
+    tenant: TenantConfig,
+    producer: str,
+    reason: FailureReason,
+    detail: str,
+    **extra: Any,
+) -> Envelope[DeliveryFailedV2]:
+    """A message the provider accepted did not arrive after all (a DSN, an SES bounce, an SMS
+    status callback): the same fallback as a refusal on the spot. One per accepted message
+    (deterministic id), so a report sent twice hands the message on once."""
+    data = delivery.data
+    request = Request(data.channel, data.notice, tuple(data.chain))
+    return failure(
+        delivery,
+        request,
+        tenant=tenant,
+        producer=producer,
+        reason=reason,
+        detail=detail,
+        recipient=data.recipient,
+        provider_message_id=data.provider_message_id,
+        discriminator="later",
+        **extra,
+    )

@@ -1,0 +1,140 @@
+"""Suppression list: addresses and numbers a tenant must not use again.
+
+An address that hard-bounced or whose owner complained (marked the message as spam, texted
+STOP) is suppressed for that tenant, so the next message goes straight to the next channel
+instead of bouncing again and hurting the tenant's sender reputation. Entries are kept, not
+deleted, when an admin lifts them (who, when and why stay on record); a later bounce suppresses
+the address again.
+
+One document per tenant and address, ``_id = "<tenant>:<address>"`` with the address
+case-folded (mailbox providers treat local parts case-insensitively in practice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+
+from factura.common.envelope import utcnow
+from factura.common.events import Channel, FailureReason
+from factura.common.metrics import counter
+from factura.common.mongo import Document
+
+CHANGES = counter("suppressions_changed_total", "Suppression list changes.", ("tenant", "channel", "change"))
+
+
+def normalise(address: str) -> str:
+    return address.strip().casefold()
+
+
+def _when(value: Any) -> datetime:
+    """A stored time: nx-27017 returns datetimes written by ``$set`` as ISO strings."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+@dataclass(frozen=True)
+class Suppression:
+    tenant_id: str
+    address: str
+    channel: Channel
+    reason: FailureReason
+    detail: str
+    since: datetime
+    source_event_id: str | None
+    active: bool
+    lifted_by: str | None = None
+    lifted_at: datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: Document) -> Suppression:
+        return cls(
+            tenant_id=doc["tenant_id"],
+            address=doc["address"],
+            channel=doc["channel"],
+            reason=doc["reason"],
+            detail=doc.get("detail", ""),
+            since=_when(doc["since"]),
+            source_event_id=doc.get("source_event_id"),
+            active=bool(doc.get("active")),
+            lifted_by=doc.get("lifted_by"),
+            lifted_at=_when(doc["lifted_at"]) if doc.get("lifted_at") else None,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "address": self.address,
+            "channel": self.channel,
+            "reason": self.reason,
+            "detail": self.detail,
+            "since": self.since.isoformat(),
+            "source_event_id": self.source_event_id,
+            "active": self.active,
+            "lifted_by": self.lifted_by,
+            "lifted_at": self.lifted_at.isoformat() if self.lifted_at else None,
+        }
+
+
+class SuppressionStore:
+    def __init__(self, collection: AsyncCollection[Document]) -> None:
+        self._c = collection
+
+    async def ensure_indexes(self) -> None:
+        await self._c.create_index([("tenant_id", 1), ("active", 1)])
+
+    async def suppress(
+        self,
+        tenant_id: str,
+        address: str,
+        *,
+        channel: Channel,
+        reason: FailureReason,
+        detail: str,
+        source_event_id: str | None,
+    ) -> None:
+        """Suppress ``address`` (idempotent: a redelivered bounce rewrites the same entry)."""
+        key = normalise(address)
+        await self._c.replace_one(
+            {"_id": f"{tenant_id}:{key}"},
+            {
+                "tenant_id": tenant_id,
+                "address": key,
+                "channel": channel,
+                "reason": reason,
+                "detail": detail[:500],
+                "since": utcnow(),
+                "source_event_id": source_event_id,
+                "active": True,
+            },
+            upsert=True,
+        )
+        CHANGES.labels(tenant=tenant_id, channel=channel, change="suppressed").inc()
+
+    async def find(self, tenant_id: str, address: str) -> Suppression | None:
+        """The active suppression of ``address`` for this tenant, if any."""
+        doc = await self._c.find_one({"_id": f"{tenant_id}:{normalise(address)}"})
+        if doc is None or not doc.get("active"):
+            return None
+        return Suppression.from_doc(doc)
+
+    async def list(self, tenant_id: str, *, include_lifted: bool = False, limit: int = 500) -> list[Suppression]:
+        query: Document = {"tenant_id": tenant_id} if include_lifted else {"tenant_id": tenant_id, "active": True}
+        return [Suppression.from_doc(d) async for d in self._c.find(query).sort("address", 1).limit(limit)]
+
+    async def count(self, tenant_id: str) -> int:
+        return await self._c.count_documents({"tenant_id": tenant_id, "active": True})
+
+    async def lift(self, tenant_id: str, address: str, *, by: str, note: str = "") -> bool:
+        """Allow ``address`` again. False when it was not suppressed."""
+        key = normalise(address)
+        result = await self._c.update_one(
+            {"_id": f"{tenant_id}:{key}", "active": True},
+            {"$set": {"active": False, "lifted_by": by[:200], "lifted_note": note[:500], "lifted_at": utcnow()}},
+        )
+        if result.modified_count:
+            doc = await self._c.find_one({"_id": f"{tenant_id}:{key}"})
+            CHANGES.labels(tenant=tenant_id, channel=(doc or {}).get("channel", "email"), change="lifted").inc()
+        return bool(result.modified_count)
