@@ -101,7 +101,7 @@ def test_make_up_after_a_crash_restarts_only_what_is_down(tmp_path: Path) -> Non
 def test_a_crashed_renderer_leaves_no_pool_worker_behind(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pool worker stuck in a render (here: SIGSTOPped) outlives its SIGKILLed leader until `up`/`down`."""
     monkeypatch.setenv("FACTURA_RENDERER_WORKERS", "1")  # one is enough, and warms up faster
-    names = ["kafka", "s3", "renderer"]
+    names = ["kafka", "mongo", "s3", "renderer"]  # the renderer keeps short links and link hits in MongoDB
     assert stack.up(names) == names
     leader = procs.read_pid(stack.cfg.run_dir, "renderer")
     assert leader is not None
@@ -115,9 +115,9 @@ def test_a_crashed_renderer_leaves_no_pool_worker_behind(stack: Stack, monkeypat
     assert stuck in [m.pid for m in procs.group(leader, stack.cfg.data_dir)]  # the orphan `down` used to miss
     assert [s.strays for s in stack.status() if s.name == "renderer"] != [()]
 
-    assert stack.up(names) == ["renderer"]  # the broker (and its topics) and S3 are left alone
+    assert stack.up(names) == ["renderer"]  # the broker (and its topics), MongoDB and S3 are left alone
     after = pids(stack)
-    assert after["kafka"] == before["kafka"] and after["s3"] == before["s3"]
+    assert after["kafka"] == before["kafka"] and after["s3"] == before["s3"] and after["mongo"] == before["mongo"]
     assert after["renderer"] != leader
     assert procs.group(leader, stack.cfg.data_dir) == []
     health.http_200(stack.cfg.service_url("renderer") + "/readyz")

@@ -21,3 +21,24 @@ def test_rejection_and_reminder_are_seen() -> None:
     ]
     o = observe(events)
     assert o.outcome == "rejected" and o.detail == "currency: bad" and o.reminder and not o.payment
+
+
+def test_exhaustion_is_a_failed_outcome_and_reminder_outcomes_do_not_count() -> None:
+    reminder = {"purpose": "reminder:overdue"}
+    events = [
+        {"type": "delivery.succeeded", "data": {"channel": "email", "recipient": "a@b.test", "notice": reminder}},
+        {"type": "delivery.failed", "data": {"channel": "email", "reason": "hard_bounce", "detail": "550"}},
+        {
+            "type": "delivery.exhausted",
+            "data": {
+                "notice": {"purpose": "invoice"},
+                "chain": [
+                    {"channel": "email", "reason": "hard_bounce", "detail": "550 5.1.1"},
+                    {"channel": "sms", "reason": "no_address", "detail": "no phone"},
+                ],
+            },
+        },
+    ]
+    o = observe(events)
+    assert o.outcome == "failed"
+    assert o.detail == "email: hard_bounce (550 5.1.1) → sms: no_address (no phone)"

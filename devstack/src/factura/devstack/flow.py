@@ -20,6 +20,9 @@ from factura.devstack.config import StackConfig
 from factura.devstack.samples import Outcome, Sample
 
 
+_DELIVERY = frozenset({"delivery.succeeded", "delivery.failed", "delivery.exhausted"})
+
+
 @dataclass(frozen=True)
 class Observation:
     outcome: Outcome | None
@@ -43,13 +46,20 @@ class Observation:
         )
 
 
+def _purpose(data: dict[str, Any]) -> str:
+    notice = data.get("notice")
+    return str(notice.get("purpose", "invoice")) if isinstance(notice, dict) else "invoice"
+
+
 def observe(events: list[dict[str, Any]]) -> Observation:
-    """Reduce one invoice's audit timeline to its delivery outcome."""
+    """Reduce one invoice's audit timeline to the delivery outcome of the invoice itself
+    (reminders and receipts travel the same path; their outcomes are not the invoice's)."""
     types = tuple(e["type"] for e in events)
     outcome: Outcome | None = None
     detail = ""
-    failures = [e["data"] for e in events if e["type"] == "delivery.failed"]
-    for e in events:
+    invoice = [e for e in events if e["type"] not in _DELIVERY or _purpose(e["data"]) == "invoice"]
+    failures = [e["data"] for e in invoice if e["type"] == "delivery.failed"]
+    for e in invoice:
         data = e["data"]
         if e["type"] == "invoice.rejected":
             outcome = "rejected"
@@ -59,10 +69,10 @@ def observe(events: list[dict[str, Any]]) -> Observation:
             detail = f"{data['channel']} to {data['recipient']}"
             if failures:
                 first = failures[0]
-                detail += f" after email failed ({first['reason']}: {first['detail'][:60]})"
-    if outcome is None and any(f["channel"] == "sms" for f in failures):
-        outcome = "failed"
-        detail = " → ".join(f"{f['channel']}: {f['reason']} ({f['detail'][:50]})" for f in failures)
+                detail += f" after {first['channel']} failed ({first['reason']}: {first['detail'][:60]})"
+        elif e["type"] == "delivery.exhausted" and outcome is None:
+            outcome = "failed"
+            detail = " → ".join(f"{a['channel']}: {a['reason']} ({a['detail'][:50]})" for a in data["chain"])
     return Observation(outcome, detail, "reminder.due" in types, "payment.received" in types, types)
 
 

@@ -58,6 +58,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     return Wiring(
         routes=sender.routes,
         checks={"mongo": mongo_ok, "smtp": mailer.probe},
+        tasks=[suppressions.run_gauge],
         routers=[
             bounce_router(bounces, settings.webhooks, WebhookLog(db["webhook_log"])),
             suppression_router(suppressions, settings.admin),

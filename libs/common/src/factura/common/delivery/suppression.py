@@ -12,18 +12,32 @@ case-folded (mailbox providers treat local parts case-insensitively in practice)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from prometheus_client import Gauge
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
 
 from factura.common.envelope import utcnow
 from factura.common.events import Channel, FailureReason
-from factura.common.metrics import counter
+from factura.common.metrics import PREFIX, counter
 from factura.common.mongo import Document
 
+log = logging.getLogger(__name__)
 CHANGES = counter("suppressions_changed_total", "Suppression list changes.", ("tenant", "channel", "change"))
+ACTIVE = Gauge(
+    f"{PREFIX}suppressions_active", "Addresses suppressed now, per tenant (refreshed periodically).", ["tenant"]
+)
+
+
+def _labelled(gauge: Gauge) -> list[tuple[str, ...]]:
+    """Label values the gauge has been set for."""
+    return [tuple(sample.labels.values()) for metric in gauge.collect() for sample in metric.samples]
 
 
 def normalise(address: str) -> str:
@@ -97,9 +111,11 @@ class SuppressionStore:
     ) -> None:
         """Suppress ``address`` (idempotent: a redelivered bounce rewrites the same entry)."""
         key = normalise(address)
+        doc_id = f"{tenant_id}:{key}"
         await self._c.replace_one(
-            {"_id": f"{tenant_id}:{key}"},
+            {"_id": doc_id},
             {
+                "_id": doc_id,  # nx-27017 does not take an upsert's _id from the filter
                 "tenant_id": tenant_id,
                 "address": key,
                 "channel": channel,
@@ -126,6 +142,25 @@ class SuppressionStore:
 
     async def count(self, tenant_id: str) -> int:
         return await self._c.count_documents({"tenant_id": tenant_id, "active": True})
+
+    async def refresh_gauge(self) -> None:
+        """Set ``factura_suppressions_active`` from the store (one aggregation over active entries)."""
+        pipeline: list[Document] = [{"$match": {"active": True}}, {"$group": {"_id": "$tenant_id", "n": {"$sum": 1}}}]
+        sizes = {doc["_id"]: int(doc["n"]) async for doc in await self._c.aggregate(pipeline)}
+        for tenant, n in sizes.items():
+            ACTIVE.labels(tenant).set(n)
+        for (tenant,) in [key for key in _labelled(ACTIVE) if key[0] not in sizes]:
+            ACTIVE.labels(tenant).set(0)
+
+    async def run_gauge(self, stopping: asyncio.Event, every_s: float = 60.0) -> None:
+        """Background task: refresh the gauge until the service stops (an outage only skips a round)."""
+        while not stopping.is_set():
+            try:
+                await self.refresh_gauge()
+            except PyMongoError as e:
+                log.info("suppression gauge not refreshed: %s", e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=every_s)
 
     async def lift(self, tenant_id: str, address: str, *, by: str, note: str = "") -> bool:
         """Allow ``address`` again. False when it was not suppressed."""
