@@ -19,7 +19,6 @@ from factura.common.topics import ERP_INVOICES, ERP_PAYMENTS
 from factura.devstack.config import StackConfig
 from factura.devstack.samples import Outcome, Sample
 
-
 _DELIVERY = frozenset({"delivery.succeeded", "delivery.failed", "delivery.exhausted"})
 
 
