@@ -170,7 +170,12 @@ def download_router(
             media_type = served_type(claims.content_type, body)
             if media_type != claims.content_type:
                 log.warning("link %s: bytes of %s are not %s", claims.link_id, claims.key, claims.content_type)
-        background.add_task(record, claims, len(body), tracker.observe(request))
+        background.add_task(
+            record,
+            claims,
+            len(body),
+            tracker.observe(request, minimal=tenants.get(claims.tenant_id).delivery.tracking.minimal_user_agent),
+        )
         DOWNLOADS.labels(outcome="served").inc()
         return Response(
             body,

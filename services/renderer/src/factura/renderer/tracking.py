@@ -149,8 +149,11 @@ class Tracker:
         self._settings = settings
         self._minimal = minimal_user_agent
 
-    def observe(self, request: Request, *, sent_at_ms: int | None = None, now: float | None = None) -> Hit:
-        """Classify ``request``; ``sent_at_ms`` (when the link was minted) enables the scanner window."""
+    def observe(
+        self, request: Request, *, sent_at_ms: int | None = None, now: float | None = None, minimal: bool = False
+    ) -> Hit:
+        """Classify ``request``; ``sent_at_ms`` (when the link was minted) enables the scanner window;
+        ``minimal`` (the tenant asks for minimal data) keeps only the user-agent class."""
         raw = request.headers.get("user-agent")
         agent = classify(raw)
         reason = agent.reason or ("head_request" if request.method == "HEAD" else None)
@@ -160,7 +163,7 @@ class Tracker:
                 reason = "scanner_window"
         return Hit(
             agent=agent,
-            user_agent=None if self._minimal or not raw else raw[:USER_AGENT_MAX],
+            user_agent=None if self._minimal or minimal or not raw else raw[:USER_AGENT_MAX],
             client_ip_hash=self._pseudonym(request.client.host) if request.client else None,
             automated=reason is not None,
             automated_reason=reason,
@@ -252,7 +255,15 @@ def tracking_router(
             return pages.respond(request, "expired", 410, GONE_BODY, locale=link.locale, contact=contact)
         if link.track:
             background.add_task(
-                record, tracker, publisher, link, tracker.observe(request, sent_at_ms=link.created_at_ms)
+                record,
+                tracker,
+                publisher,
+                link,
+                tracker.observe(
+                    request,
+                    sent_at_ms=link.created_at_ms,
+                    minimal=tenants.get(link.tenant_id).delivery.tracking.minimal_user_agent,
+                ),
             )
         else:
             LINK_HITS.labels(kind=link.kind, outcome="untracked").inc()
@@ -279,7 +290,15 @@ def tracking_router(
                 link = None
         if link is not None:
             background.add_task(
-                record, tracker, publisher, link, tracker.observe(request, sent_at_ms=link.created_at_ms)
+                record,
+                tracker,
+                publisher,
+                link,
+                tracker.observe(
+                    request,
+                    sent_at_ms=link.created_at_ms,
+                    minimal=tenants.get(link.tenant_id).delivery.tracking.minimal_user_agent,
+                ),
             )
         return Response(PIXEL, media_type="image/gif", headers=PIXEL_HEADERS)
 

@@ -64,6 +64,7 @@ class Tracking(_Config):
 
     opens: bool = Field(default=False, description="Open pixel in emails")
     clicks: bool = Field(default=False, description="Tracked redirects for payment and download links")
+    minimal_user_agent: bool = Field(default=False, description="Record only the user-agent class, not the string")
 
 
 class ChannelPolicy(_Config):
