@@ -218,7 +218,7 @@ class Rig:
         [sent] = await self.published("delivery.succeeded", event)
         assert isinstance(sent.data, DeliverySucceededV2) and sent.data.channel == "email"
         [mail] = [m for m in read_messages(self.cfg.maildir) if m["Message-ID"] == sent.data.provider_message_id]
-        assert mail["To"] == sent.data.recipient
+        assert mail["To"].addresses[0].addr_spec == sent.data.recipient
         return sent
 
     async def failed(self, cause: Envelope[Any], count: int = 1) -> list[Envelope[DeliveryFailedV2]]:
@@ -249,7 +249,7 @@ class Rig:
         return entry
 
     async def refusals(self, webhook: str) -> list[Document]:
-        return await self.webhook_log.find({"webhook": webhook}).sort("at", 1).to_list()
+        return await self.webhook_log.find({"webhook": webhook}).sort("_id", 1).to_list()
 
 
 @pytest.fixture

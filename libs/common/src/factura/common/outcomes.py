@@ -100,6 +100,8 @@ def undelivered(
     DELIVERIES.labels(cause.tenant_id, channel, family(notice.purpose), "failed", reason).inc()
     if next_channel is not None:
         FALLBACKS.labels(channel, next_channel).inc()
+    else:  # counted here, once per failure built, not when a recorded failure is re-published
+        EXHAUSTED.labels(cause.tenant_id, family(notice.purpose)).inc()
     return child_of(
         cause,
         type="delivery.failed",
@@ -130,7 +132,6 @@ def attempt_of(failed: DeliveryFailedV2) -> Attempt:
 
 def exhausted(failed: Envelope[DeliveryFailedV2], producer: str) -> Envelope[DeliveryExhaustedV1]:
     """Every channel is used up: the whole chain, this failure last."""
-    EXHAUSTED.labels(failed.tenant_id, family(failed.data.notice.purpose)).inc()
     return child_of(
         failed,
         type="delivery.exhausted",
