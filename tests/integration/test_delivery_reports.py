@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 from pydantic import SecretStr
 from pymongo.asynchronous.collection import AsyncCollection
@@ -201,14 +202,27 @@ class Rig:
         await sender.handle(Message(topic, 0, 0, event.partition_key, {}, raw, event))
 
     async def published(self, logical: str, cause: Envelope[Any], count: int = 1) -> list[Envelope[Any]]:
-        """The events on ``logical`` that ``cause`` led to, once ``count`` of them are on the broker."""
+        """The events on ``logical`` that ``cause`` led to, once ``count`` of them are on the broker.
+
+        Read with a consumer of its own from the start of the topic (not by end offsets, which
+        are stale while a webhook is still publishing).
+        """
+        consumer = AIOKafkaConsumer(
+            self.bus.topic(logical),
+            bootstrap_servers=self.bus.settings.bootstrap_servers,
+            auto_offset_reset="earliest",
+            group_id=None,
+        )
         found: list[Envelope[Any]] = []
         deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            found = [e for e in await self.bus.events(logical) if e.causation_id == cause.event_id]
-            if len(found) >= count:
-                break
-            await asyncio.sleep(0.05)
+        await consumer.start()
+        try:
+            while len(found) < count and time.monotonic() < deadline:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    events = (parse_event(r.value) for r in records)
+                    found.extend(e for e in events if e.causation_id == cause.event_id)
+        finally:
+            await consumer.stop()
         assert len(found) == count, f"{logical} caused by {cause.type} {cause.event_id}: {len(found)} of {count}"
         return found
 

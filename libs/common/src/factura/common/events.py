@@ -63,6 +63,10 @@ class Customer(_Model):
     push_token: str | None = Field(
         default=None, min_length=1, max_length=4096, description="Device registration token for push messages"
     )
+    effective_channel: Channel | None = Field(
+        default=None,
+        description="Learnt when the invoice was accepted: the channel after which this customer most often paid",
+    )
 
 
 class Line(_Model):

@@ -67,12 +67,22 @@ class Tracking(_Config):
     minimal_user_agent: bool = Field(default=False, description="Record only the user-agent class, not the string")
 
 
+class MostEffective(_Config):
+    """Learn each customer's most effective channel (see docs/delivery.md for the rule)."""
+
+    window_days: int = Field(default=14, ge=1, le=365, description="A payment this soon after a delivery credits it")
+    min_payments: int = Field(default=2, ge=1, description="Credited payments needed before the channel is trusted")
+
+
 class ChannelPolicy(_Config):
     channels: list[Channel] = Field(default=["email", "sms"], min_length=1, description="Channel order")
     order: Literal["listed", "cost"] = Field(default="listed", description="'cost': cheapest channel first")
     cost: dict[Channel, Decimal] = Field(default_factory=lambda: dict(DEFAULT_COST))
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$", description="Currency of the costs")
     honour_preference: bool = Field(default=True, description="A customer's preferred channel goes first")
+    most_effective: MostEffective | None = Field(
+        default=None, description="Put the customer's learnt most effective channel first (after a stated preference)"
+    )
     actions: dict[FailureReason, Action] = Field(default_factory=dict, description="Overrides of DEFAULT_ACTIONS")
     soft_bounce_retries: int = Field(default=1, ge=0, le=5)
     purposes: dict[str, list[Channel]] = Field(
@@ -114,10 +124,13 @@ class ChannelPolicy(_Config):
         channels = list(listed)
         if self.order == "cost":
             channels.sort(key=lambda c: self.cost.get(c, DEFAULT_COST[c]))
-        preferred = notice.invoice.customer.preferred_channel
-        if self.honour_preference and preferred in channels:
-            channels.remove(preferred)
-            channels.insert(0, preferred)
+        customer = notice.invoice.customer
+        if self.most_effective is not None and customer.effective_channel in channels:
+            channels.remove(customer.effective_channel)
+            channels.insert(0, customer.effective_channel)
+        if self.honour_preference and customer.preferred_channel in channels:  # what the customer asked wins
+            channels.remove(customer.preferred_channel)
+            channels.insert(0, customer.preferred_channel)
         return channels
 
     def first(self, notice: Notice) -> Channel:
