@@ -300,26 +300,24 @@ async def rig(cfg: StackConfig, store: DocumentStore, db: AsyncDatabase[Document
         bounces = BounceHandler(ledger=ledger, publisher=bus.publisher, tenants=tenants, suppressions=suppressions)
         app = FastAPI()
         app.include_router(
-            bounce_router(
-                bounces, WebhookSettings(hmac_secrets=[SecretStr(WEBHOOK_SECRET)]), WebhookLog(webhook_log)
-            )
+            bounce_router(bounces, WebhookSettings(hmac_secrets=[SecretStr(WEBHOOK_SECRET)]), WebhookLog(webhook_log))
         )
         app.include_router(suppression_router(suppressions, AdminSettings(tokens=[SecretStr(ADMIN_TOKEN)])))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://email-sender.test") as api:
             yield Rig(
-                cfg,
-                bus,
-                store,
-                http,
-                api,
-                deliveries,
-                webhook_log,
-                suppressions,
-                shortlinks,
-                links,
-                tenants,
-                email,
+                cfg=cfg,
+                bus=bus,
+                store=store,
+                http=http,
+                api=api,
+                deliveries=deliveries,
+                webhook_log=webhook_log,
+                suppressions=suppressions,
+                shortlinks=shortlinks,
+                links=links,
+                tenants=tenants,
+                email=email,
             )
 
 
@@ -334,11 +332,18 @@ async def test_a_dsn_hard_bounce_hands_the_invoice_to_sms_once_and_suppresses_th
     response = await rig.report(report, DSN_TYPE)
 
     assert response.status_code == 200, response.text
-    assert response.json() == {"items": [{"message_id": message_id, "result": "handed_on", "detail": "next channel: sms"}]}
+    assert response.json() == {
+        "items": [{"message_id": message_id, "result": "handed_on", "detail": "next channel: sms"}]
+    }
     [failed] = await rig.failed(sent)
     assert (failed.schema_version, failed.tenant_id, failed.producer) == (2, TENANT, "email-sender")
     data = failed.data
-    assert (data.channel, data.reason, data.next_channel, data.enhanced_code) == ("email", "hard_bounce", "sms", "5.1.1")
+    assert (data.channel, data.reason, data.next_channel, data.enhanced_code) == (
+        "email",
+        "hard_bounce",
+        "sms",
+        "5.1.1",
+    )
     assert (data.provider_message_id, data.recipient) == (message_id, address)
     assert data.evidence == report.decode()
     assert "User unknown" in data.detail and data.detail.startswith("dsn hard:")
@@ -569,7 +574,10 @@ async def test_an_undelivered_sms_status_exhausts_the_invoice(rig: Rig, status_w
     assert [(a.channel, a.reason) for a in data.chain] == [("email", "hard_bounce")]
     [exhausted] = await rig.published("delivery.exhausted", lost)
     assert isinstance(exhausted.data, DeliveryExhaustedV1)
-    assert [(a.channel, a.reason) for a in exhausted.data.chain] == [("email", "hard_bounce"), ("sms", "provider_error")]
+    assert [(a.channel, a.reason) for a in exhausted.data.chain] == [
+        ("email", "hard_bounce"),
+        ("sms", "provider_error"),
+    ]
     assert await rig.suppressions.find(TENANT, phone) is None  # 30003 says the handset was unreachable, not gone
     assert await rig.refusals("sms-status") == []
 

@@ -22,9 +22,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from factura.common.delivery.journal import WEBHOOK_CALLS, WebhookLog
-from factura.common.delivery.sender import later_failure, publish_outcome
+from factura.common.delivery.reports import LateReports
 from factura.common.delivery.suppression import SuppressionStore
-from factura.common.events import DeliverySucceededV2, FailureReason
+from factura.common.events import FailureReason
 from factura.common.kafka.producer import Publisher
 from factura.common.ledger import DeliveryLedger
 from factura.common.tenants import TenantDirectory
@@ -54,35 +54,22 @@ class BounceHandler:
         tenants: TenantDirectory,
         suppressions: SuppressionStore,
     ) -> None:
-        self._ledger = ledger
-        self._publisher = publisher
-        self._tenants = tenants
-        self._suppressions = suppressions
+        self._reports = LateReports(
+            producer=PRODUCER, ledger=ledger, publisher=publisher, tenants=tenants, suppressions=suppressions
+        )
 
     async def handle(self, bounce: Bounce) -> Handled:
         if bounce.kind == "delayed":
             return Handled(bounce.message_id, "ignored", "a delay notice: the relay keeps trying")
-        delivery = await self._ledger.accepted_message(bounce.message_id)
+        delivery = await self._reports.delivery(bounce.message_id)
         if delivery is None:
             return Handled(bounce.message_id, "unmatched", "no delivered message has this Message-ID")
-        if not isinstance(delivery.data, DeliverySucceededV2) or delivery.data.channel != "email":
+        if delivery.data.channel != "email":
             return Handled(bounce.message_id, "not_email", "the message it names was not sent by email")
-        reason = REASONS[bounce.kind]
-        tenant = self._tenants.get(delivery.tenant_id)
-        if reason in ("hard_bounce", "complaint"):
-            await self._suppressions.suppress(
-                delivery.tenant_id,
-                delivery.data.recipient,
-                channel="email",
-                reason=reason,
-                detail=bounce.diagnostic,
-                source_event_id=str(delivery.event_id),
-            )
         detail = f"{bounce.source} {bounce.kind}: {bounce.diagnostic}"
-        failed = later_failure(
-            delivery, tenant, PRODUCER, reason, detail, enhanced_code=bounce.status, evidence=bounce.evidence
+        failed = await self._reports.failed(
+            delivery, REASONS[bounce.kind], detail, enhanced_code=bounce.status, evidence=bounce.evidence
         )
-        await publish_outcome(self._publisher, failed, PRODUCER)
         return Handled(bounce.message_id, "handed_on", f"next channel: {failed.data.next_channel or 'none'}")
 
 

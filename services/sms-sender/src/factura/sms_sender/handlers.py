@@ -10,6 +10,7 @@ message waits for the provider.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, TypedDict
 
 from factura.common.delivery.gsm import prepare
@@ -131,3 +132,20 @@ class PushChannel:
         except ProviderRefusal as e:
             raise refused(e, dead_address=True) from e
         await accepted(Sent(name))
+
+
+class UnconfiguredChannel:
+    """A channel this deployment has no provider for: its turn is a recorded refusal and the
+    message moves on at once, rather than waiting for a sender that will never come."""
+
+    dependency = "none"
+
+    def __init__(self, channel: Channel, address: Callable[[Customer], str | None]) -> None:
+        self.channel = channel
+        self._address = address
+
+    def address(self, customer: Customer) -> str | None:
+        return self._address(customer)
+
+    async def send(self, job: Job, accepted: Accepted) -> None:
+        raise Refused("provider_error", f"no {self.channel} provider is configured on this deployment")

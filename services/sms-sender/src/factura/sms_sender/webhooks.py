@@ -17,9 +17,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from factura.common.delivery.journal import WEBHOOK_CALLS, WebhookLog
-from factura.common.delivery.sender import later_failure, publish_outcome
+from factura.common.delivery.reports import LateReports
 from factura.common.delivery.suppression import SuppressionStore
-from factura.common.events import DeliverySucceededV2, FailureReason
+from factura.common.events import FailureReason
 from factura.common.kafka.producer import Publisher
 from factura.common.ledger import DeliveryLedger
 from factura.common.metrics import counter
@@ -57,10 +57,9 @@ class StatusHandler:
         tenants: TenantDirectory,
         suppressions: SuppressionStore,
     ) -> None:
-        self._ledger = ledger
-        self._publisher = publisher
-        self._tenants = tenants
-        self._suppressions = suppressions
+        self._reports = LateReports(
+            producer=PRODUCER, ledger=ledger, publisher=publisher, tenants=tenants, suppressions=suppressions
+        )
 
     async def handle(self, sid: str, status: str, error_code: str) -> tuple[int, str]:
         """HTTP status and what happened."""
@@ -68,29 +67,15 @@ class StatusHandler:
             return 200, f"{status}: nothing to do"
         if status not in FAILED:
             return 400, f"unknown status {status!r}"
-        delivery = await self._ledger.accepted_message(sid)
-        if delivery is None or not isinstance(delivery.data, DeliverySucceededV2):
+        delivery = await self._reports.delivery(sid)
+        if delivery is None:
             return 404, f"no delivered message or call has sid {sid!r}"
-        reason = failure_reason(status, error_code)
-        data = delivery.data
-        if reason in ("hard_bounce", "complaint"):
-            await self._suppressions.suppress(
-                delivery.tenant_id,
-                data.recipient,
-                channel=data.channel,
-                reason=reason,
-                detail=f"{status} {error_code}",
-                source_event_id=str(delivery.event_id),
-            )
-        failed = later_failure(
+        failed = await self._reports.failed(
             delivery,
-            self._tenants.get(delivery.tenant_id),
-            PRODUCER,
-            reason,
+            failure_reason(status, error_code),
             f"provider reported {status}" + (f" (error {error_code})" if error_code else ""),
             code=int(error_code) if error_code.isdigit() else None,
         )
-        await publish_outcome(self._publisher, failed, PRODUCER)
         return 200, f"handed on to {failed.data.next_channel or 'nobody: exhausted'}"
 
 

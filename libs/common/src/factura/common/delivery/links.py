@@ -28,7 +28,7 @@ class MessageLinks:
 class LinkMaker:
     def __init__(self, signer: LinkSigner, shortlinks: ShortLinks, *, base_url: str, ttl_s: int) -> None:
         self._signer = signer
-        self._short = shortlinks
+        self.shortlinks = shortlinks
         self._base_url = base_url.rstrip("/")
         self._ttl_s = ttl_s
 
@@ -41,7 +41,7 @@ class LinkMaker:
         expires_ms = int((time.time() + self._ttl_s) * 1000)
 
         async def shorten(kind: LinkKind, target: str | None) -> str:
-            link_id = await self._short.shorten(
+            link_id = await self.shortlinks.shorten(
                 seed=f"{job.key}:{kind}",
                 tenant_id=job.cause.tenant_id,
                 invoice_id=invoice_id,
