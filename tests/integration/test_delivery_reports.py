@@ -19,7 +19,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ from factura.sms_sender.settings import ProviderSettings
 from factura.sms_sender.webhooks import StatusHandler, status_router
 from tests.conftest import mongo_settings
 from tests.kafka_helpers import Bus, isolated
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -440,6 +441,23 @@ async def test_a_soft_bounce_retries_email_once_then_falls_back_to_sms(rig: Rig)
     assert [a.reason for a in again.data.chain] == ["soft_bounce"]
 
 
+async def test_two_reports_for_one_message_hand_it_on_once(rig: Rig) -> None:
+    """A soft bounce, then a hard one for the same message: the first report is the hand-over
+    (one event id, one content); the hard one still suppresses the address."""
+    sent = await rig.emailed(await rig.rendered())
+    message_id, address = sent.data.provider_message_id, sent.data.recipient
+
+    soft = await rig.report(ses("ses_bounce_transient.json", message_id, address), SNS_TYPE)
+    hard = await rig.report(dsn(message_id, address), DSN_TYPE)
+
+    assert soft.status_code == 200 and hard.status_code == 200, (soft.text, hard.text)
+    both = await rig.failed(sent, count=2)
+    assert len({e.event_id for e in both}) == 1 and both[0].data == both[1].data
+    assert (both[0].data.reason, both[0].data.next_channel) == ("soft_bounce", "email")
+    suppression = await rig.suppressions.find(TENANT, address)
+    assert suppression is not None and suppression.reason == "hard_bounce"
+
+
 # -- what the bounce webhook refuses ---------------------------------------------------------------
 
 
@@ -537,19 +555,12 @@ async def status_webhook(rig: Rig) -> AsyncIterator[StatusWebhook]:
     server = Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        await wait_for(lambda: server.started)
+        await until(lambda: server.started)
         yield StatusWebhook(url)
     finally:
         server.should_exit = True
         await task
         sock.close()
-
-
-async def wait_for(predicate: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def undeliverable_number() -> str:

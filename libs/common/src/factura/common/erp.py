@@ -41,7 +41,7 @@ from pydantic_core import CoreSchema, core_schema
 
 from factura.common.envelope import TENANT_PATTERN
 from factura.common.errors import InvalidMessage
-from factura.common.events import LOCALES, FieldError
+from factura.common.events import LOCALES, Channel, FieldError
 
 #: Deepest nesting of arrays and objects accepted in an ERP message. The contract itself needs 3;
 #: the rest is room for unknown fields, which are ignored. A fixed limit makes the refusal the
@@ -206,6 +206,12 @@ class ErpCustomer(_Erp):
         | None
     ) = Field(default=None, description="es, pt, en or ro, optionally with a region (es-MX); defaults from country")
     tax_id: Annotated[str, StringConstraints(max_length=50), _Text(required=False)] | None = None
+    preferred_channel: Channel | None = Field(
+        default=None, description="Channel the customer asked to be reached on first (email, sms, voice or push)"
+    )
+    push_token: Annotated[str, StringConstraints(max_length=4096), _Schema((("pattern", r"^[ -~]*$"),))] | None = Field(
+        default=None, description="Device registration token for push messages: printable ASCII"
+    )
 
     @field_validator("country")
     @classmethod
@@ -236,6 +242,17 @@ class ErpCustomer(_Erp):
         if not phonenumbers.is_valid_number(number):
             raise ValueError(f"{value!r} is not a valid phone number for {region}")
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+    @field_validator("push_token")
+    @classmethod
+    def _push_token(cls, value: str | None) -> str | None:
+        """Tokens of every push service are ASCII; anything else is a corrupted or misplaced value."""
+        if not value:
+            return None
+        bad = next((i for i, char in enumerate(value) if not " " <= char <= "~"), None)
+        if bad is not None:
+            raise ValueError(f"must be printable ASCII: found U+{ord(value[bad]):04X} at position {bad}")
+        return value
 
     @field_validator("locale")
     @classmethod

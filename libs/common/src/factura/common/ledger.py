@@ -133,6 +133,24 @@ class DeliveryLedger:
         doc = await self._deliveries.find_one({"provider_message_id": provider_message_id, "state": "done"})
         return parse_event(doc["outcome"]) if doc is not None else None
 
+    async def report_once(self, delivered: Envelope[Any], failed: Envelope[Any]) -> Envelope[Any]:
+        """Record ``failed`` as what became of the accepted ``delivered`` message, unless a report
+        was recorded first: then that one is returned. One hand-over per message, however many
+        reports (a soft bounce, then a hard one) name it, and a report posted twice re-publishes
+        the same event."""
+        key = f"{delivered.causation_id}:{getattr(delivered.data, 'channel', '')}"
+        before = await self._deliveries.find_one_and_update(
+            {"_id": key, "late_outcome": {"$exists": False}},
+            {"$set": {"late_outcome": failed.model_dump_json()}},
+            return_document=ReturnDocument.BEFORE,
+        )
+        if before is not None:
+            return failed
+        doc = await self._deliveries.find_one({"_id": key})
+        if doc is None or not doc.get("late_outcome"):
+            raise DependencyDown("ledger", f"could not record the later report of delivery {key}")
+        return parse_event(doc["late_outcome"])
+
     async def deliver_once(
         self,
         cause: Envelope[Any],

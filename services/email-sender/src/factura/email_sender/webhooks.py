@@ -76,11 +76,8 @@ class BounceHandler:
 def bounce_router(handler: BounceHandler, settings: WebhookSettings, journal: WebhookLog) -> APIRouter:
     router = APIRouter(tags=["webhooks"])
 
-    async def refuse(status: int, result: str, reason: str, body: bytes) -> JSONResponse:
-        WEBHOOK_CALLS.labels("bounces", result).inc()
-        await journal.record("bounces", status, reason, body)
-        log.warning("bounce webhook refused: %s", reason)
-        return JSONResponse({"detail": reason}, status)
+    async def refuse(status: int, result: str, reason: str, body: bytes, public: str | None = None) -> JSONResponse:
+        return await journal.refuse("bounces", status, result, reason, body, public=public)
 
     @router.post("/v1/webhooks/bounces", response_model=None)
     async def bounces(request: Request) -> Any:
@@ -90,7 +87,7 @@ def bounce_router(handler: BounceHandler, settings: WebhookSettings, journal: We
         try:
             authenticate(request.headers, body, settings)
         except WebhookAuthError as e:
-            return await refuse(401, "unauthorised", f"authentication failed: {e}", b"")
+            return await refuse(401, "unauthorised", f"authentication failed: {e}", b"", "authentication failed")
         try:
             reports = parse_report(request.headers.get("content-type", ""), body)
         except BadReport as e:
@@ -98,8 +95,8 @@ def bounce_router(handler: BounceHandler, settings: WebhookSettings, journal: We
         handled = [await handler.handle(b) for b in reports]
         items = [{"message_id": h.message_id, "result": h.result, "detail": h.detail} for h in handled]
         if handled and all(h.result in ("unmatched", "not_email") for h in handled):
-            WEBHOOK_CALLS.labels("bounces", "unmatched").inc()
-            await journal.record("bounces", 404, "; ".join(f"{h.message_id}: {h.detail}" for h in handled), body)
+            reason = "; ".join(f"{h.message_id}: {h.detail}" for h in handled)
+            await journal.refuse("bounces", 404, "unmatched", reason, body)
             return JSONResponse({"detail": "no reported message matches a delivery", "items": items}, 404)
         WEBHOOK_CALLS.labels("bounces", "ok").inc()
         return {"items": items}

@@ -3,7 +3,9 @@
 The loop hands ERP topics over as raw bytes; ingest decodes them itself so that everything wrong
 with a message, down to bytes that are not JSON, becomes an ``invoice.rejected`` the audit trail
 shows, and then :class:`InvalidMessage`, on which the loop dead-letters the raw message at once.
-A failure to publish is not the message's fault: it propagates, and the loop retries it.
+A failure to publish is not the message's fault: it propagates, and the loop retries it. So does
+a MongoDB outage while looking up a customer's most effective channel: the invoice waits for it
+(PyMongo's connection errors classify as transient), it is never rejected for it.
 """
 
 from __future__ import annotations
@@ -12,19 +14,22 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from factura.common.delivery.effectiveness import tenant_order
 from factura.common.envelope import TENANT_PATTERN, make_event, stable_id
 from factura.common.erp import decode_erp, forbidden_character
 from factura.common.errors import InvalidMessage
-from factura.common.events import CURRENT_VERSION, InvoiceRejectedV1
+from factura.common.events import CURRENT_VERSION, Channel, InvoiceCreatedV1, InvoiceRejectedV1, as_datetime
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
 from factura.common.logging import log_context
 from factura.common.metrics import counter
+from factura.common.tenants import TenantDirectory
 from factura.ingest.normalise import invoice_from_erp, payment_from_erp
 
 PRODUCER = "ingest"
@@ -38,6 +43,14 @@ _INVOICE_NUMBER = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$"
 log = logging.getLogger(__name__)
 
 Accept = Callable[[dict[str, Any], str | None], Awaitable[None]]
+
+
+class ChannelHistory(Protocol):
+    """What ingest asks of :class:`~factura.common.delivery.effectiveness.ChannelEffectiveness`."""
+
+    async def best_channel(
+        self, tenant_id: str, customer_id: str, *, before: datetime, order: Sequence[Channel], min_payments: int
+    ) -> Channel | None: ...
 
 
 def _digest(raw: bytes) -> str:
@@ -77,13 +90,23 @@ def correlation_header(headers: Mapping[str, bytes | None]) -> tuple[str | None,
 
 
 class IngestHandlers:
-    def __init__(self, publisher: Publisher, *, allow_test_email_domains: bool = False) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        tenants: TenantDirectory,
+        history: ChannelHistory,
+        *,
+        allow_test_email_domains: bool = False,
+    ) -> None:
         self._publisher = publisher
+        self._tenants = tenants
+        self._history = history
         self._allow_test_domains = allow_test_email_domains
 
     async def on_erp_invoice(self, message: Message[bytes]) -> None:
         async def accept(payload: dict[str, Any], correlation: str | None) -> None:
             erp, invoice = invoice_from_erp(payload, allow_test_domains=self._allow_test_domains)
+            invoice = await self._with_effective_channel(erp.tenant_id, invoice)
             # The content hash is part of the id: the same message again is a duplicate, a corrected one is not.
             event_id = stable_id(erp.tenant_id, "invoice.created", invoice.invoice_number, _digest(message.raw))
             await self._publish(
@@ -96,6 +119,27 @@ class IngestHandlers:
             )
 
         await self._ingest(message, accept, reference="invoice_number", reference_pattern=_INVOICE_NUMBER)
+
+    async def _with_effective_channel(self, tenant_id: str, invoice: InvoiceCreatedV1) -> InvoiceCreatedV1:
+        """The invoice with the customer's most effective channel, where the tenant asks for it and
+        the customer stated no preference. Learnt from payments made before the issue date only, so
+        a redelivered ERP message gets the same answer; recorded in the event so every sender routes
+        the invoice the same way."""
+        policy = self._tenants.get(tenant_id).delivery
+        mode = policy.most_effective
+        customer = invoice.customer
+        if mode is None or customer.preferred_channel is not None:
+            return invoice
+        channel = await self._history.best_channel(
+            tenant_id,
+            customer.customer_id,
+            before=as_datetime(invoice.issue_date),
+            order=tenant_order(policy),
+            min_payments=mode.min_payments,
+        )
+        if channel is None:
+            return invoice
+        return invoice.model_copy(update={"customer": customer.model_copy(update={"effective_channel": channel})})
 
     async def on_erp_payment(self, message: Message[bytes]) -> None:
         async def accept(payload: dict[str, Any], correlation: str | None) -> None:

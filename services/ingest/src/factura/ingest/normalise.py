@@ -43,6 +43,8 @@ def _customer(c: ErpCustomer) -> Customer:
         phone=c.phone,
         locale=cast(Locale, locale),
         tax_id=c.tax_id,
+        preferred_channel=c.preferred_channel,
+        push_token=c.push_token,
     )
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -12,6 +13,9 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FACTURA_SCHEDULER_", env_nested_delimiter="__", extra="ignore")
 
     mongo: MongoSettings = MongoSettings()
+    tenants_dir: Path | None = Field(
+        default=None, description="Per-tenant configs (the most effective channel's window, see docs/delivery.md)"
+    )
     tick_seconds: float = Field(default=60.0, gt=0, description="How often the sweeper looks for due reminders.")
     lease_seconds: float | None = Field(
         default=None,

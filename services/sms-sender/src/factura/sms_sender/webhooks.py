@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -84,11 +85,10 @@ def status_router(handler: StatusHandler, *, public_url: str | None, auth_token:
     the request's own URL, which is right only without a proxy in between."""
     router = APIRouter(tags=["webhooks"])
 
-    async def answer(status: int, result: str, detail: str, body: bytes) -> JSONResponse:
-        WEBHOOK_CALLS.labels("sms-status", result).inc()
+    async def answer(status: int, result: str, detail: str, body: bytes, public: str | None = None) -> JSONResponse:
         if status >= 400:
-            await journal.record("sms-status", status, detail, body)
-            log.warning("sms status callback refused: %s", detail)
+            return await journal.refuse("sms-status", status, result, detail, body, public=public)
+        WEBHOOK_CALLS.labels("sms-status", result).inc()
         return JSONResponse({"detail": detail}, status)
 
     @router.post("/v1/webhooks/sms-status", response_model=None)
@@ -96,12 +96,12 @@ def status_router(handler: StatusHandler, *, public_url: str | None, auth_token:
         body = await request.body()
         if len(body) > MAX_BODY:
             return await answer(413, "too_large", f"body over {MAX_BODY} bytes", b"")
-        form = await request.form()
-        params = {k: v for k, v in form.items() if isinstance(v, str)}
+        # Form-encoded, as Twilio posts it (parsed here: no multipart parser needed).
+        params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         try:
             verify_twilio(public_url or str(request.url), params, request.headers.get("x-twilio-signature"), auth_token)
         except WebhookAuthError as e:
-            return await answer(401, "unauthorised", f"authentication failed: {e}", b"")
+            return await answer(401, "unauthorised", f"authentication failed: {e}", b"", "authentication failed")
         sid = params.get("MessageSid") or params.get("CallSid")
         status = (params.get("MessageStatus") or params.get("CallStatus") or "").lower()
         if not sid or not status:

@@ -6,20 +6,30 @@ with the ingest API and will replace this.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from factura.common.delivery.suppression import SuppressionStore
 from factura.common.envelope import TENANT_PATTERN
-from factura.common.webhooks import WebhookAuthError, verify_bearer
+from factura.common.webhooks import MIN_SECRET_CHARS, WebhookAuthError, verify_bearer
+
+log = logging.getLogger(__name__)
 
 Tenant = Annotated[str, Query(pattern=TENANT_PATTERN)]
 
 
 class AdminSettings(BaseModel):
     tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens of operators; none: API closed")
+
+    @field_validator("tokens")
+    @classmethod
+    def _long_enough(cls, tokens: list[SecretStr]) -> list[SecretStr]:
+        if any(len(t.get_secret_value()) < MIN_SECRET_CHARS for t in tokens):
+            raise ValueError(f"each admin token needs at least {MIN_SECRET_CHARS} characters")
+        return tokens
 
 
 class Lift(BaseModel):
@@ -37,7 +47,8 @@ def suppression_router(store: SuppressionStore, settings: AdminSettings) -> APIR
         try:
             verify_bearer(authorization, tokens)
         except WebhookAuthError as e:
-            raise HTTPException(401, f"unauthorised: {e}", headers={"WWW-Authenticate": "Bearer"}) from e
+            log.warning("suppression API refused: %s", e)
+            raise HTTPException(401, "unauthorised", headers={"WWW-Authenticate": "Bearer"}) from e
 
     @router.get("")
     async def list_suppressions(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from fastapi.responses import JSONResponse
 from pymongo.asynchronous.collection import AsyncCollection
 
 from factura.common.envelope import utcnow
@@ -35,3 +36,13 @@ class WebhookLog:
             )
         except Exception:  # the answer to the caller matters more than our own log
             log.exception("webhook refusal not recorded")
+
+    async def refuse(
+        self, webhook: str, status: int, result: str, reason: str, body: bytes, *, public: str | None = None
+    ) -> JSONResponse:
+        """Answer a refused or unmatched call: count it, record it, log it. ``public`` replaces
+        the reason in the answer where the reason would help an attacker (authentication)."""
+        WEBHOOK_CALLS.labels(webhook, result).inc()
+        await self.record(webhook, status, reason, body)
+        log.warning("%s webhook refused: %s", webhook, reason)
+        return JSONResponse({"detail": public or reason}, status)

@@ -47,7 +47,8 @@ class LateReports:
     async def failed(
         self, delivery: Envelope[DeliverySucceededV2], reason: FailureReason, detail: str, **extra: Any
     ) -> Envelope[DeliveryFailedV2]:
-        """Record that ``delivery`` did not arrive after all, and hand the message on."""
+        """Record that ``delivery`` did not arrive after all, and hand the message on (once: the
+        first report recorded for a delivery is the one every later report re-publishes)."""
         data = delivery.data
         if reason in SUPPRESSING:
             await self._suppressions.suppress(
@@ -59,5 +60,6 @@ class LateReports:
                 source_event_id=str(delivery.event_id),
             )
         failed = later_failure(delivery, self._tenants.get(delivery.tenant_id), self._producer, reason, detail, **extra)
-        await publish_outcome(self._publisher, failed, self._producer)
-        return failed
+        recorded = await self._ledger.report_once(delivery, failed)
+        await publish_outcome(self._publisher, recorded, self._producer)
+        return recorded
