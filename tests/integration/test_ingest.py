@@ -24,6 +24,7 @@ from factura.common.settings import KafkaSettings
 from factura.devstack.config import StackConfig
 from factura.ingest.bootstrap import bootstrap
 from factura.ingest.settings import Settings
+from tests.conftest import mongo_settings
 from tests.kafka_helpers import isolated, read_topic
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,7 @@ def invoice(number: str, customer_name: str | None = None, **line_changes: Any) 
 async def ingest_running(cfg: StackConfig) -> AsyncIterator[tuple[KafkaSettings, Publisher]]:
     """Ingest's own wiring (``bootstrap``) on a ConsumerLoop, with topics of its own."""
     async with isolated(cfg, client_id="test-ingest") as (settings, publisher), AsyncExitStack() as stack:
-        wiring = await bootstrap(Settings(kafka=settings), publisher, stack)
+        wiring = await bootstrap(Settings(kafka=settings, mongo=mongo_settings(cfg)), publisher, stack)
         loop = ConsumerLoop(
             settings=settings, group_id="ingest", routes=wiring.routes, publisher=publisher, service="ingest"
         )

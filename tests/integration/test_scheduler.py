@@ -16,12 +16,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pymongo.asynchronous.collection import AsyncCollection
 
+from factura.common.delivery.effectiveness import ChannelEffectiveness
 from factura.common.envelope import Envelope, utcnow
 from factura.common.kafka.admin import ensure_topics
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
 from factura.common.mongo import Document, create_client, database
 from factura.common.settings import KafkaSettings
+from factura.common.tenants import TenantDirectory
 from factura.common.topics import REGISTRY
 from factura.devstack.config import StackConfig
 from factura.scheduler.decisions import refusals
@@ -44,12 +46,20 @@ class Env:
     publisher: Publisher
     schedules: Schedules
     leases: AsyncCollection[Document]
+    effectiveness: ChannelEffectiveness
 
     def lease(self, owner: str, ttl_s: float, clock: Callable[[], datetime] = utcnow) -> Lease:
         return Lease(self.leases, LEASE, owner=owner, ttl=timedelta(seconds=ttl_s), clock=clock)
 
     def handlers(self, lease: Lease, clock: Callable[[], datetime] = utcnow) -> SchedulerHandlers:
-        return SchedulerHandlers(self.publisher, self.schedules, lease, clock)
+        return SchedulerHandlers(
+            self.publisher,
+            self.schedules,
+            lease,
+            effectiveness=self.effectiveness,
+            tenants=TenantDirectory(None),
+            clock=clock,
+        )
 
     def topic(self, logical: str) -> str:
         return f"{self.kafka.topic_prefix}{logical}"
@@ -83,8 +93,9 @@ async def environment(cfg: StackConfig) -> AsyncIterator[Env]:
     db = database(client, mongo)
     schedules = Schedules(db[f"schedules_{suffix}"])
     await schedules.ensure_indexes()
+    effectiveness = ChannelEffectiveness(db[f"channel_deliveries_{suffix}"], db[f"channel_credits_{suffix}"])
     try:
-        yield Env(cfg, kafka, publisher, schedules, db[f"leases_{suffix}"])
+        yield Env(cfg, kafka, publisher, schedules, db[f"leases_{suffix}"], effectiveness)
     finally:
         await publisher.stop()
         await client.close()

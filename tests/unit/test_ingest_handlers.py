@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -18,11 +19,12 @@ from hypothesis import strategies as st
 
 from factura.common.envelope import Envelope
 from factura.common.errors import InvalidMessage
-from factura.common.events import InvoiceCreatedV1, InvoiceRejectedV1, PaymentReceivedV1
+from factura.common.events import Channel, InvoiceCreatedV1, InvoiceRejectedV1, PaymentReceivedV1
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
 from factura.common.logging import correlation_id_var, tenant_id_var
 from factura.common.schemas import EXAMPLES_DIR
+from factura.common.tenants import TenantDirectory
 from factura.common.topics import ERP_INVOICES, ERP_PAYMENTS, Topic
 from factura.ingest.handlers import IngestHandlers
 
@@ -42,6 +44,22 @@ class Recorder(Publisher):
         self.events.append(event)
 
 
+class NoHistory:
+    """Channel history for tenants that do not learn the most effective channel: never asked."""
+
+    async def best_channel(
+        self, tenant_id: str, customer_id: str, *, before: datetime, order: Sequence[Channel], min_payments: int
+    ) -> Channel | None:
+        raise AssertionError("no tenant here learns the most effective channel")
+
+
+def ingest_handlers(recorder: Publisher, *, allow_test_email_domains: bool = False) -> IngestHandlers:
+    """Handlers with default tenant configs (no tenant learns the most effective channel)."""
+    return IngestHandlers(
+        recorder, TenantDirectory(None), NoHistory(), allow_test_email_domains=allow_test_email_domains
+    )
+
+
 def erp_message(raw: bytes, topic: Topic = ERP_INVOICES, headers: dict[str, bytes] | None = None) -> Message[bytes]:
     return Message(topic, 0, 7, b"k", headers or {}, raw, raw)
 
@@ -49,7 +67,7 @@ def erp_message(raw: bytes, topic: Topic = ERP_INVOICES, headers: dict[str, byte
 def handle(raw: bytes, topic: Topic = ERP_INVOICES, headers: dict[str, bytes] | None = None) -> Envelope[Any]:
     """Run the handler for ``topic``; the one event it published (``invoice.rejected`` re-raises)."""
     recorder = Recorder()
-    handlers = IngestHandlers(recorder, allow_test_email_domains=True)
+    handlers = ingest_handlers(recorder, allow_test_email_domains=True)
     handler = handlers.on_erp_invoice if topic is ERP_INVOICES else handlers.on_erp_payment
     try:
         asyncio.run(handler(erp_message(raw, topic, headers)))
@@ -62,7 +80,7 @@ def handle(raw: bytes, topic: Topic = ERP_INVOICES, headers: dict[str, bytes] | 
 
 def rejected(raw: bytes, topic: Topic = ERP_INVOICES, headers: dict[str, bytes] | None = None) -> Envelope[Any]:
     recorder = Recorder()
-    handlers = IngestHandlers(recorder)
+    handlers = ingest_handlers(recorder)
     handler = handlers.on_erp_invoice if topic is ERP_INVOICES else handlers.on_erp_payment
     with pytest.raises(InvalidMessage) as info:
         asyncio.run(handler(erp_message(raw, topic, headers)))

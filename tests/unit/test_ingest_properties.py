@@ -29,9 +29,8 @@ from factura.common.errors import InvalidMessage
 from factura.common.events import InvoiceRejectedV1
 from factura.common.schemas import EXAMPLES_DIR, SCHEMA_DIR
 from factura.common.topics import ERP_INVOICES, ERP_PAYMENTS, Topic
-from factura.ingest.handlers import IngestHandlers
 from factura.ingest.normalise import invoice_from_erp, payment_from_erp
-from tests.unit.test_ingest_handlers import Recorder, erp_message
+from tests.unit.test_ingest_handlers import Recorder, erp_message, ingest_handlers
 
 Json = dict[str, Any]
 INVOICE_SCHEMA: Json = json.loads((SCHEMA_DIR / "erp.invoice.v1.json").read_text(encoding="utf-8"))
@@ -96,6 +95,8 @@ def _number(schema: Json) -> st.SearchStrategy[Any]:
 
 
 def _string(schema: Json) -> st.SearchStrategy[str]:
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
     low, high = schema.get("minLength", 0), schema.get("maxLength")
     if "format" in schema:
         base = _FORMATS[schema["format"]]
@@ -217,7 +218,7 @@ def test_payments_the_schema_accepts_are_normalised_or_rejected_with_reasons(doc
 def _handled(topic: Topic, doc: Json) -> None:
     """The handler end to end: an accepted message publishes its event, any other is rejected on record."""
     recorder = Recorder()
-    handlers = IngestHandlers(recorder, allow_test_email_domains=True)
+    handlers = ingest_handlers(recorder, allow_test_email_domains=True)
     handler = handlers.on_erp_invoice if topic is ERP_INVOICES else handlers.on_erp_payment
     try:
         asyncio.run(handler(erp_message(to_json(doc).encode(), topic)))

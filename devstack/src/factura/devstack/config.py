@@ -22,7 +22,7 @@ HOST = "127.0.0.1"
 #: Sample tenant configs (branding, e-invoice, packaging) shipped with the devstack.
 TENANTS_DIR = Path(__file__).resolve().parents[3] / "tenants"
 
-_USES_MONGO = frozenset({"renderer", "email-sender", "sms-sender", "scheduler", "audit"})
+_USES_MONGO = frozenset({"ingest", "renderer", "email-sender", "sms-sender", "scheduler", "audit"})
 _USES_S3 = frozenset({"renderer", "email-sender"})
 
 
@@ -176,7 +176,7 @@ def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
         }
     if name == "scheduler":
         env[p + "TICK_SECONDS"] = "1"
-    if name in ("renderer", "email-sender", "sms-sender"):
+    if name in ("ingest", "renderer", "email-sender", "sms-sender", "scheduler"):
         env[p + "TENANTS_DIR"] = str(cfg.tenants_dir)
     if name in ("renderer", "email-sender", "sms-sender"):
         env |= {

@@ -22,9 +22,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     mongo = create_client(settings.mongo)
     stack.push_async_callback(mongo.close)
     history = ChannelEffectiveness.in_database(database(mongo, settings.mongo))
-    handlers = IngestHandlers(
-        publisher, tenants, history, allow_test_email_domains=settings.allow_test_email_domains
-    )
+    handlers = IngestHandlers(publisher, tenants, history, allow_test_email_domains=settings.allow_test_email_domains)
 
     async def mongo_ok() -> None:
         await ping(mongo)

@@ -28,7 +28,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     effectiveness = ChannelEffectiveness.in_database(db)
     await effectiveness.ensure_indexes()
     lease = Lease(db["leases"], SWEEP_LEASE, owner=settings.replica_id or process_owner(), ttl=settings.lease_ttl)
-    handlers = SchedulerHandlers(publisher, schedules, lease, effectiveness, tenants)
+    handlers = SchedulerHandlers(publisher, schedules, lease, effectiveness=effectiveness, tenants=tenants)
 
     async def sweeps(stopping: asyncio.Event) -> None:
         await handlers.run_sweeps(stopping, settings.tick_seconds)

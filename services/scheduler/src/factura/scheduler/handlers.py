@@ -70,6 +70,7 @@ class SchedulerHandlers:
         publisher: Publisher,
         schedules: Schedules,
         lease: Lease,
+        *,
         effectiveness: ChannelEffectiveness,
         tenants: TenantDirectory,
         clock: Callable[[], datetime] = utcnow,

@@ -21,6 +21,7 @@ delivery in the window.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -107,10 +108,9 @@ class ChannelEffectiveness:
             "purpose": notice.purpose,
             "at": delivery.at_ms,
         }
-        try:
+        # Redelivered: the claim below may not have run the first time, so it runs again.
+        with contextlib.suppress(DuplicateKeyError):
             await self._deliveries.insert_one(doc)
-        except DuplicateKeyError:
-            pass  # redelivered; the claim below may not have run the first time, so it runs again
         await self._claim(_key(event.tenant_id, invoice_id), delivery)
 
     async def credit_payment(
@@ -120,7 +120,7 @@ class ChannelEffectiveness:
         in the window, yet). Only the first call per invoice counts: later ones return its answer."""
         key = _key(tenant_id, invoice_id)
         paid_ms = epoch_ms(paid_at)
-        try:
+        with contextlib.suppress(DuplicateKeyError):  # credited before: its own payment time and window stand
             await self._credits.insert_one(
                 {
                     "_id": key,
@@ -134,8 +134,6 @@ class ChannelEffectiveness:
                     "from_event": None,
                 }
             )
-        except DuplicateKeyError:
-            pass  # credited before: its own payment time and window stand
         credit = await self._credit(key)
         found = [
             Delivery(d["_id"], d["channel"], int(d["at"]))
