@@ -6,7 +6,7 @@ UV ?= python3 -m uv
 STAMP := $(VENV)/.installed
 SRC := libs/common/src services/*/src devstack/src
 
-.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer bench-sigkill clean
+.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer bench-sigkill bench-delivery clean
 
 install: $(STAMP)
 
@@ -64,6 +64,9 @@ bench-consumer: install  ## ConsumerLoop vs raw aiokafka, and healthy partitions
 
 bench-sigkill: install  ## 300 invoices while the senders are SIGKILLed 20 times: lost and duplicate counts (~3 min)
 	$(PY) -m benchmarks.bench_sigkill
+
+bench-delivery: install  ## email sender vs bare aiosmtplib (1000 mails, 60 KB PDF), bounce-to-SMS p50/p99 (~1.5 min)
+	$(PY) -m benchmarks.bench_delivery
 
 clean: down
 	rm -rf .data

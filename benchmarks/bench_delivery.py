@@ -12,9 +12,10 @@ and short links), each with its own publisher and its own :class:`ConsumerLoop`,
   60 KB PDF in S3, are published first; then one email sender consumes them. The rate runs from
   the first acceptance to the last (``delivery.succeeded``'s ``occurred_at``, stamped the moment
   the relay answered 250 to DATA), so the group join is not counted.
-* **bare**: the very messages the capture server received (read back from its Maildir), sent by a
-  bare aiosmtplib loop, one connection per message as the mailer does, with as many concurrent
-  senders as the email sender had partitions in flight.
+* **bare**: the same emails, built again by ``build_email`` from the same inputs before the clock
+  starts, sent by a bare aiosmtplib loop (``send_message``: flattening is counted, as in the
+  sender), one connection per message as the mailer does, with as many concurrent loops as the
+  email sender had partitions in flight (one partition is handled one message at a time).
 * **fallback**: ``BENCH_FALLBACKS`` (default 200) invoices to ``bounce.test`` (550 5.1.1) with a
   phone number, published at ``BENCH_FALLBACK_RATE`` per second (default 20) while an email sender
   and an SMS sender run. Latency: from ``delivery.failed``'s ``occurred_at`` to the SMS sender's
@@ -36,13 +37,15 @@ import math
 import os
 import random
 import socket
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from email.message import EmailMessage
+from email.policy import SMTP
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,21 +55,28 @@ import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import SecretStr
 
+from factura.common.delivery.links import LinkMaker
+from factura.common.delivery.sender import Job, request_of
 from factura.common.envelope import Envelope
 from factura.common.events import DeliveryFailedV2, DeliverySucceededV2, DocumentRef, InvoiceRenderedV1, parse_event
 from factura.common.kafka.admin import ensure_topics
 from factura.common.kafka.consumer import ConsumerLoop
 from factura.common.kafka.producer import Publisher
+from factura.common.links import LinkSigner
 from factura.common.logging import configure_logging
+from factura.common.mongo import create_client, database
 from factura.common.runtime import Bootstrap
 from factura.common.schemas import EXAMPLES_DIR
 from factura.common.settings import KafkaSettings, LinkSettings, MongoSettings, S3Settings, ServiceSettings
+from factura.common.shortlinks import ShortLinks
 from factura.common.storage import DocumentStore
+from factura.common.tenants import TenantDirectory
 from factura.common.topics import INVOICE_RENDERED, resolve
 from factura.devstack.config import HOST, StackConfig
-from factura.devstack.smtp_capture import read_messages
 from factura.devstack.stack import Stack
 from factura.email_sender.bootstrap import bootstrap as email_bootstrap
+from factura.email_sender.handlers import message_id
+from factura.email_sender.message import EmailLinks, build_email
 from factura.email_sender.settings import Settings as EmailSettings
 from factura.email_sender.settings import SmtpSettings
 from factura.sms_sender.bootstrap import bootstrap as sms_bootstrap
@@ -170,8 +180,9 @@ def sms_settings(cfg: StackConfig, bus: KafkaSettings) -> SmsSettings:
 
 
 @asynccontextmanager
-async def service(name: str, settings: S, bootstrap: Bootstrap[S]) -> AsyncIterator[None]:
-    """One sender as ``factura.common.runtime.serve`` runs it: publisher, bootstrap, consumer loop."""
+async def service(name: str, settings: S, bootstrap: Bootstrap[S]) -> AsyncIterator[asyncio.Task[None]]:
+    """One sender as ``factura.common.runtime.serve`` runs it: publisher, bootstrap, consumer loop
+    (the task running it is yielded)."""
     async with AsyncExitStack() as stack:
         publisher = Publisher(settings.kafka, client_id=name)
         await publisher.start()
@@ -182,10 +193,22 @@ async def service(name: str, settings: S, bootstrap: Bootstrap[S]) -> AsyncItera
         )
         task = asyncio.create_task(loop.run(), name=name)
         try:
-            yield
+            yield task
         finally:
             loop.stop()
             await task
+
+
+async def unless_stopped(wait: Coroutine[Any, Any, None], loops: Iterable[asyncio.Task[None]]) -> None:
+    """``wait``, failing at once if a consumer loop ends first (a bug, or its dead-letter limit)."""
+    waiting = asyncio.ensure_future(wait)
+    done, _ = await asyncio.wait([waiting, *loops], return_when=asyncio.FIRST_COMPLETED)
+    if waiting not in done:
+        waiting.cancel()
+        for task in done:
+            task.result()
+        raise RuntimeError("a consumer loop stopped before the run was over")
+    waiting.result()
 
 
 # -- watching the outcomes ------------------------------------------------------------------------
@@ -196,16 +219,15 @@ class Tap:
 
     def __init__(self, bus: KafkaSettings, logical: Iterable[str]) -> None:
         self._prefix = bus.topic_prefix
-        self._topics = [f"{self._prefix}{name}" for name in logical]
+        self._logical = list(logical)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bus.bootstrap_servers, group_id=None)
-        self.records: dict[str, list[ConsumerRecord[bytes, bytes]]] = {t: [] for t in self._topics}
+        self.records: dict[str, list[ConsumerRecord[bytes, bytes]]] = {self._prefix + t: [] for t in self._logical}
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Tap:
         await self._consumer.start()
-        await self._consumer.topics()
-        parts = [TopicPartition(t, p) for t in self._topics for p in self._consumer.partitions_for_topic(t) or ()]
+        parts = [TopicPartition(self._prefix + t, p) for t in self._logical for p in range(resolve(t).partitions)]
         self._consumer.assign(parts)
         await self._consumer.seek_to_beginning(*parts)
         self._task = asyncio.create_task(self._read(), name="tap")
@@ -269,13 +291,16 @@ def percentile(values: list[float], q: float) -> float:
 # -- the three measurements -----------------------------------------------------------------------
 
 
-async def email_throughput(cfg: StackConfig, documents: list[DocumentRef], run: str) -> tuple[float, int]:
+def mail_events(documents: list[DocumentRef], run: str) -> list[Envelope[Any]]:
+    return [
+        rendered(d, f"B-{run}-{i:05d}", email=f"b{i}.{run}@cliente.test", phone=None) for i, d in enumerate(documents)
+    ]
+
+
+async def email_throughput(cfg: StackConfig, events: list[Envelope[Any]]) -> tuple[float, int]:
     """Emails per second through one email sender, and the partitions it had in flight."""
     bus = kafka(cfg, "mail")
     await ensure_topics(bus)
-    events = [
-        rendered(d, f"B-{run}-{i:05d}", email=f"b{i}.{run}@cliente.test", phone=None) for i, d in enumerate(documents)
-    ]
     publisher = Publisher(bus, client_id="bench-erp")
     await publisher.start()
     try:
@@ -285,8 +310,8 @@ async def email_throughput(cfg: StackConfig, documents: list[DocumentRef], run: 
     async with Tap(bus, ["delivery.succeeded", "delivery.failed"]) as tap:
         partitions = await tap.filled_partitions(INVOICE_RENDERED.name)
         started = time.monotonic()
-        async with service("email-sender", email_settings(cfg, bus), email_bootstrap):
-            await tap.until("delivery.succeeded", len(events), timeout_s=600, forbid="delivery.failed")
+        async with service("email-sender", email_settings(cfg, bus), email_bootstrap) as sender:
+            await unless_stopped(tap.until("delivery.succeeded", len(events), 600, forbid="delivery.failed"), [sender])
         wall = time.monotonic() - started
         accepted = [e.occurred_at for e in tap.events("delivery.succeeded") if isinstance(e.data, DeliverySucceededV2)]
     rate = per_s(accepted)
@@ -313,13 +338,52 @@ async def bare_smtp(cfg: StackConfig, messages: list[EmailMessage], concurrency:
     return (len(accepted) - 1) / (accepted[-1] - accepted[0])
 
 
-def captured(cfg: StackConfig) -> list[EmailMessage]:
-    """What the capture server received, without the envelope lines it prepended."""
-    messages = read_messages(cfg.maildir)
-    for message in messages:
-        del message["Return-Path"]
-        del message["X-Original-To"]
+async def rebuilt(cfg: StackConfig, events: list[Envelope[Any]]) -> list[EmailMessage]:
+    """The emails the sender built, built again from the same inputs, as ``EmailChannel.send`` builds
+    them: the request's notice, the tenant, the PDF, the links of the same ledger key, the Message-ID."""
+    settings = email_settings(cfg, kafka(cfg, "mail"))
+    tenants = TenantDirectory(settings.tenants_dir)
+    mongo = create_client(settings.mongo)
+    secret = settings.links.secret.get_secret_value().encode()
+    maker = LinkMaker(
+        LinkSigner.from_settings(settings.links),
+        ShortLinks(database(mongo, settings.mongo)["short_links"], secret),
+        base_url=settings.links.base_url,
+        ttl_s=settings.links.ttl_s,
+    )
+    default_sender = (settings.smtp.from_name, settings.smtp.from_address)
+    messages = []
+    try:
+        for i, event in enumerate(events):
+            tenant = tenants.get(event.tenant_id)
+            request = request_of(event, tenant)
+            assert request is not None and request.notice.document is not None
+            recipient = request.notice.invoice.customer.email or ""
+            job = Job(event, "email", request.notice, (), tenant, recipient, key=f"{event.event_id}:email")
+            links = await maker.for_job(job, short=False)
+            sender = tenant.sender.from_address if tenant.sender else default_sender[1]
+            messages.append(
+                build_email(
+                    notice=request.notice,
+                    tenant=tenant,
+                    recipient=recipient,
+                    attachment=(pdf(i), request.notice.document),
+                    links=EmailLinks(
+                        download=links.download, payment=links.payment, pixel=links.pixel, unsubscribe=links.unsubscribe
+                    ),
+                    message_id=message_id(job, sender),
+                    default_sender=default_sender,
+                )
+            )
+    finally:
+        await mongo.close()
     return messages
+
+
+def captured_kb(cfg: StackConfig) -> float:
+    """Mean size of what the capture server stored (each file starts with two envelope lines)."""
+    files = list((cfg.maildir / "new").iterdir())
+    return sum(f.stat().st_size for f in files) / len(files) / 1024
 
 
 async def fallback_latency(cfg: StackConfig, documents: list[DocumentRef], run: str) -> list[float]:
@@ -341,16 +405,16 @@ async def fallback_latency(cfg: StackConfig, documents: list[DocumentRef], run: 
     try:
         async with (
             Tap(bus, ["delivery.succeeded", "delivery.failed"]) as tap,
-            service("email-sender", email_settings(cfg, bus), email_bootstrap),
-            service("sms-sender", sms_settings(cfg, bus), sms_bootstrap),
+            service("email-sender", email_settings(cfg, bus), email_bootstrap) as mailer,
+            service("sms-sender", sms_settings(cfg, bus), sms_bootstrap) as texter,
         ):
             await publisher.publish(warmup)  # both groups have joined once its SMS is out
-            await tap.until("delivery.succeeded", 1, timeout_s=120)
+            await unless_stopped(tap.until("delivery.succeeded", 1, 120), [mailer, texter])
             started = time.monotonic()
             for i, event in enumerate(events):
                 await publisher.publish(event)
                 await asyncio.sleep(max(0.0, started + (i + 1) / FALLBACK_RATE - time.monotonic()))
-            await tap.until("delivery.succeeded", len(events) + 1, timeout_s=120)
+            await unless_stopped(tap.until("delivery.succeeded", len(events) + 1, 120), [mailer, texter])
             failures = {str(e.event_id): e for e in tap.events("delivery.failed")}
             produced = tap.produced_ms("delivery.failed")
             texts = [e for e in tap.events("delivery.succeeded") if isinstance(e.data, DeliverySucceededV2)]
@@ -389,39 +453,52 @@ def row(what: str, value: float, unit: str, target: str) -> None:
     print(f"  {what:<44} {value:>9.1f} {unit:<8} {target}")
 
 
+@contextlib.contextmanager
+def logs_to(path: Path) -> Iterator[None]:
+    """The services' INFO JSON log lines (their cost is part of the figures), into a file, not the report."""
+    configure_logging("bench-delivery", "INFO")
+    [handler] = logging.getLogger().handlers
+    assert isinstance(handler, logging.StreamHandler)
+    with path.open("w") as file:
+        handler.setStream(file)
+        try:
+            yield
+        finally:
+            handler.setStream(sys.stderr)
+            logging.getLogger().setLevel(logging.WARNING)
+
+
 async def main() -> None:
     run = uuid.uuid4().hex[:6]
-    with tempfile.TemporaryDirectory() as tmp:
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp, logs_to(Path(tmp) / "senders.log"):
         cfg = StackConfig.free_ports(Path(tmp), topic_prefix=f"deliv{run}.", mongo_database=f"deliv{run}")
         stack = Stack(cfg)
-        configure_logging("bench-delivery", "INFO")
-        with (Path(tmp) / "senders.log").open("w") as log_file:
-            for handler in logging.getLogger().handlers:
-                if isinstance(handler, logging.StreamHandler):
-                    handler.setStream(log_file)
-            try:
-                stack.start_infra()
-                async with AsyncExitStack() as clients:
-                    store = await DocumentStore.connect(
-                        S3Settings(endpoint_url=cfg.s3_url, bucket=cfg.s3_bucket), clients
-                    )
-                    started = time.monotonic()
-                    documents = await store_documents(store, run, EMAILS)
-                    print(f"{EMAILS} PDFs of {PDF_BYTES // 1024} KB stored in S3 in {time.monotonic() - started:.1f} s")
-                    rate, partitions = await email_throughput(cfg, documents, run)
-                messages = captured(cfg)
-                size = sum(len(m.as_bytes()) for m in messages) / len(messages)
-                bare = await bare_smtp(cfg, messages, partitions)
-                print(
-                    f"bare aiosmtplib: {len(messages)} emails of {size / 1024:.0f} KB, {partitions} loops, {bare:.1f}/s"
-                )
-                latencies = await fallback_latency(cfg, documents, run)
-            finally:
-                stack.stop()
+        try:
+            stack.start_infra()
+            async with AsyncExitStack() as clients:
+                store = await DocumentStore.connect(S3Settings(endpoint_url=cfg.s3_url, bucket=cfg.s3_bucket), clients)
+                started = time.monotonic()
+                documents = await store_documents(store, run, EMAILS)
+                print(f"{EMAILS} PDFs of {PDF_BYTES // 1024} KB stored in S3 in {time.monotonic() - started:.1f} s")
+            events = mail_events(documents, run)
+            rate, partitions = await email_throughput(cfg, events)
+            stored_kb = captured_kb(cfg)
+            messages = await rebuilt(cfg, events)
+            bare = await bare_smtp(cfg, messages, partitions)
+            size = sum(len(m.as_bytes(policy=SMTP)) for m in messages) / len(messages) / 1024
+            print(
+                f"bare aiosmtplib: {len(messages)} emails rebuilt by build_email ({size:.1f} KB; the capture"
+                f" server stored {stored_kb:.1f} KB each), {partitions} loops, {bare:.1f}/s"
+            )
+            latencies = await fallback_latency(cfg, documents, run)
+        finally:
+            stack.stop()
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     print()
     print(
-        f"machine: {os.cpu_count()} cores; senders in this process, default KafkaSettings (idempotence off for Tansu)"
+        f"machine: {os.cpu_count()} cores, load average {load:.1f} before the run; senders in this process,"
+        " default KafkaSettings (idempotence off for Tansu), INFO logs to a file"
     )
     print(f"email: {EMAILS} invoice.rendered, 60 KB PDF each from S3, one email sender, {partitions} partitions")
     print(f"fallback: {len(latencies)} invoices to bounce.test (550 5.1.1) with a phone, {FALLBACK_RATE:g}/s")
