@@ -37,23 +37,32 @@ async def read_topic(
         await consumer.stop()
 
 
-async def read_all(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
-    """Exactly what is on ``topic`` now: counted by offsets first, so no read waits for a timeout."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+async def read_all(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[ConsumerRecord[bytes, bytes]]:
+    """Exactly what is on ``topic`` now: every record below the end offsets taken first, so no read
+    waits for a timeout, and records published meanwhile are not counted."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         await consumer.topics()
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         ends = await consumer.end_offsets(partitions)
         starts = await consumer.beginning_offsets(partitions)
+        wanted = {tp: end for tp, end in ends.items() if end > starts[tp]}
+        if not wanted:
+            return []
+        consumer.assign(list(wanted))
+        await consumer.seek_to_beginning(*wanted)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        deadline = time.monotonic() + timeout_s
+        pending = dict(wanted)
+        while pending:
+            assert time.monotonic() < deadline, f"{topic}: could not read up to the end offsets {wanted}"
+            for tp, items in (await consumer.getmany(*pending, timeout_ms=200)).items():
+                records.extend(r for r in items if r.offset < wanted[tp])
+            pending = {tp: end for tp, end in pending.items() if await consumer.position(tp) < end}
+        return records
     finally:
         await consumer.stop()
-    count = sum(ends[tp] - starts[tp] for tp in partitions)
-    if count == 0:
-        return []
-    records = await read_topic(bootstrap, topic, expect=count)
-    assert len(records) == count
-    return records
 
 
 class Bus(NamedTuple):
