@@ -94,3 +94,33 @@ async def test_poison_erp_messages_are_rejected_on_record_and_the_loop_goes_on(c
     [good] = [parse_event(r.value or b"") for r in created]
     assert good.invoice_id == "F-2026-GOOD"
     assert good.correlation_id == str(good.event_id)  # the 201-character header was ignored
+
+
+async def test_cancellations_become_invoice_cancelled_and_bad_ones_are_rejected(cfg: StackConfig) -> None:
+    credit_note = (EXAMPLES_DIR / "erp.cancellation.v1.json").read_bytes()
+    partial = json.loads(credit_note) | {"credited_amount": "50.00", "cancelled_at": "2026-11-05T10:12:00"}
+    bad = json.dumps(partial).encode()
+    async with ingest_running(cfg) as (settings, publisher):
+        topic = f"{settings.topic_prefix}erp.cancellations"
+        key = b"harinas-sur/F-2026-000123"
+        await publisher.send(topic, bad, key=key, headers=[])
+        await publisher.send(topic, credit_note, key=key, headers=[("correlation_id", b"sap-RV-4711")])
+        await publisher.send(topic, credit_note, key=key, headers=[])  # the ERP sends it again
+
+        cancelled = await read_topic(cfg.kafka_bootstrap, f"{settings.topic_prefix}invoice.cancelled", expect=2)
+        rejected = await read_topic(cfg.kafka_bootstrap, f"{settings.topic_prefix}invoice.rejected", expect=1)
+        dlq = await read_topic(cfg.kafka_bootstrap, f"{topic}.dlq", expect=1)
+
+    assert len(cancelled) == 2
+    first, again = (parse_event(r.value or b"") for r in cancelled)
+    assert first.event_id == again.event_id  # audit keeps one
+    assert {r.key for r in cancelled} == {b"harinas-sur/F-2026-000123"}
+    assert first.invoice_id == "F-2026-000123" and first.correlation_id == "sap-RV-4711"
+    assert (first.data.kind, first.data.credit_note_number) == ("credit_note", "R-2026-000017")
+
+    [refusal] = [parse_event(r.value or b"") for r in rejected]
+    assert {r.field for r in refusal.data.reasons} == {"credited_amount", "cancelled_at"}
+    assert (refusal.tenant_id, refusal.invoice_id) == ("harinas-sur", "F-2026-000123")
+    assert refusal.data.source_topic == "erp.cancellations"
+    [dead] = dlq
+    assert dead.value == bad and dict(dead.headers)["dlq.reason"] == b"invalid"

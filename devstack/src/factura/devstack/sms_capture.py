@@ -20,6 +20,14 @@ Rules, by the ``To`` number's prefix (see :class:`ProviderConfig`):
 
 Push device tokens starting with ``bad-`` answer 404 ``UNREGISTERED``; with ``busy-``, 429
 ``QUOTA_EXCEEDED`` with ``Retry-After``.
+
+It is also a tenant's helpdesk: ``POST /_helpdesk/tickets`` takes the scheduler's JSON tickets,
+signed with ``X-Factura-Signature`` under the helpdesk secret (``--helpdesk-secret``, by default the
+auth token), and answers 201 ``{"id": "T-<n>"}``. By the ticket's ``invoice_number``: ``REJECT-...``
+answers 422 with a JSON error; ``FLAKY-...`` answers 503 the first time its ``Idempotency-Key`` is
+seen, 201 after. Every authenticated, well-formed request is recorded with the status it got
+(``GET /_capture/tickets``, ``tickets.jsonl``); nothing is deduplicated, so a ticket sent twice
+shows twice.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from factura.common.webhooks import SIGNATURE_HEADER, WebhookAuthError, verify_hmac
+
 log = logging.getLogger("factura.devstack.sms")
 
 DEFAULT_FAILING_PREFIXES = ("+1312555",)
@@ -53,6 +63,8 @@ DEFAULT_NOT_MOBILE_PREFIXES = ("+3491",)
 DEFAULT_UNSUBSCRIBED_PREFIXES = ("+1555610",)
 DEFAULT_BUSY_PREFIXES = ("+1555429",)
 DEFAULT_UNDELIVERED_PREFIXES = ("+1555000",)
+REJECT_TICKET_PREFIX = "REJECT-"
+FLAKY_TICKET_PREFIX = "FLAKY-"
 DEAD_TOKEN_PREFIX = "bad-"
 BUSY_TOKEN_PREFIX = "busy-"
 #: Twilio's answers when a required field is missing.
@@ -83,6 +95,8 @@ class ProviderConfig:
     push_token: str | None = None
     #: How long after accepting the status callback is sent (the real providers take seconds).
     callback_delay_s: float = 0.2
+    #: HMAC key the helpdesk checks tickets' signatures with; ``None``: the Twilio auth token.
+    helpdesk_secret: str | None = None
 
 
 def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
@@ -157,7 +171,9 @@ class _Capture:
 
     def __init__(self, cfg: ProviderConfig) -> None:
         self.cfg = cfg
-        self.logs: dict[str, list[dict[str, Any]]] = {"sms": [], "calls": [], "push": []}
+        self.logs: dict[str, list[dict[str, Any]]] = {"sms": [], "calls": [], "push": [], "tickets": []}
+        self._tickets_opened = 0
+        self._flaky_answered: set[str] = set()  # idempotency keys already answered 503
         self._callbacks: set[asyncio.Task[None]] = set()  # held so pending ones are not garbage-collected
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -282,6 +298,43 @@ class _Capture:
             return _fcm_error(404, "NOT_FOUND", "Requested entity was not found.", "UNREGISTERED")
         return JSONResponse({"name": entry["name"]})
 
+    async def ticket(self, request: Request) -> JSONResponse:
+        raw = await request.body()
+        secret = self.cfg.helpdesk_secret if self.cfg.helpdesk_secret is not None else self.cfg.auth_token
+        try:
+            verify_hmac(raw, request.headers.get(SIGNATURE_HEADER), [secret.encode()])
+        except WebhookAuthError as e:
+            return _ticket_error(401, "unauthenticated", e.reason)
+        try:
+            ticket = json.loads(raw)
+        except ValueError:
+            return _ticket_error(400, "invalid_json", "the body is not JSON")
+        if not isinstance(ticket, dict) or not isinstance(number := ticket.get("invoice_number"), str):
+            return _ticket_error(400, "invalid_ticket", "invoice_number (a string) is required")
+        key = request.headers.get("idempotency-key", "")
+        if not key:
+            return _ticket_error(400, "invalid_ticket", "the Idempotency-Key header is required")
+        answer: dict[str, Any]
+        if number.startswith(REJECT_TICKET_PREFIX):
+            status, answer = 422, _ticket_problem("unprocessable", f"invoice {number} cannot be ticketed here")
+        elif number.startswith(FLAKY_TICKET_PREFIX) and key not in self._flaky_answered:
+            self._flaky_answered.add(key)
+            status, answer = 503, _ticket_problem("unavailable", "the helpdesk is busy, try again")
+        else:
+            self._tickets_opened += 1
+            status, answer = 201, {"id": f"T-{self._tickets_opened}"}
+        entry = {"id": answer.get("id"), "status": status, "idempotency_key": key, "date_created": _now()}
+        self.record("tickets", entry | {"ticket": ticket})
+        return JSONResponse(answer, status_code=status)
+
+
+def _ticket_problem(error: str, detail: str) -> dict[str, Any]:
+    return {"error": error, "detail": detail}
+
+
+def _ticket_error(status: int, error: str, detail: str) -> JSONResponse:
+    return JSONResponse(_ticket_problem(error, detail), status_code=status)
+
 
 async def _fcm_message(request: Request) -> tuple[dict[str, Any], dict[str, Any]]:
     """The request body and its ``message``, checked the way FCM checks them."""
@@ -310,6 +363,7 @@ def create_app(cfg: ProviderConfig) -> FastAPI:
     app.post("/2010-04-01/Accounts/{account_sid}/Messages.json")(capture.message)
     app.post("/2010-04-01/Accounts/{account_sid}/Calls.json")(capture.call)
     app.post("/v1/projects/{project_id}/messages:send")(capture.push)
+    app.post("/_helpdesk/tickets")(capture.ticket)
 
     @app.get("/_capture/messages")
     async def captured_messages() -> list[dict[str, Any]]:
@@ -322,6 +376,10 @@ def create_app(cfg: ProviderConfig) -> FastAPI:
     @app.get("/_capture/pushes")
     async def captured_pushes() -> list[dict[str, Any]]:
         return capture.logs["push"]
+
+    @app.get("/_capture/tickets")
+    async def captured_tickets() -> list[dict[str, Any]]:
+        return capture.logs["tickets"]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -354,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--retry-after", type=int, default=2, help="Retry-After seconds of a 429 (default 2)")
     parser.add_argument("--push-token", help="FCM bearer token accepted (default: the auth token)")
     parser.add_argument("--callback-delay", type=float, default=0.2, help="seconds before a status callback")
+    parser.add_argument("--helpdesk-secret", help="HMAC key of helpdesk tickets' signatures (default: the auth token)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cfg = ProviderConfig(
@@ -368,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         retry_after_s=args.retry_after,
         push_token=args.push_token,
         callback_delay_s=args.callback_delay,
+        helpdesk_secret=args.helpdesk_secret,
     )
     uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_config=None, access_log=False)
 

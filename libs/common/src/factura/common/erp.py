@@ -1,4 +1,4 @@
-"""The inbound ERP contract: what an ERP publishes on ``erp.invoices`` and ``erp.payments``.
+"""The inbound ERP contract: what an ERP publishes on ``erp.invoices``, ``erp.payments`` and ``erp.cancellations``.
 
 These are raw JSON messages, not envelopes: ERP teams should not have to know our event
 model. Their JSON Schemas are exported with the events (``erp.invoice.v1.json``) so an ERP team
@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -32,12 +32,15 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
+    ModelWrapValidatorHandler,
     StringConstraints,
+    ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, core_schema
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
 from factura.common.envelope import TENANT_PATTERN
 from factura.common.errors import InvalidMessage
@@ -305,7 +308,87 @@ class ErpPaymentV1(_Erp):
     method: Annotated[str, StringConstraints(min_length=1, max_length=50), _Text()] = "transfer"
 
 
-ERP_MODELS: dict[str, type[_Erp]] = {"erp.invoice.v1": ErpInvoiceV1, "erp.payment.v1": ErpPaymentV1}
+#: Keys that carry an amount (our own contracts' ``amount``, ``total``, ``lines``, and any ``*_amount``
+#: or ``*_total``). A cancellation has none: it stands for the whole invoice.
+_AMOUNT_KEY = r"^(amount|total|lines)$|_(amount|total)$"
+_PARTIAL = (
+    "a cancellation or credit note covers the whole invoice and carries no amount; "
+    "a partial credit note is not a cancellation and cannot be sent here"
+)
+
+
+def _no_amounts(schema: dict[str, Any]) -> None:
+    """The JSON Schema side of :meth:`ErpCancellationV1._refuse_amounts` and of the credit note number rule."""
+    schema["patternProperties"] = {_AMOUNT_KEY: False}
+    schema["if"] = {"properties": {"kind": {"const": "credit_note"}}, "required": ["kind"]}
+    schema["then"] = {"properties": {"credit_note_number": {"type": "string"}}, "required": ["credit_note_number"]}
+    schema["else"] = {"properties": {"credit_note_number": {"type": "null"}}}
+
+
+class ErpCancellationV1(_Erp):
+    """The ERP cancelled an invoice, or credited all of it with a credit note: its reminders stop.
+
+    Only a *whole* invoice can be cancelled here. A partial credit note leaves money owed, so it is
+    not a cancellation: it will be a payment-like adjustment of its own (not supported yet). Since
+    this reader otherwise ignores unknown fields, it refuses every key that carries an amount
+    (``amount``, ``total``, ``lines``, ``*_amount``, ``*_total``) rather than drop it: read as a
+    full cancellation, a partial credit note would silently stop reminders for money still owed.
+    """
+
+    model_config = ConfigDict(json_schema_extra=_no_amounts)
+
+    tenant_id: str = Field(pattern=TENANT_PATTERN)
+    erp_source: Ident
+    invoice_number: InvoiceNumber = Field(description="The invoice cancelled or fully credited")
+    kind: Literal["cancellation", "credit_note"]
+    credit_note_number: Ident | None = Field(
+        default=None, validate_default=True, description="Required for a credit note, absent for a cancellation"
+    )
+    reason: Annotated[str, StringConstraints(max_length=500), _Text(required=False)] | None = Field(
+        default=None, description="Free text for the audit trail; blank is the same as absent"
+    )
+    cancelled_at: AwareDatetime = Field(description="When the ERP cancelled or credited it, with its UTC offset")
+
+    @field_validator("credit_note_number")
+    @classmethod
+    def _credit_note_number(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")  # absent if the kind itself was invalid
+        if kind == "credit_note" and value is None:
+            raise ValueError("required when kind is credit_note")
+        if kind == "cancellation" and value is not None:
+            raise ValueError("only a credit_note has one; send kind credit_note, or leave it out")
+        return value
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _refuse_amounts(cls, data: Any, handler: ModelWrapValidatorHandler[ErpCancellationV1]) -> ErpCancellationV1:
+        """Each amount key is refused by name, reported with every other problem of the message."""
+        keys = [k for k in data if isinstance(k, str) and re.search(_AMOUNT_KEY, k)] if isinstance(data, dict) else []
+        if not keys:
+            return handler(data)
+        errors = [_error("partial_credit", _PARTIAL, (key,), data[key]) for key in keys]
+        try:
+            handler(data)
+        except ValidationError as e:
+            errors = [_error(d["type"], d["msg"], d["loc"], d["input"]) for d in e.errors()] + errors
+        raise ValidationError.from_exception_data(cls.__name__, errors)
+
+
+def _error(kind: str, message: str, loc: tuple[int | str, ...], value: Any) -> InitErrorDetails:
+    """One line of a :class:`ValidationError`, its message kept word for word."""
+    return InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
+
+
+ERP_MODELS: dict[str, type[_Erp]] = {
+    "erp.invoice.v1": ErpInvoiceV1,
+    "erp.payment.v1": ErpPaymentV1,
+    "erp.cancellation.v1": ErpCancellationV1,
+}
 
 
 def _undecodable(message: str) -> InvalidMessage:

@@ -200,6 +200,7 @@ class Notice(_Model):
     channels: list[Channel] | None = Field(
         default=None, description="Channel order for this message only (a reminder step's rule); else the tenant's"
     )
+    outstanding: Money | None = Field(default=None, description="Still to pay, when partial payments were made")
 
 
 class Attempt(_Model):
@@ -304,18 +305,74 @@ class ReminderDueV2(_Model):
     invoice: InvoiceSummary
     document: DocumentRef | None = Field(default=None, description="The invoice document, once rendered")
     channels: list[Channel] | None = Field(default=None, description="The step's channel order, if it has one")
+    outstanding: Money | None = Field(default=None, description="Still to pay, when partial payments were made")
+    occurrence: int = Field(default=1, ge=1, description="Which repetition of the step this is")
 
 
-UnmatchedReason = Literal["currency_mismatch"]
+UnmatchedReason = Literal["currency_mismatch", "unknown_invoice", "overpayment", "invoice_cancelled"]
 
 
 class PaymentUnmatchedV1(_Model):
     """A payment the scheduler refused to count toward the invoice it names, and why."""
 
-    reason: UnmatchedReason
+    reason: Literal["currency_mismatch"]
     detail: str = Field(description="Human-readable explanation, e.g. 'payment in USD, invoice in EUR'")
     payment: PaymentReceivedV1 = Field(description="The refused payment, as received")
     invoice_currency: Currency = Field(description="Currency of the invoice the payment names")
+
+
+class PaymentUnmatchedV2(_Model):
+    """A payment (or the part of one) not counted toward the invoice it names, and why."""
+
+    reason: UnmatchedReason
+    detail: str = Field(description="Human-readable explanation, e.g. 'payment in USD, invoice in EUR'")
+    payment: PaymentReceivedV1 = Field(description="The payment, as received")
+    invoice_currency: Currency | None = Field(default=None, description="Currency of the invoice, when known")
+    unmatched_amount: Money | None = Field(default=None, description="The part not counted (e.g. an overpayment)")
+
+
+class InvoiceCancelledV1(_Model):
+    """The ERP cancelled the invoice or credited all of it: no reminder may follow."""
+
+    kind: Literal["cancellation", "credit_note"]
+    reason: str | None = Field(default=None, max_length=500)
+    credit_note_number: str | None = Field(default=None, min_length=1, max_length=100)
+    cancelled_at: AwareDatetime
+    erp_source: str = Field(min_length=1, max_length=100)
+
+
+class ReceiptDueV1(_Model):
+    """The invoice is paid in full and the tenant thanks its customers: a ``receipt`` message."""
+
+    invoice: InvoiceSummary
+    paid: Money
+    paid_at: AwareDatetime
+    document: DocumentRef | None = None
+
+
+class TicketDueV1(_Model):
+    """An invoice long overdue: the tenant's helpdesk gets a ticket."""
+
+    step: ReminderStep
+    days_from_due: int
+    outstanding: Money
+    invoice: InvoiceSummary
+
+
+class TicketOpenedV1(_Model):
+    """The helpdesk accepted the ticket."""
+
+    status: int = Field(description="HTTP status the helpdesk answered")
+    ticket_ref: str | None = Field(default=None, max_length=200, description="The helpdesk's id, if it returned one")
+    attempts: int = Field(ge=1)
+
+
+class TicketFailedV1(_Model):
+    """The helpdesk refused the ticket for good (a 4xx): someone must open it by hand."""
+
+    status: int
+    detail: str = Field(max_length=1000)
+    attempts: int = Field(ge=1)
 
 
 #: (type, schema_version) → data model. The single source for parsing and schema export.
@@ -333,6 +390,12 @@ EVENT_MODELS: dict[tuple[str, int], type[_Model]] = {
     ("document.downloaded", 1): DocumentDownloadedV1,
     ("payment.received", 1): PaymentReceivedV1,
     ("payment.unmatched", 1): PaymentUnmatchedV1,
+    ("payment.unmatched", 2): PaymentUnmatchedV2,
+    ("invoice.cancelled", 1): InvoiceCancelledV1,
+    ("receipt.due", 1): ReceiptDueV1,
+    ("ticket.due", 1): TicketDueV1,
+    ("ticket.opened", 1): TicketOpenedV1,
+    ("ticket.failed", 1): TicketFailedV1,
     ("reminder.due", 1): ReminderDueV1,
     ("reminder.due", 2): ReminderDueV2,
 }
@@ -360,6 +423,7 @@ def _failed_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     ("reminder.due", 1): _reminder_v1_to_v2,
     ("delivery.failed", 1): _failed_v1_to_v2,
+    ("payment.unmatched", 1): lambda data: data,  # v2 only widens v1
 }
 
 #: The version producers write today.

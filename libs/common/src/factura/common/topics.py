@@ -39,6 +39,10 @@ class Topic:
 
 ERP_INVOICES = Topic("erp.invoices", "Raw invoices from ERP systems (ERP contract erp.invoice v1).", enveloped=False)
 ERP_PAYMENTS = Topic("erp.payments", "Raw payments from ERP systems (ERP contract erp.payment v1).", enveloped=False)
+ERP_CANCELLATIONS = Topic(
+    "erp.cancellations", "Raw cancellations and credit notes from ERP systems (erp.cancellation v1).", enveloped=False
+)
+INVOICE_CANCELLED = Topic("invoice.cancelled", "An invoice cancelled or fully credited by its ERP.")
 INVOICE_CREATED = Topic("invoice.created", "A validated, normalised invoice.")
 INVOICE_REJECTED = Topic("invoice.rejected", "An ERP message refused, with field-level reasons.")
 INVOICE_RENDERED = Topic("invoice.rendered", "The invoice PDF is stored in S3.")
@@ -50,14 +54,20 @@ LINK_CLICKED = Topic("link.clicked", "A tracked payment or download link was fol
 DOCUMENT_DOWNLOADED = Topic("document.downloaded", "A customer opened a signed download link.")
 PAYMENT_RECEIVED = Topic("payment.received", "A validated payment against an invoice.")
 PAYMENT_UNMATCHED = Topic("payment.unmatched", "A payment not counted toward its invoice, with the reason.")
-REMINDER_DUE = Topic("reminder.due", "An invoice needs a payment reminder.")
+REMINDER_DUE = Topic("reminder.due", "A reminder step is due for an unpaid invoice.")
+RECEIPT_DUE = Topic("receipt.due", "An invoice was paid in full; thank the customer.")
+TICKET_DUE = Topic("ticket.due", "An invoice long overdue needs a helpdesk ticket.")
+TICKET_OPENED = Topic("ticket.opened", "The helpdesk accepted a ticket.")
+TICKET_FAILED = Topic("ticket.failed", "The helpdesk refused a ticket for good.")
 
 REGISTRY: dict[str, Topic] = {
     t.name: t
     for t in (
         ERP_INVOICES,
         ERP_PAYMENTS,
+        ERP_CANCELLATIONS,
         INVOICE_CREATED,
+        INVOICE_CANCELLED,
         INVOICE_REJECTED,
         INVOICE_RENDERED,
         DELIVERY_SUCCEEDED,
@@ -69,6 +79,10 @@ REGISTRY: dict[str, Topic] = {
         PAYMENT_RECEIVED,
         PAYMENT_UNMATCHED,
         REMINDER_DUE,
+        RECEIPT_DUE,
+        TICKET_DUE,
+        TICKET_OPENED,
+        TICKET_FAILED,
     )
 }
 

@@ -28,6 +28,10 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
         await ping(mongo)
 
     return Wiring(
-        routes={"erp.invoices": handlers.on_erp_invoice, "erp.payments": handlers.on_erp_payment},
+        routes={
+            "erp.invoices": handlers.on_erp_invoice,
+            "erp.payments": handlers.on_erp_payment,
+            "erp.cancellations": handlers.on_erp_cancellation,
+        },
         checks={"mongo": mongo_ok},
     )

@@ -24,13 +24,19 @@ from factura.common.delivery.effectiveness import tenant_order
 from factura.common.envelope import TENANT_PATTERN, make_event, stable_id
 from factura.common.erp import decode_erp, forbidden_character
 from factura.common.errors import InvalidMessage
-from factura.common.events import CURRENT_VERSION, Channel, InvoiceCreatedV1, InvoiceRejectedV1, as_datetime
+from factura.common.events import (
+    CURRENT_VERSION,
+    Channel,
+    InvoiceCreatedV1,
+    InvoiceRejectedV1,
+    as_datetime,
+)
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
 from factura.common.logging import log_context
 from factura.common.metrics import counter
 from factura.common.tenants import TenantDirectory
-from factura.ingest.normalise import invoice_from_erp, payment_from_erp
+from factura.ingest.normalise import cancellation_from_erp, invoice_from_erp, payment_from_erp
 
 PRODUCER = "ingest"
 REJECTED = counter("ingest_rejected_total", "ERP messages refused by ingest.", ("topic",))
@@ -154,6 +160,26 @@ class IngestHandlers:
             )
 
         await self._ingest(message, accept, reference="payment_id", reference_pattern=r"^.{1,100}$")
+
+    async def on_erp_cancellation(self, message: Message[bytes]) -> None:
+        """``invoice.cancelled``, keyed ``tenant/invoice`` like every event of the invoice: a consumer keeping
+        per-invoice state (the scheduler) reads it from the partition holding that invoice's other events.
+        Ingest knows no invoices, so it does not check that the invoice exists; its consumers do."""
+
+        async def accept(payload: dict[str, Any], correlation: str | None) -> None:
+            erp, cancelled = cancellation_from_erp(payload)
+            # As for invoices: the same message again is a duplicate, a corrected one is a new event.
+            event_id = stable_id(erp.tenant_id, "invoice.cancelled", erp.invoice_number, erp.kind, _digest(message.raw))
+            await self._publish(
+                "invoice.cancelled",
+                cancelled,
+                event_id=event_id,
+                tenant_id=erp.tenant_id,
+                invoice_id=erp.invoice_number,
+                correlation=correlation,
+            )
+
+        await self._ingest(message, accept, reference="invoice_number", reference_pattern=_INVOICE_NUMBER)
 
     async def _ingest(self, message: Message[bytes], accept: Accept, *, reference: str, reference_pattern: str) -> None:
         """Decode, then ``accept``; anything wrong with the message is rejected, then re-raised for the DLQ.

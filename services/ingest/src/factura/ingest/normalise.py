@@ -8,11 +8,12 @@ from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
-from factura.common.erp import ErpCustomer, ErpInvoiceV1, ErpPaymentV1
+from factura.common.erp import ErpCancellationV1, ErpCustomer, ErpInvoiceV1, ErpPaymentV1
 from factura.common.errors import InvalidMessage, field_errors
 from factura.common.events import (
     Customer,
     FieldError,
+    InvoiceCancelledV1,
     InvoiceCreatedV1,
     Line,
     Locale,
@@ -156,5 +157,19 @@ def payment_from_erp(payload: dict[str, Any]) -> tuple[ErpPaymentV1, PaymentRece
             currency=erp.currency.upper(),
             paid_at=erp.paid_at,
             method=erp.method,
+        )
+    )
+
+
+def cancellation_from_erp(payload: dict[str, Any]) -> tuple[ErpCancellationV1, InvoiceCancelledV1]:
+    """Validate a cancellation or full credit note; raise :class:`InvalidMessage` listing every problem found."""
+    erp = _validate(ErpCancellationV1, payload)
+    return erp, _domain(
+        lambda: InvoiceCancelledV1(
+            kind=erp.kind,
+            reason=erp.reason,
+            credit_note_number=erp.credit_note_number,
+            cancelled_at=erp.cancelled_at,
+            erp_source=erp.erp_source,
         )
     )

@@ -21,7 +21,7 @@ from factura.common.events import (
     DocumentRef,
     InvoiceSummary,
     PaymentReceivedV1,
-    PaymentUnmatchedV1,
+    PaymentUnmatchedV2,
     ReminderDueV2,
     UnmatchedReason,
 )
@@ -173,7 +173,7 @@ def reminder_event(state: ScheduleState, decision: Decision) -> Envelope[Reminde
     )
 
 
-def unmatched_event(state: ScheduleState, refusal: Refusal) -> Envelope[PaymentUnmatchedV1]:
+def unmatched_event(state: ScheduleState, refusal: Refusal) -> Envelope[PaymentUnmatchedV2]:
     """The ``payment.unmatched`` recording a refusal, caused by the payment.
 
     Its id depends only on the payment, the reason and the invoice's currency, never on which
@@ -187,7 +187,7 @@ def unmatched_event(state: ScheduleState, refusal: Refusal) -> Envelope[PaymentU
         event_id=stable_id(state.tenant_id, state.invoice_id, *parts),
         type="payment.unmatched",
         schema_version=CURRENT_VERSION["payment.unmatched"],
-        data=PaymentUnmatchedV1(
+        data=PaymentUnmatchedV2(
             reason=refusal.reason, detail=refusal.detail, payment=p.data, invoice_currency=refusal.invoice_currency
         ),
         tenant_id=state.tenant_id,
