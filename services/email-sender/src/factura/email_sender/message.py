@@ -258,7 +258,12 @@ def build_email(
         "status": t[f"status_{phase}"].format(**words) if phase != "invoice" else None,
         "tone": TONES.get(phase),
         "amount_label": t["label_total" if phase == "receipt" else "label_amount"],
-        "amount": money(invoice.total, invoice.currency, customer),
+        # After partial payments a reminder asks for what is still owed, not the invoice total.
+        "amount": money(
+            notice.outstanding if notice.outstanding is not None and phase != "receipt" else invoice.total,
+            invoice.currency,
+            customer,
+        ),
         "number": number,
         "due": words["due"],
         # A receipt never asks for money, whatever links it is given.

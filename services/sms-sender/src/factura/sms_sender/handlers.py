@@ -48,7 +48,13 @@ def wording(job: Job, links: MessageLinks | None = None) -> Wording:
         # The tenant's configured name, never the ERP's seller_name.
         sender_name=job.tenant.display_name or job.tenant.tenant_id,
         invoice_number=invoice.invoice_number,
-        amount=money(invoice.total, invoice.currency, invoice.customer),
+        amount=money(  # what is still owed after partial payments; a receipt names the invoice total
+            job.notice.outstanding
+            if job.notice.outstanding is not None and job.notice.purpose != "receipt"
+            else invoice.total,
+            invoice.currency,
+            invoice.customer,
+        ),
         due_date=day(invoice.due_date, invoice.customer, "short"),
         days_from_due=job.notice.days_from_due,
         pay_url=links.payment if links else None,

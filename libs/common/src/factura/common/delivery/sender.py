@@ -6,6 +6,7 @@ delivery and acts only when the channel asked for is one of its own:
 
 * ``invoice.rendered``: purpose ``invoice``, the policy's first channel;
 * ``reminder.due``: purpose ``reminder:<step>``, the policy's (or the step's) first channel;
+* ``receipt.due``: purpose ``receipt``, the policy's first channel;
 * ``delivery.failed``: the channel its ``next_channel`` names (the failing sender decided).
 
 Then, under the shared ledger (send at most once per request and channel): a document key
@@ -38,6 +39,7 @@ from factura.common.events import (
     FailureReason,
     InvoiceRenderedV1,
     Notice,
+    ReceiptDueV1,
     ReminderDueV2,
 )
 from factura.common.kafka.consumer import Handler, Message
@@ -54,7 +56,7 @@ SEND_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 #: Topics that may ask a sender to deliver something.
-REQUEST_TOPICS = ("invoice.rendered", "reminder.due", "delivery.failed")
+REQUEST_TOPICS = ("invoice.rendered", "reminder.due", "receipt.due", "delivery.failed")
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,10 @@ def request_of(event: Envelope[Any], tenant: TenantConfig) -> Request | None:
             document=data.document,
             days_from_due=data.days_from_due,
             channels=data.channels,
+            outstanding=data.outstanding,
         )
+    elif isinstance(data, ReceiptDueV1):
+        notice = Notice(purpose="receipt", invoice=data.invoice, document=data.document)
     else:
         return None
     return Request(policy.first(notice), notice, ())
