@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from factura.common.delivery.policy import ChannelPolicy
 from factura.common.envelope import TENANT_PATTERN
 from factura.common.events import InvoiceCreatedV1, InvoiceSummary
+from factura.common.reminders import ReminderPlan
 
 HEX_COLOR = r"^#[0-9a-fA-F]{6}$"
 #: Placeholders a payment URL template may use.
@@ -84,6 +85,9 @@ class TenantConfig(_Config):
     retention_days: int = Field(default=3650, ge=1, le=36500)
     links_base_url: str | None = Field(default=None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._/-]*)?$")
     delivery: ChannelPolicy = Field(default_factory=ChannelPolicy, description="Channels, fallback, tracking")
+    reminders: ReminderPlan = Field(
+        default_factory=ReminderPlan, description="Reminder steps, send window, repetition, escalation, ticket"
+    )
 
     @field_validator("payment_url_template")
     @classmethod
