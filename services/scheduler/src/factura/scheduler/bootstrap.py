@@ -1,12 +1,18 @@
-"""Wire the scheduler: MongoDB schedules, channel credits and sweep lease, the handlers, the periodic sweep."""
+"""Wire the scheduler: MongoDB schedules, channel credits and sweep lease, the handlers, the periodic
+sweep, and (when configured) the helpdesk client for tickets."""
 
 from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
+from datetime import timedelta
+
+import httpx
 
 from factura.common.delivery.effectiveness import ChannelEffectiveness
+from factura.common.kafka.consumer import Handler
 from factura.common.kafka.producer import Publisher
+from factura.common.ledger import DeliveryLedger
 from factura.common.mongo import create_client, database, ping, process_owner
 from factura.common.runtime import Wiring
 from factura.common.tenants import TenantDirectory
@@ -14,6 +20,7 @@ from factura.scheduler.handlers import SchedulerHandlers
 from factura.scheduler.lease import Lease
 from factura.scheduler.schedule import Schedules
 from factura.scheduler.settings import Settings
+from factura.scheduler.tickets import HelpdeskClient, TicketHandlers
 
 SWEEP_LEASE = "reminder-sweep"
 
@@ -28,7 +35,33 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     effectiveness = ChannelEffectiveness.in_database(db)
     await effectiveness.ensure_indexes()
     lease = Lease(db["leases"], SWEEP_LEASE, owner=settings.replica_id or process_owner(), ttl=settings.lease_ttl)
-    handlers = SchedulerHandlers(publisher, schedules, lease, effectiveness=effectiveness, tenants=tenants)
+    handlers = SchedulerHandlers(
+        publisher,
+        schedules,
+        lease,
+        effectiveness=effectiveness,
+        tenants=tenants,
+        unknown_invoice_grace=timedelta(seconds=settings.unknown_invoice_grace_s),
+    )
+    routes: dict[str, Handler] = {
+        "invoice.created": handlers.on_invoice_created,
+        "invoice.rejected": handlers.on_invoice_rejected,
+        "invoice.rendered": handlers.on_invoice_rendered,
+        "invoice.cancelled": handlers.on_invoice_cancelled,
+        "payment.received": handlers.on_payment_received,
+        "delivery.succeeded": handlers.on_delivery_succeeded,
+    }
+    if settings.helpdesk is not None:
+        http = await stack.enter_async_context(httpx.AsyncClient())
+        ticket_ledger = DeliveryLedger(db["ticket_deliveries"])
+        await ticket_ledger.ensure_indexes()
+
+        def ticket_url(tenant_id: str) -> str | None:
+            ticket = tenants.get(tenant_id).reminders.ticket
+            return ticket.url if ticket else None
+
+        tickets = TicketHandlers(HelpdeskClient(settings.helpdesk, http), ticket_ledger, publisher.publish, ticket_url)
+        routes["ticket.due"] = tickets.on_ticket_due
 
     async def sweeps(stopping: asyncio.Event) -> None:
         await handlers.run_sweeps(stopping, settings.tick_seconds)
@@ -37,13 +70,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
         await ping(mongo)
 
     return Wiring(
-        routes={
-            "invoice.created": handlers.on_invoice_created,
-            "invoice.rejected": handlers.on_invoice_rejected,
-            "invoice.rendered": handlers.on_invoice_rendered,
-            "payment.received": handlers.on_payment_received,
-            "delivery.succeeded": handlers.on_delivery_succeeded,
-        },
+        routes=routes,
         checks={"mongo": mongo_ok},
         tasks=[sweeps],
     )

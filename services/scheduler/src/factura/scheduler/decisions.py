@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
-from enum import StrEnum
 from typing import Any
 
 from factura.common.envelope import Envelope, make_event, stable_id
@@ -22,9 +21,12 @@ from factura.common.events import (
     InvoiceSummary,
     PaymentReceivedV1,
     PaymentUnmatchedV2,
+    ReceiptDueV1,
     ReminderDueV2,
+    TicketDueV1,
     UnmatchedReason,
 )
+from factura.common.reminders import Cursor, Occurrence
 
 PRODUCER = "scheduler"
 
@@ -58,36 +60,36 @@ class ScheduleState:
     #: ``causation_id`` of every render rejection seen (the ``invoice.created`` it refused); ``None``
     #: when a rejection did not say which version it refused.
     rejected_causes: frozenset[str | None] = field(default_factory=frozenset)
-    reminded: bool = False
     #: The document delivered for the invoice (from ``invoice.rendered``), linked from reminders.
     document: DocumentRef | None = None
+    #: ``invoice.cancelled`` seen: cancelled or fully credited by the ERP.
+    cancelled: bool = False
+    #: The last occurrence of the plan handled (or skipped as already past): ``(at_ms, key)``.
+    cursor: Cursor | None = None
+    #: The occurrence the timer waits for ("" once nothing is pending; None before the plan started).
+    next_key: str | None = None
+    next_due_ms: int | None = None
+    #: Re-anchor date after a partial payment, when the tenant's plan says so.
+    anchor: date | None = None
 
 
 @dataclass(frozen=True)
 class Refusal:
     payment: RecordedPayment
     reason: UnmatchedReason
-    invoice_currency: str
+    invoice_currency: str | None
+    #: The part of the payment not counted (all of it but for an overpayment).
+    amount: Decimal | None = None
 
     @property
     def detail(self) -> str:
-        return f"payment in {self.payment.currency}, invoice in {self.invoice_currency}: not counted toward the invoice"
-
-
-class Outcome(StrEnum):
-    REMIND = "remind"
-    NO_INVOICE = "no_invoice"  # only payments or a rejection seen so far
-    REJECTED = "rejected"  # the current version was refused at render: nothing was sent, nothing to remind
-    PAID = "paid"
-    NOT_DUE = "not_due"
-    REMINDED = "reminded"
-
-
-@dataclass(frozen=True)
-class Decision:
-    outcome: Outcome
-    days_overdue: int = 0
-    paid: Decimal = Decimal("0")
+        if self.reason == "currency_mismatch":
+            return f"payment in {self.payment.currency}, invoice in {self.invoice_currency}: not counted"
+        if self.reason == "overpayment":
+            return f"{self.amount} {self.invoice_currency} more than the invoice's total: the excess is not matched"
+        if self.reason == "invoice_cancelled":
+            return "the invoice was cancelled or fully credited: the payment matches nothing owed"
+        return "no invoice with this number arrived: the payment matches nothing"
 
 
 def distinct_payments(state: ScheduleState) -> list[RecordedPayment]:
@@ -101,16 +103,12 @@ def distinct_payments(state: ScheduleState) -> list[RecordedPayment]:
     return out
 
 
-def refusals(state: ScheduleState) -> list[Refusal]:
-    """Payments that cannot count toward the invoice: today, those in another currency.
-
-    Empty while the invoice is unknown: a payment that arrives first is judged when it arrives.
-    """
+def _currency_refusals(state: ScheduleState) -> list[Refusal]:
     if state.invoice is None:
         return []
     currency = state.invoice.summary.currency
     return [
-        Refusal(p, "currency_mismatch", currency)
+        Refusal(p, "currency_mismatch", currency, p.amount)
         for p in distinct_payments(state)
         if p.currency is not None and p.currency != currency
     ]
@@ -120,8 +118,45 @@ def paid_amount(state: ScheduleState) -> Decimal:
     """Sum of the payments that count: same currency as the invoice (or recorded without one)."""
     if state.invoice is None:
         return Decimal("0")
-    refused = {r.payment.payment_id for r in refusals(state)}
+    refused = {r.payment.payment_id for r in _currency_refusals(state)}
     return sum((p.amount for p in distinct_payments(state) if p.payment_id not in refused), Decimal("0"))
+
+
+def refusals(state: ScheduleState) -> list[Refusal]:
+    """Payments (or parts of them) that match nothing owed: another currency (not counted), the
+    excess above the total (the payment that crossed it; counted up to the total), any payment of a
+    cancelled invoice. Empty while the invoice is unknown: such a payment is judged when the invoice
+    arrives, or reported as ``unknown_invoice`` when the grace period ends (see the sweep)."""
+    if state.invoice is None:
+        return []
+    currency = state.invoice.summary.currency
+    if state.cancelled:
+        return [Refusal(p, "invoice_cancelled", currency, p.amount) for p in distinct_payments(state)]
+    found = _currency_refusals(state)
+    refused = {r.payment.payment_id for r in found}
+    total, running = state.invoice.summary.total, Decimal("0")
+    for p in distinct_payments(state):
+        if p.payment_id in refused:
+            continue
+        before, running = running, running + p.amount
+        if running > total:
+            found.append(Refusal(p, "overpayment", currency, running - max(before, total)))
+    return found
+
+
+def outstanding(state: ScheduleState) -> Decimal:
+    assert state.invoice is not None
+    return max(state.invoice.summary.total - paid_amount(state), Decimal("0"))
+
+
+def is_open(state: ScheduleState) -> bool:
+    """Reminders may still go out: the invoice is known, was delivered, is neither cancelled nor paid."""
+    return (
+        state.invoice is not None
+        and not is_rejected(state)
+        and not state.cancelled
+        and paid_amount(state) < state.invoice.summary.total
+    )
 
 
 def is_rejected(state: ScheduleState) -> bool:
@@ -131,46 +166,54 @@ def is_rejected(state: ScheduleState) -> bool:
     return None in state.rejected_causes or state.invoice.cause_event_id in state.rejected_causes
 
 
-def decide(state: ScheduleState, today: date) -> Decision:
-    """Whether the one ``overdue`` reminder goes out for this invoice today."""
-    if state.invoice is None:
-        return Decision(Outcome.NO_INVOICE)
-    if is_rejected(state):
-        return Decision(Outcome.REJECTED)
-    if state.reminded:
-        return Decision(Outcome.REMINDED)
-    due = state.invoice.summary.due_date
-    if due >= today:
-        return Decision(Outcome.NOT_DUE)
-    paid = paid_amount(state)
-    if paid >= state.invoice.summary.total:
-        return Decision(Outcome.PAID, paid=paid)
-    return Decision(Outcome.REMIND, days_overdue=(today - due).days, paid=paid)
-
-
-def reminder_event(state: ScheduleState, decision: Decision) -> Envelope[ReminderDueV2]:
-    """The ``reminder.due`` for a REMIND decision. Same invoice, due date and kind → same event id,
-    so a sweep that crashes before marking, or a second sweeper, publishes a duplicate audit ignores."""
-    assert state.invoice is not None and decision.outcome is Outcome.REMIND
-    summary = state.invoice.summary
-    kind = "overdue"
+def _flow_event(state: ScheduleState, event_type: str, data: Any, *parts: str) -> Envelope[Any]:
+    """An event the plan emits for this invoice: deterministic id (invoice, due date, ``parts``), so
+    a sweep that crashes before moving its cursor, or a second sweeper, republishes the same one."""
+    assert state.invoice is not None
+    due = state.invoice.summary.due_date.isoformat()
     return make_event(
-        event_id=stable_id(state.tenant_id, state.invoice_id, "reminder", kind, summary.due_date.isoformat()),
-        type="reminder.due",
-        schema_version=CURRENT_VERSION["reminder.due"],
-        data=ReminderDueV2(
-            step=kind,
-            due_date=summary.due_date,
-            days_from_due=decision.days_overdue,
-            invoice=summary,
-            document=state.document,
-        ),
+        event_id=stable_id(state.tenant_id, state.invoice_id, event_type, due, *parts),
+        type=event_type,
+        schema_version=CURRENT_VERSION[event_type],
+        data=data,
         tenant_id=state.tenant_id,
         invoice_id=state.invoice_id,
         correlation_id=state.invoice.correlation_id,
         causation_id=uuid.UUID(state.invoice.cause_event_id),
         producer=PRODUCER,
     )
+
+
+def occurrence_event(state: ScheduleState, occurrence: Occurrence) -> Envelope[Any]:
+    """``reminder.due`` for a reminder step, a repeat or an escalation call; ``ticket.due`` for the ticket."""
+    assert state.invoice is not None
+    summary = state.invoice.summary
+    owed = outstanding(state)
+    if occurrence.kind == "ticket":
+        data: Any = TicketDueV1(
+            step=occurrence.step, days_from_due=occurrence.days_from_due, outstanding=owed, invoice=summary
+        )
+        return _flow_event(state, "ticket.due", data, occurrence.key)
+    data = ReminderDueV2(
+        step=occurrence.step,
+        due_date=summary.due_date,
+        days_from_due=occurrence.days_from_due,
+        invoice=summary,
+        document=state.document,
+        channels=list(occurrence.channels) if occurrence.channels else None,
+        outstanding=owed if owed < summary.total else None,
+        occurrence=occurrence.occurrence,
+    )
+    return _flow_event(state, "reminder.due", data, occurrence.key)
+
+
+def receipt_event(state: ScheduleState, paid_at: datetime) -> Envelope[ReceiptDueV1]:
+    """The thank-you message once the invoice is paid in full (one per invoice and due date)."""
+    assert state.invoice is not None
+    data = ReceiptDueV1(
+        invoice=state.invoice.summary, paid=paid_amount(state), paid_at=paid_at, document=state.document
+    )
+    return _flow_event(state, "receipt.due", data)
 
 
 def unmatched_event(state: ScheduleState, refusal: Refusal) -> Envelope[PaymentUnmatchedV2]:
@@ -182,13 +225,17 @@ def unmatched_event(state: ScheduleState, refusal: Refusal) -> Envelope[PaymentU
     """
     p = refusal.payment
     assert p.data is not None and p.event_id is not None and p.correlation_id is not None
-    parts = ("payment.unmatched", p.payment_id, refusal.reason, refusal.invoice_currency)
+    parts = ("payment.unmatched", p.payment_id, refusal.reason, refusal.invoice_currency or "")
     return make_event(
         event_id=stable_id(state.tenant_id, state.invoice_id, *parts),
         type="payment.unmatched",
         schema_version=CURRENT_VERSION["payment.unmatched"],
         data=PaymentUnmatchedV2(
-            reason=refusal.reason, detail=refusal.detail, payment=p.data, invoice_currency=refusal.invoice_currency
+            reason=refusal.reason,
+            detail=refusal.detail,
+            payment=p.data,
+            invoice_currency=refusal.invoice_currency,
+            unmatched_amount=refusal.amount,
         ),
         tenant_id=state.tenant_id,
         invoice_id=state.invoice_id,

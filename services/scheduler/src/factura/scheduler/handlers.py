@@ -1,12 +1,15 @@
-"""Scheduler handlers (record state, refuse payments, credit channels) and the sweep that publishes reminder.due."""
+"""Scheduler handlers (record state, judge payments, move each invoice's timer, credit channels) and
+the sweep that publishes what the reminder plans say is due: ``reminder.due`` (steps, repeats,
+escalation calls), ``ticket.due``, ``payment.unmatched`` for payments whose invoice never came."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +20,7 @@ from factura.common.errors import InvalidMessage
 from factura.common.events import (
     DeliverySucceededV2,
     FieldError,
+    InvoiceCancelledV1,
     InvoiceCreatedV1,
     InvoiceRejectedV1,
     InvoiceRenderedV1,
@@ -25,25 +29,37 @@ from factura.common.events import (
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
 from factura.common.metrics import counter
+from factura.common.reminders import (
+    ReminderPlan,
+    first_for_new_invoice,
+    local_date,
+    next_after,
+    next_window_start,
+    window_open,
+)
 from factura.common.tenants import TenantDirectory
 from factura.scheduler.decisions import (
-    Outcome,
     Refusal,
     ScheduleState,
-    decide,
     distinct_payments,
+    is_open,
+    occurrence_event,
     paid_amount,
+    receipt_event,
     refusals,
-    reminder_event,
     unmatched_event,
 )
 from factura.scheduler.lease import Lease
-from factura.scheduler.schedule import Schedules
+from factura.scheduler.schedule import NEVER, Schedules
 
-REMINDERS = counter("reminders_published_total", "reminder.due events published.", ("kind",))
+REMINDERS = counter("reminders_published_total", "Plan occurrences published, by kind.", ("kind",))
+RESCHEDULED = counter("reminders_rescheduled_total", "Occurrences found due outside the send window, moved.", ())
+RECEIPTS = counter("receipts_published_total", "receipt.due events published.", ())
 UNMATCHED = counter("payments_unmatched_total", "Payments not counted toward their invoice.", ("reason",))
 SWEEPS = counter("reminder_sweeps_total", "Scheduler ticks, by whether this replica swept.", ("outcome",))
 log = logging.getLogger(__name__)
+#: ``next_key`` of a schedule that has payments but no invoice yet: its timer is the grace period.
+ORPHAN = "unknown-invoice"
 
 
 def paid_in_full_at(state: ScheduleState) -> datetime | None:
@@ -74,6 +90,8 @@ class SchedulerHandlers:
         effectiveness: ChannelEffectiveness,
         tenants: TenantDirectory,
         clock: Callable[[], datetime] = utcnow,
+        unknown_invoice_grace: timedelta = timedelta(days=1),
+        batch: int = 1000,
     ) -> None:
         self._publisher = publisher
         self._schedules = schedules
@@ -81,15 +99,26 @@ class SchedulerHandlers:
         self._effectiveness = effectiveness
         self._tenants = tenants
         self._clock = clock
+        self._grace_ms = int(unknown_invoice_grace.total_seconds() * 1000)
+        self._batch = batch
         #: Ticks this replica swept / left to another replica (tests and logs read them).
         self.swept = 0
         self.skipped = 0
+
+    def _now_ms(self) -> int:
+        return int(self._clock().timestamp() * 1000)
+
+    def _plan(self, state: ScheduleState) -> ReminderPlan:
+        return self._tenants.get(state.tenant_id).reminders
+
+    # -- events --------------------------------------------------------------------------------
 
     async def on_invoice_created(self, message: Message[Envelope[InvoiceCreatedV1]]) -> None:
         state = await self._schedules.record_invoice(message.value)
         # Payments recorded before their invoice are judged now (a redelivery republishes the same ids).
         await self._refuse(state, refusals(state))
         await self._credit(state)
+        await self._schedule(state)
 
     async def on_invoice_rendered(self, message: Message[Envelope[InvoiceRenderedV1]]) -> None:
         event = message.value
@@ -103,6 +132,33 @@ class SchedulerHandlers:
         mine = event.data.payment_id
         await self._refuse(state, [r for r in refusals(state) if r.payment.payment_id == mine])
         await self._credit(state)
+        if state.invoice is None:  # its invoice may still come; if not, the sweep reports it
+            if state.next_key is None:
+                await self._schedules.plan(
+                    state, cursor=None, key=ORPHAN, due_ms=self._now_ms() + self._grace_ms, fresh=True
+                )
+            return
+        paid_at = paid_in_full_at(state)
+        if paid_at is not None:
+            await self._schedules.close(state.tenant_id, state.invoice_id)  # every pending step, at once
+            if self._plan(state).receipt:
+                await self._publisher.publish(receipt_event(state, paid_at))
+                RECEIPTS.inc()
+            return
+        plan = self._plan(state)
+        if plan.reanchor_on_partial and paid_amount(state) > 0:
+            anchor = local_date(plan, int(event.data.paid_at.timestamp() * 1000))
+            await self._schedules.set_anchor(state.tenant_id, state.invoice_id, anchor)
+            state = dataclasses.replace(state, anchor=anchor)
+            await self._schedule(state, replan=True)
+
+    async def on_invoice_cancelled(self, message: Message[Envelope[InvoiceCancelledV1]]) -> None:
+        event = message.value
+        if event.invoice_id is None:
+            raise InvalidMessage([FieldError(field="invoice_id", message="a cancellation must name its invoice")])
+        state = await self._schedules.record_cancellation(event, event.invoice_id)
+        await self._schedules.close(state.tenant_id, state.invoice_id)
+        await self._refuse(state, refusals(state))
 
     async def on_invoice_rejected(self, message: Message[Envelope[InvoiceRejectedV1]]) -> None:
         """A render rejection: no document went out, so no reminder may follow. Ingest rejections
@@ -111,6 +167,7 @@ class SchedulerHandlers:
         if event.data.stage != "render" or event.invoice_id is None:
             return
         await self._schedules.record_rejection(event, event.invoice_id)
+        await self._schedules.close(event.tenant_id, event.invoice_id)
 
     async def on_delivery_succeeded(self, message: Message[Envelope[Any]]) -> None:
         """Remember which channel reached the customer, for the most effective channel rule.
@@ -118,6 +175,30 @@ class SchedulerHandlers:
         event = message.value
         if isinstance(event.data, DeliverySucceededV2):
             await self._effectiveness.record_delivery(event)
+
+    # -- the timer -----------------------------------------------------------------------------
+
+    async def _schedule(self, state: ScheduleState, *, replan: bool = False) -> None:
+        """Start the invoice's plan (a late invoice starts at its most recent past occurrence: sent
+        once, older ones skipped), or re-plan it after a corrected invoice or a re-anchor."""
+        if state.invoice is None:
+            return
+        if not is_open(state):
+            await self._schedules.close(state.tenant_id, state.invoice_id)
+            return
+        plan, due = self._plan(state), state.invoice.summary.due_date
+        fresh = state.next_key in (None, ORPHAN)  # the plan starts (a payment's grace timer gives way)
+        if not fresh and not replan and state.next_key == "":
+            return  # closed before (paid, cancelled) and not reopened by this event
+        cursor = first_for_new_invoice(plan, due, self._now_ms(), anchor=state.anchor) if fresh else state.cursor
+        upcoming = next_after(plan, due, cursor, anchor=state.anchor)
+        await self._schedules.plan(
+            state,
+            cursor=cursor,
+            key=upcoming.key if upcoming else "",
+            due_ms=upcoming.at_ms if upcoming else NEVER,
+            fresh=state.next_key is None,
+        )
 
     async def _credit(self, state: ScheduleState) -> None:
         """Credit a channel once the invoice is paid in full. Learnt for every tenant, with the
@@ -135,9 +216,11 @@ class SchedulerHandlers:
             await self._publisher.publish(unmatched_event(state, refusal))
             UNMATCHED.labels(reason=refusal.reason).inc()
             log.warning(
-                "payment not counted toward its invoice",
+                "payment not matched to what the invoice owes",
                 extra={"payment_id": refusal.payment.payment_id, "reason": refusal.reason, "detail": refusal.detail},
             )
+
+    # -- the sweep -----------------------------------------------------------------------------
 
     async def tick(self) -> list[str] | None:
         """Take or renew the sweep lease, then sweep. ``None`` when another replica holds it."""
@@ -151,26 +234,71 @@ class SchedulerHandlers:
         return swept
 
     async def sweep(self) -> list[str]:
-        """Publish one overdue reminder per invoice :func:`decide` says is due. Returns their keys.
+        """Publish every occurrence that is due, then move each timer past it. Returns the keys
+        (``tenant/invoice/occurrence``) published.
 
         Only while this replica holds the lease: checked (and renewed when half spent) before each
-        reminder, so a sweep that outlives its term stops instead of racing the new holder.
+        one, so a sweep that outlives its term stops instead of racing the new holder. A crash
+        between publishing and moving the timer republishes the same event id (harmless). An
+        occurrence found due outside the tenant's send window (the service was down) moves to the
+        next window start: sent then, once.
         """
-        now = self._clock()
+        now_ms = self._now_ms()
         published: list[str] = []
-        async for state in self._schedules.candidates(now.date()):
-            decision = decide(state, now.date())
-            if decision.outcome is not Outcome.REMIND:
-                continue
-            if not await self._lease.keep():
-                log.warning("sweep lease lost mid-sweep; stopping", extra={"lease": self._lease.name})
-                break
-            # Crash before mark_reminded: the next sweep republishes the same event id (harmless).
-            await self._publisher.publish(reminder_event(state, decision))
-            await self._schedules.mark_reminded(state.tenant_id, state.invoice_id, now)
-            REMINDERS.labels(kind="overdue").inc()
-            published.append(f"{state.tenant_id}/{state.invoice_id}")
-        return published
+        while True:
+            due = await self._schedules.due(now_ms, self._batch)
+            for state in due:
+                if not await self._lease.keep():
+                    log.warning("sweep lease lost mid-sweep; stopping", extra={"lease": self._lease.name})
+                    return published
+                key = await self._fire(state, now_ms)
+                if key is not None:
+                    published.append(f"{state.tenant_id}/{state.invoice_id}/{key}")
+            if len(due) < self._batch:
+                return published
+
+    async def _fire(self, state: ScheduleState, now_ms: int) -> str | None:
+        if state.next_key == ORPHAN:
+            await self._orphaned(state)
+            return None
+        if state.invoice is None or not is_open(state):
+            await self._schedules.close(state.tenant_id, state.invoice_id)
+            return None
+        plan, due = self._plan(state), state.invoice.summary.due_date
+        occurrence = next_after(plan, due, state.cursor, anchor=state.anchor)
+        if occurrence is None or occurrence.key != state.next_key:  # the plan changed: re-plan, send nothing
+            await self._schedules.plan(
+                state,
+                cursor=state.cursor,
+                key=occurrence.key if occurrence else "",
+                due_ms=occurrence.at_ms if occurrence else NEVER,
+            )
+            return None
+        if not window_open(plan, now_ms):
+            RESCHEDULED.inc()
+            await self._schedules.plan(
+                state, cursor=state.cursor, key=occurrence.key, due_ms=next_window_start(plan, now_ms)
+            )
+            return None
+        await self._publisher.publish(occurrence_event(state, occurrence))
+        REMINDERS.labels(kind=occurrence.kind).inc()
+        upcoming = next_after(plan, due, occurrence.cursor, anchor=state.anchor)
+        await self._schedules.plan(
+            state,
+            cursor=occurrence.cursor,
+            key=upcoming.key if upcoming else "",
+            due_ms=upcoming.at_ms if upcoming else NEVER,
+        )
+        return occurrence.key
+
+    async def _orphaned(self, state: ScheduleState) -> None:
+        """A payment whose invoice never arrived within the grace period: ``payment.unmatched``."""
+        for payment in distinct_payments(state):
+            await self._publisher.publish(
+                unmatched_event(state, Refusal(payment, "unknown_invoice", None, payment.amount))
+            )
+            UNMATCHED.labels(reason="unknown_invoice").inc()
+        await self._schedules.plan(state, cursor=None, key="", due_ms=NEVER)
 
     async def run_sweeps(self, stopping: asyncio.Event, every_s: float) -> None:
         """Tick until ``stopping`` is set, then release the lease (a clean stop hands over at once).

@@ -1,4 +1,6 @@
-"""Invoice schedules in MongoDB: the invoice, its payments, render rejections, reminders announced.
+"""Invoice schedules in MongoDB: the invoice, its payments, render rejections, cancellation, and
+its timer: the next occurrence of the tenant's reminder plan (``next_key``) and when it is due
+(``next_due_ms``, indexed), after the last one handled (``cursor``).
 
 One document per tenant/invoice, whichever event arrives first creates it. Every write is an
 idempotent upsert (payments and rejections are sets), so redelivered events, a payment before
@@ -15,14 +17,14 @@ document creates both arrays (``payments``, ``rejections``) empty.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from datetime import date, datetime
+from datetime import date
 
 from pymongo.asynchronous.collection import AsyncCollection
 
 from factura.common.envelope import Envelope
 from factura.common.events import (
     DocumentRef,
+    InvoiceCancelledV1,
     InvoiceCreatedV1,
     InvoiceRejectedV1,
     InvoiceRenderedV1,
@@ -32,7 +34,12 @@ from factura.common.events import (
     summary_of,
 )
 from factura.common.mongo import Document
+from factura.common.reminders import Cursor
 from factura.scheduler.decisions import InvoiceInfo, ScheduleState, payment_from_document
+
+#: ``next_due_ms`` of a schedule with nothing pending: never due, and never null (a null would need
+#: care in range queries on every MongoDB-wire server).
+NEVER = 2**62
 
 
 def _id(tenant_id: str, invoice_id: str) -> str:
@@ -53,8 +60,12 @@ def state_from_document(doc: Document) -> ScheduleState:
         invoice=invoice,
         payments=tuple(payment_from_document(p) for p in doc.get("payments", [])),
         rejected_causes=frozenset(r.get("cause") for r in doc.get("rejections", [])),
-        reminded=bool(doc.get("reminded", False)),
         document=DocumentRef.model_validate(doc["document"]) if doc.get("document") else None,
+        cancelled=bool(doc.get("cancelled")),
+        cursor=(int(doc["cursor"][0]), str(doc["cursor"][1])) if doc.get("cursor") else None,
+        next_key=doc.get("next_key"),
+        next_due_ms=doc.get("next_due_ms"),
+        anchor=date.fromisoformat(doc["anchor"]) if doc.get("anchor") else None,
     )
 
 
@@ -63,7 +74,9 @@ class Schedules:
         self._c = collection
 
     async def ensure_indexes(self) -> None:
-        await self._c.create_index([("reminded", 1), ("due_date", 1)])
+        # The timer: a tick asks only for what is due, so an idle tick costs one index lookup
+        # however many invoices are open.
+        await self._c.create_index("next_due_ms")
 
     async def _upsert(self, tenant_id: str, invoice_id: str, update: Document) -> ScheduleState:
         key = _id(tenant_id, invoice_id)
@@ -86,7 +99,7 @@ class Schedules:
                     "correlation_id": event.correlation_id,
                     "cause_event_id": str(event.event_id),
                 },
-                "$setOnInsert": {"reminded": False, "payments": [], "rejections": []},
+                "$setOnInsert": {"payments": [], "rejections": []},
             },
         )
 
@@ -97,9 +110,41 @@ class Schedules:
             invoice_id,
             {
                 "$set": {"document": event.data.document.model_dump(mode="json")},
-                "$setOnInsert": {"reminded": False, "payments": [], "rejections": []},
+                "$setOnInsert": {"payments": [], "rejections": []},
             },
         )
+
+    async def record_cancellation(self, event: Envelope[InvoiceCancelledV1], invoice_id: str) -> ScheduleState:
+        return await self._upsert(
+            event.tenant_id,
+            invoice_id,
+            {
+                "$set": {"cancelled": True, "cancellation": event.data.model_dump(mode="json")},
+                "$setOnInsert": {"payments": [], "rejections": []},
+            },
+        )
+
+    async def set_anchor(self, tenant_id: str, invoice_id: str, anchor: date) -> None:
+        await self._c.update_one({"_id": _id(tenant_id, invoice_id)}, {"$set": {"anchor": anchor.isoformat()}})
+
+    async def plan(
+        self, state: ScheduleState, *, cursor: Cursor | None, key: str, due_ms: int, fresh: bool = False
+    ) -> bool:
+        """Move the timer: the next occurrence ``key`` at ``due_ms`` after ``cursor`` (``key`` "" and
+        :data:`NEVER`: nothing pending). A compare-and-set on the key the caller saw (or on there being
+        none, ``fresh``), so a sweep never revives a schedule a payment just closed. False when the
+        timer had moved meanwhile (the other writer's state stands)."""
+        expected: Document = {"next_key": {"$exists": False}} if fresh else {"next_key": state.next_key}
+        result = await self._c.update_one(
+            {"_id": _id(state.tenant_id, state.invoice_id), **expected},
+            {"$set": {"cursor": list(cursor) if cursor else None, "next_key": key, "next_due_ms": due_ms}},
+        )
+        return bool(result.matched_count)
+
+    async def close(self, tenant_id: str, invoice_id: str) -> None:
+        """Nothing more is due for this invoice (paid, cancelled, refused at render): at once,
+        whatever the timer was waiting for."""
+        await self._c.update_one({"_id": _id(tenant_id, invoice_id)}, {"$set": {"next_key": "", "next_due_ms": NEVER}})
 
     async def record_payment(self, event: Envelope[PaymentReceivedV1], invoice_id: str) -> ScheduleState:
         payment = event.data
@@ -113,7 +158,7 @@ class Schedules:
         return await self._upsert(
             event.tenant_id,
             invoice_id,
-            {"$addToSet": {"payments": entry}, "$setOnInsert": {"reminded": False, "rejections": []}},
+            {"$addToSet": {"payments": entry}, "$setOnInsert": {"rejections": []}},
         )
 
     async def record_rejection(self, event: Envelope[InvoiceRejectedV1], invoice_id: str) -> ScheduleState:
@@ -125,18 +170,14 @@ class Schedules:
         return await self._upsert(
             event.tenant_id,
             invoice_id,
-            {"$addToSet": {"rejections": entry}, "$setOnInsert": {"reminded": False, "payments": []}},
+            {"$addToSet": {"rejections": entry}, "$setOnInsert": {"payments": []}},
         )
 
-    async def candidates(self, today: date) -> AsyncIterator[ScheduleState]:
-        """Invoices due before ``today`` not yet reminded; :func:`decide` has the last word."""
-        cursor = self._c.find({"reminded": False, "due_date": {"$lt": as_datetime(today)}})
-        async for doc in cursor:
-            yield state_from_document(doc)
+    async def due(self, now_ms: int, limit: int) -> list[ScheduleState]:
+        """The schedules whose timer fired by ``now_ms``, earliest first (at most ``limit``)."""
+        cursor = self._c.find({"next_due_ms": {"$lte": now_ms}}).sort("next_due_ms", 1).limit(limit)
+        return [state_from_document(doc) async for doc in cursor]
 
     async def state(self, tenant_id: str, invoice_id: str) -> ScheduleState | None:
         doc = await self._c.find_one({"_id": _id(tenant_id, invoice_id)})
         return None if doc is None else state_from_document(doc)
-
-    async def mark_reminded(self, tenant_id: str, invoice_id: str, at: datetime) -> None:
-        await self._c.update_one({"_id": _id(tenant_id, invoice_id)}, {"$set": {"reminded": True, "reminded_at": at}})

@@ -7,6 +7,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from factura.common.settings import MongoSettings, ServiceSettings
+from factura.scheduler.tickets import HelpdeskSettings
 
 
 class Settings(ServiceSettings):
@@ -14,13 +15,20 @@ class Settings(ServiceSettings):
 
     mongo: MongoSettings = MongoSettings()
     tenants_dir: Path | None = Field(
-        default=None, description="Per-tenant configs (the most effective channel's window, see docs/delivery.md)"
+        default=None,
+        description="Per-tenant configs: reminder plans, the most effective channel's window",
     )
     tick_seconds: float = Field(default=60.0, gt=0, description="How often the sweeper looks for due reminders.")
     lease_seconds: float | None = Field(
         default=None,
         gt=0,
         description="Term of the sweep lease: a dead sweeper is replaced after this. Default 3 × tick_seconds.",
+    )
+    unknown_invoice_grace_s: float = Field(
+        default=86_400, gt=0, description="A payment whose invoice has not come after this is payment.unmatched."
+    )
+    helpdesk: HelpdeskSettings | None = Field(
+        default=None, description="Helpdesk tickets (signing secret); none: ticket steps are not routed"
     )
     replica_id: str | None = Field(
         default=None, min_length=1, max_length=200, description="Owner name in the lease; default host-pid-random."
