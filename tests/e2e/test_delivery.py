@@ -143,8 +143,8 @@ async def test_a_reminder_goes_by_email_and_after_a_dsn_by_sms(services: Stack) 
     customer, number = address("recordatorio"), phone()
     s = sample("harinas-sur", email=customer, phone=number, due_in=-5)
     await publish(cfg, [s])
-    events = await events_until(cfg, s, delivered_by_email("reminder:overdue"))
-    [reminder] = of(events, "delivery.succeeded", "reminder:overdue")
+    events = await events_until(cfg, s, delivered_by_email("reminder:after-3"))
+    [reminder] = of(events, "delivery.succeeded", "reminder:after-3")
     [mail] = [m for m in read_messages(cfg.maildir) if m["Message-ID"] == reminder["data"]["provider_message_id"]]
     assert s.invoice_number in str(mail["Subject"]) and "vencida" in str(mail["Subject"]).lower()
     assert not list(mail.iter_attachments())  # reminders link to the document
@@ -153,9 +153,9 @@ async def test_a_reminder_goes_by_email_and_after_a_dsn_by_sms(services: Stack) 
     answer = await post_bounce(cfg, body, content_type)
     assert answer.status_code == 200 and answer.json()["items"][0]["result"] == "handed_on", answer.text
     events = await events_until(
-        cfg, s, lambda ev: bool(of(ev, "delivery.succeeded", "reminder:overdue", channel="sms"))
+        cfg, s, lambda ev: bool(of(ev, "delivery.succeeded", "reminder:after-3", channel="sms"))
     )
-    [bounced] = of(events, "delivery.failed", "reminder:overdue", reason="hard_bounce")
+    [bounced] = of(events, "delivery.failed", "reminder:after-3", reason="hard_bounce")
     assert bounced["data"]["next_channel"] == "sms" and "5.1.1" in bounced["data"]["detail"]
     [sms] = await sms_to(cfg, number)  # only the reminder went by SMS: the invoice was emailed
     assert s.invoice_number in sms["body"] and SHORT_LINK in sms["body"]
