@@ -185,15 +185,21 @@ def _flow_event(state: ScheduleState, event_type: str, data: Any, *parts: str) -
 
 
 def occurrence_event(state: ScheduleState, occurrence: Occurrence) -> Envelope[Any]:
-    """``reminder.due`` for a reminder step, a repeat or an escalation call; ``ticket.due`` for the ticket."""
+    """``reminder.due`` for a reminder step, a repeat or an escalation call; ``ticket.due`` for the ticket.
+
+    A re-anchored plan (after a partial payment) is a new series: its ids carry the anchor, so a
+    step sent before the payment and due again after it goes out again rather than being taken
+    for a duplicate.
+    """
     assert state.invoice is not None
+    series = (occurrence.key, state.anchor.isoformat()) if state.anchor else (occurrence.key,)
     summary = state.invoice.summary
     owed = outstanding(state)
     if occurrence.kind == "ticket":
         data: Any = TicketDueV1(
             step=occurrence.step, days_from_due=occurrence.days_from_due, outstanding=owed, invoice=summary
         )
-        return _flow_event(state, "ticket.due", data, occurrence.key)
+        return _flow_event(state, "ticket.due", data, *series)
     data = ReminderDueV2(
         step=occurrence.step,
         due_date=summary.due_date,
@@ -204,7 +210,7 @@ def occurrence_event(state: ScheduleState, occurrence: Occurrence) -> Envelope[A
         outstanding=owed if owed < summary.total else None,
         occurrence=occurrence.occurrence,
     )
-    return _flow_event(state, "reminder.due", data, occurrence.key)
+    return _flow_event(state, "reminder.due", data, *series)
 
 
 def receipt_event(state: ScheduleState, paid_at: datetime) -> Envelope[ReceiptDueV1]:

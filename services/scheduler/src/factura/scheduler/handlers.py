@@ -58,8 +58,11 @@ RECEIPTS = counter("receipts_published_total", "receipt.due events published.", 
 UNMATCHED = counter("payments_unmatched_total", "Payments not counted toward their invoice.", ("reason",))
 SWEEPS = counter("reminder_sweeps_total", "Scheduler ticks, by whether this replica swept.", ("outcome",))
 log = logging.getLogger(__name__)
-#: ``next_key`` of a schedule that has payments but no invoice yet: its timer is the grace period.
+#: ``next_key`` of a schedule that has payments but no invoice yet: its timer is the grace period;
+#: once the payments were reported ``unknown_invoice``, the schedule waits without a timer (a late
+#: invoice still starts its plan, a further payment starts a new grace period).
 ORPHAN = "unknown-invoice"
+REPORTED = "unknown-invoice-reported"
 
 
 def paid_in_full_at(state: ScheduleState) -> datetime | None:
@@ -68,9 +71,10 @@ def paid_in_full_at(state: ScheduleState) -> datetime | None:
 
     ``None`` while not paid in full, or when every counted payment predates recorded payment data.
     """
-    if state.invoice is None or paid_amount(state) < state.invoice.summary.total:
+    if state.invoice is None or state.cancelled or paid_amount(state) < state.invoice.summary.total:
         return None
-    refused = {r.payment.payment_id for r in refusals(state)}
+    # An overpayment counts up to the total (only its excess is unmatched); another currency does not.
+    refused = {r.payment.payment_id for r in refusals(state) if r.reason == "currency_mismatch"}
     counted = [p for p in distinct_payments(state) if p.payment_id not in refused]
     running = sum((p.amount for p in counted if p.data is None), Decimal("0"))  # old entries: no time, paid first
     for payment in sorted((p.data for p in counted if p.data is not None), key=lambda d: d.paid_at):
@@ -133,9 +137,9 @@ class SchedulerHandlers:
         await self._refuse(state, [r for r in refusals(state) if r.payment.payment_id == mine])
         await self._credit(state)
         if state.invoice is None:  # its invoice may still come; if not, the sweep reports it
-            if state.next_key is None:
+            if state.next_key in (None, REPORTED):
                 await self._schedules.plan(
-                    state, cursor=None, key=ORPHAN, due_ms=self._now_ms() + self._grace_ms, fresh=True
+                    state, cursor=None, key=ORPHAN, due_ms=self._now_ms() + self._grace_ms, fresh=state.next_key is None
                 )
             return
         paid_at = paid_in_full_at(state)
@@ -150,7 +154,7 @@ class SchedulerHandlers:
             anchor = local_date(plan, int(event.data.paid_at.timestamp() * 1000))
             await self._schedules.set_anchor(state.tenant_id, state.invoice_id, anchor)
             state = dataclasses.replace(state, anchor=anchor)
-            await self._schedule(state, replan=True)
+            await self._schedule(state)
 
     async def on_invoice_cancelled(self, message: Message[Envelope[InvoiceCancelledV1]]) -> None:
         event = message.value
@@ -178,7 +182,7 @@ class SchedulerHandlers:
 
     # -- the timer -----------------------------------------------------------------------------
 
-    async def _schedule(self, state: ScheduleState, *, replan: bool = False) -> None:
+    async def _schedule(self, state: ScheduleState) -> None:
         """Start the invoice's plan (a late invoice starts at its most recent past occurrence: sent
         once, older ones skipped), or re-plan it after a corrected invoice or a re-anchor."""
         if state.invoice is None:
@@ -187,10 +191,11 @@ class SchedulerHandlers:
             await self._schedules.close(state.tenant_id, state.invoice_id)
             return
         plan, due = self._plan(state), state.invoice.summary.due_date
-        fresh = state.next_key in (None, ORPHAN)  # the plan starts (a payment's grace timer gives way)
-        if not fresh and not replan and state.next_key == "":
-            return  # closed before (paid, cancelled) and not reopened by this event
-        cursor = first_for_new_invoice(plan, due, self._now_ms(), anchor=state.anchor) if fresh else state.cursor
+        # A fresh plan (or one closed before anything was sent and open again: a corrected version
+        # after a render rejection) starts at the most recent past occurrence; otherwise it goes on
+        # from its cursor, so an occurrence missed while the sweep was down is still sent, once.
+        restart = state.next_key in (None, ORPHAN, REPORTED) or (state.next_key == "" and state.cursor is None)
+        cursor = first_for_new_invoice(plan, due, self._now_ms(), anchor=state.anchor) if restart else state.cursor
         upcoming = next_after(plan, due, cursor, anchor=state.anchor)
         await self._schedules.plan(
             state,
@@ -298,7 +303,7 @@ class SchedulerHandlers:
                 unmatched_event(state, Refusal(payment, "unknown_invoice", None, payment.amount))
             )
             UNMATCHED.labels(reason="unknown_invoice").inc()
-        await self._schedules.plan(state, cursor=None, key="", due_ms=NEVER)
+        await self._schedules.plan(state, cursor=None, key=REPORTED, due_ms=NEVER)
 
     async def run_sweeps(self, stopping: asyncio.Event, every_s: float) -> None:
         """Tick until ``stopping`` is set, then release the lease (a clean stop hands over at once).
