@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -30,6 +31,7 @@ from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
 from factura.common.metrics import counter
 from factura.common.reminders import (
+    Occurrence,
     ReminderPlan,
     first_for_new_invoice,
     local_date,
@@ -82,6 +84,16 @@ def paid_in_full_at(state: ScheduleState) -> datetime | None:
         if running >= state.invoice.summary.total:
             return payment.paid_at
     return None
+
+
+@dataclass(frozen=True)
+class Firing:
+    """A due occurrence of one invoice's plan: the event to publish, then where its timer goes."""
+
+    state: ScheduleState
+    occurrence: Occurrence
+    event: Envelope[Any]
+    upcoming: Occurrence | None
 
 
 class SchedulerHandlers:
@@ -242,27 +254,31 @@ class SchedulerHandlers:
         """Publish every occurrence that is due, then move each timer past it. Returns the keys
         (``tenant/invoice/occurrence``) published.
 
-        Only while this replica holds the lease: checked (and renewed when half spent) before each
-        one, so a sweep that outlives its term stops instead of racing the new holder. A crash
-        between publishing and moving the timer republishes the same event id (harmless). An
-        occurrence found due outside the tenant's send window (the service was down) moves to the
-        next window start: sent then, once.
+        Due schedules come in batches of ``batch``: the batch's events are published together and
+        only once the broker has acknowledged all of them do their timers move, so a crash in
+        between republishes the same event ids (harmless) and never skips one. Only while this
+        replica holds the lease: checked (and renewed when half spent) before each batch, so a
+        sweep that outlives its term stops instead of racing the new holder. An occurrence found
+        due outside the tenant's send window (the service was down) moves to the next window
+        start: sent then, once.
         """
         now_ms = self._now_ms()
         published: list[str] = []
         while True:
+            if not await self._lease.keep():
+                log.warning("sweep lease lost mid-sweep; stopping", extra={"lease": self._lease.name})
+                return published
             due = await self._schedules.due(now_ms, self._batch)
-            for state in due:
-                if not await self._lease.keep():
-                    log.warning("sweep lease lost mid-sweep; stopping", extra={"lease": self._lease.name})
-                    return published
-                key = await self._fire(state, now_ms)
-                if key is not None:
-                    published.append(f"{state.tenant_id}/{state.invoice_id}/{key}")
+            firings = [f for f in [await self._prepare(state, now_ms) for state in due] if f is not None]
+            await asyncio.gather(*(self._publisher.publish(f.event) for f in firings))
+            await asyncio.gather(*(self._advance(f) for f in firings))
+            published += [f"{f.state.tenant_id}/{f.state.invoice_id}/{f.occurrence.key}" for f in firings]
             if len(due) < self._batch:
                 return published
 
-    async def _fire(self, state: ScheduleState, now_ms: int) -> str | None:
+    async def _prepare(self, state: ScheduleState, now_ms: int) -> Firing | None:
+        """The event to publish for a due schedule, or ``None`` after handling what needs no event
+        (closing a schedule that is no longer open, re-planning, waiting for the send window)."""
         if state.next_key == ORPHAN:
             await self._orphaned(state)
             return None
@@ -285,16 +301,18 @@ class SchedulerHandlers:
                 state, cursor=state.cursor, key=occurrence.key, due_ms=next_window_start(plan, now_ms)
             )
             return None
-        await self._publisher.publish(occurrence_event(state, occurrence))
-        REMINDERS.labels(kind=occurrence.kind).inc()
         upcoming = next_after(plan, due, occurrence.cursor, anchor=state.anchor)
+        return Firing(state, occurrence, occurrence_event(state, occurrence), upcoming)
+
+    async def _advance(self, firing: Firing) -> None:
+        REMINDERS.labels(kind=firing.occurrence.kind).inc()
+        upcoming = firing.upcoming
         await self._schedules.plan(
-            state,
-            cursor=occurrence.cursor,
+            firing.state,
+            cursor=firing.occurrence.cursor,
             key=upcoming.key if upcoming else "",
             due_ms=upcoming.at_ms if upcoming else NEVER,
         )
-        return occurrence.key
 
     async def _orphaned(self, state: ScheduleState) -> None:
         """A payment whose invoice never arrived within the grace period: ``payment.unmatched``."""
