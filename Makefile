@@ -6,7 +6,7 @@ UV ?= python3 -m uv
 STAMP := $(VENV)/.installed
 SRC := libs/common/src services/*/src devstack/src
 
-.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer bench-sigkill bench-delivery clean
+.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer bench-sigkill bench-delivery bench-scheduler clean
 
 install: $(STAMP)
 
@@ -67,6 +67,9 @@ bench-sigkill: install  ## 300 invoices while the senders are SIGKILLed 20 times
 
 bench-delivery: install  ## email sender vs bare aiosmtplib (1000 mails, 60 KB PDF), bounce-to-SMS p50/p99 (~1.5 min)
 	$(PY) -m benchmarks.bench_delivery
+
+bench-scheduler: install  ## 100k open invoices: RSS per invoice, idle tick at 10k/100k, a tick emitting 10k reminders (~6 min)
+	$(PY) -m benchmarks.bench_scheduler
 
 clean: down
 	rm -rf .data
