@@ -41,6 +41,7 @@ from factura.common.reminders import (
 )
 from factura.common.tenants import TenantDirectory
 from factura.scheduler.decisions import (
+    RecordedPayment,
     Refusal,
     ScheduleState,
     distinct_payments,
@@ -65,6 +66,15 @@ log = logging.getLogger(__name__)
 #: invoice still starts its plan, a further payment starts a new grace period).
 ORPHAN = "unknown-invoice"
 REPORTED = "unknown-invoice-reported"
+#: Rounds of one sweep (each a batch of due schedules) before it leaves the rest to the next tick.
+MAX_ROUNDS = 1000
+
+
+def counted_payments(state: ScheduleState) -> list[RecordedPayment]:
+    """Payments that count toward the invoice: an overpayment counts up to the total (only its
+    excess is unmatched); a payment in another currency does not."""
+    refused = {r.payment.payment_id for r in refusals(state) if r.reason == "currency_mismatch"}
+    return [p for p in distinct_payments(state) if p.payment_id not in refused]
 
 
 def paid_in_full_at(state: ScheduleState) -> datetime | None:
@@ -75,9 +85,7 @@ def paid_in_full_at(state: ScheduleState) -> datetime | None:
     """
     if state.invoice is None or state.cancelled or paid_amount(state) < state.invoice.summary.total:
         return None
-    # An overpayment counts up to the total (only its excess is unmatched); another currency does not.
-    refused = {r.payment.payment_id for r in refusals(state) if r.reason == "currency_mismatch"}
-    counted = [p for p in distinct_payments(state) if p.payment_id not in refused]
+    counted = counted_payments(state)
     running = sum((p.amount for p in counted if p.data is None), Decimal("0"))  # old entries: no time, paid first
     for payment in sorted((p.data for p in counted if p.data is not None), key=lambda d: d.paid_at):
         running += payment.amount
@@ -135,6 +143,9 @@ class SchedulerHandlers:
         await self._refuse(state, refusals(state))
         await self._credit(state)
         await self._schedule(state)
+        paid_at = paid_in_full_at(state)
+        if paid_at is not None and self._plan(state).receipt:  # paid before its invoice came
+            await self._publisher.publish(receipt_event(state, paid_at))
 
     async def on_invoice_rendered(self, message: Message[Envelope[InvoiceRenderedV1]]) -> None:
         event = message.value
@@ -162,11 +173,14 @@ class SchedulerHandlers:
                 RECEIPTS.inc()
             return
         plan = self._plan(state)
-        if plan.reanchor_on_partial and paid_amount(state) > 0:
-            anchor = local_date(plan, int(event.data.paid_at.timestamp() * 1000))
-            await self._schedules.set_anchor(state.tenant_id, state.invoice_id, anchor)
-            state = dataclasses.replace(state, anchor=anchor)
-            await self._schedule(state)
+        counted = counted_payments(state)
+        if plan.reanchor_on_partial and any(p.payment_id == mine for p in counted):
+            # From the latest payment that counts, whatever order the payments arrive in.
+            latest = max(p.data.paid_at for p in counted if p.data is not None)
+            anchor = local_date(plan, int(latest.timestamp() * 1000))
+            if anchor != state.anchor:
+                await self._schedules.set_anchor(state.tenant_id, state.invoice_id, anchor)
+                await self._schedule(dataclasses.replace(state, anchor=anchor))
 
     async def on_invoice_cancelled(self, message: Message[Envelope[InvoiceCancelledV1]]) -> None:
         event = message.value
@@ -264,7 +278,7 @@ class SchedulerHandlers:
         """
         now_ms = self._now_ms()
         published: list[str] = []
-        while True:
+        for _ in range(MAX_ROUNDS):  # a bound, never reached: every round moves each timer it saw
             if not await self._lease.keep():
                 log.warning("sweep lease lost mid-sweep; stopping", extra={"lease": self._lease.name})
                 return published
@@ -273,8 +287,12 @@ class SchedulerHandlers:
             await asyncio.gather(*(self._publisher.publish(f.event) for f in firings))
             await asyncio.gather(*(self._advance(f) for f in firings))
             published += [f"{f.state.tenant_id}/{f.state.invoice_id}/{f.occurrence.key}" for f in firings]
-            if len(due) < self._batch:
+            # Another round while anything fired: a timer may have moved onto an occurrence due at
+            # the same instant (a repeat shifted onto a call's Monday), which goes out now, not a tick later.
+            if len(due) < self._batch and not firings:
                 return published
+        log.warning("sweep stopped after %d rounds with occurrences still due", MAX_ROUNDS)
+        return published
 
     async def _prepare(self, state: ScheduleState, now_ms: int) -> Firing | None:
         """The event to publish for a due schedule, or ``None`` after handling what needs no event
