@@ -1,1 +1,1 @@
-"""Email sender: mails each rendered invoice with its PDF attached; a hard bounce becomes delivery.failed."""
+"""Email sender: the email channel of the shared delivery path (branded email, TLS, bounce webhook, suppressions)."""

@@ -1,1 +1,1 @@
-"""SMS sender: when email could not deliver an invoice, text the customer a link to it."""
+"""SMS sender: the SMS, voice and push channels of the shared delivery path (texts, short links, provider webhooks)."""
