@@ -20,8 +20,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from factura.common.errors import DependencyDown
-from factura.sms_sender.provider import ProviderRefusal, SmsProvider, retry_after_s
+from factura.common.errors import DependencyDown, retry_after
+from factura.sms_sender.provider import ProviderRefusal, SmsProvider
 from factura.sms_sender.push import PushProvider
 from factura.sms_sender.settings import ProviderSettings, PushSettings, VoiceSettings
 from factura.sms_sender.voice import VoiceProvider, say_language, twiml_say
@@ -62,20 +62,20 @@ def with_retry_after(value: str) -> httpx.Response:
 
 @pytest.mark.parametrize(("value", "seconds"), [("2", 2.0), ("0", 0.0), ("86400", 300.0), ("-5", 0.0)])
 def test_retry_after_in_seconds_is_capped_at_five_minutes(value: str, seconds: float) -> None:
-    assert retry_after_s(with_retry_after(value)) == seconds
+    assert retry_after(with_retry_after(value).headers.get("retry-after")) == seconds
 
 
 def test_retry_after_as_an_http_date_counts_from_now() -> None:
     soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    assert 25 <= (retry_after_s(with_retry_after(soon)) or 0) <= 30
+    assert 25 <= (retry_after(with_retry_after(soon).headers.get("retry-after")) or 0) <= 30
     past = format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)
-    assert retry_after_s(with_retry_after(past)) == 0
-    assert retry_after_s(with_retry_after("Wed, 21 Oct 2999 07:28:00 GMT")) == 300
+    assert retry_after(with_retry_after(past).headers.get("retry-after")) == 0
+    assert retry_after(with_retry_after("Wed, 21 Oct 2999 07:28:00 GMT").headers.get("retry-after")) == 300
 
 
 @pytest.mark.parametrize("value", ["", "soon", "Wed, 99 Foo"])
 def test_missing_or_unreadable_retry_after_is_no_hint(value: str) -> None:
-    assert retry_after_s(with_retry_after(value)) is None
+    assert retry_after(with_retry_after(value).headers.get("retry-after")) is None
 
 
 # -- SMS -----------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Final
 
@@ -95,3 +97,26 @@ def classify(error: BaseException) -> tuple[ErrorKind, str | None]:
     if isinstance(error, (ConnectionError, TimeoutError, asyncio.TimeoutError, socket.gaierror)):
         return ErrorKind.TRANSIENT, None
     return ErrorKind.BUG, None
+
+
+#: The longest a provider's ``Retry-After`` may hold a partition back.
+MAX_RETRY_AFTER_S = 300.0
+
+
+def retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """A ``Retry-After`` header (delay-seconds or an HTTP date) in seconds, within 0..300; ``None``
+    when absent or unreadable. For ``DependencyDown(retry_after_s=...)`` after a 429 or 503."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() - (
+            now or datetime.now(UTC)
+        ).timestamp()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)

@@ -37,8 +37,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import httpx
@@ -46,7 +44,7 @@ from prometheus_client import Histogram
 from pydantic import BaseModel, Field, SecretStr
 
 from factura.common.envelope import Envelope, child_of
-from factura.common.errors import DependencyDown
+from factura.common.errors import DependencyDown, retry_after
 from factura.common.events import CURRENT_VERSION, TicketDueV1, TicketFailedV1, TicketOpenedV1
 from factura.common.kafka.consumer import Message
 from factura.common.ledger import Claim, DeliveryLedger
@@ -58,7 +56,6 @@ DEPENDENCY: Final = "helpdesk"
 CHANNEL: Final = "helpdesk"
 PRODUCER: Final = "scheduler"
 #: The longest wait a helpdesk's ``Retry-After`` may impose on a partition.
-MAX_RETRY_AFTER_S: Final = 300.0
 DETAIL_CHARS: Final = 500
 _RETRYABLE: Final = frozenset({408, 429})
 #: ``ticket_ref`` is at most this long in ``ticket.opened``; a longer id is not one we can keep.
@@ -113,22 +110,6 @@ class Refused:
 
     status: int
     detail: str
-
-
-def retry_after_s(response: httpx.Response) -> float | None:
-    """The response's ``Retry-After`` (delay-seconds or an HTTP date) in seconds, within 0..300."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() - datetime.now(UTC).timestamp()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
 def _ticket_ref(response: httpx.Response) -> str | None:
@@ -197,7 +178,11 @@ class HelpdeskClient:
         if 200 <= status < 300:
             return Opened(status, _ticket_ref(response))
         if status in _RETRYABLE or status >= 500:
-            raise HelpdeskDown(f"helpdesk answered HTTP {status}", status=status, retry_after_s=retry_after_s(response))
+            raise HelpdeskDown(
+                f"helpdesk answered HTTP {status}",
+                status=status,
+                retry_after_s=retry_after(response.headers.get("retry-after")),
+            )
         return Refused(status, response.text[:DETAIL_CHARS] or f"HTTP {status} with an empty body")
 
 

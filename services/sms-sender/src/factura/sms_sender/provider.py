@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import ClassVar, Final
 
 import httpx
 
-from factura.common.errors import DependencyDown
+from factura.common.errors import DependencyDown, retry_after
 from factura.common.events import FailureReason
 from factura.sms_sender.settings import ProviderSettings
 
@@ -31,7 +29,6 @@ DEPENDENCY: Final = "sms"
 #: Answers that refuse the account or the credentials, not the message.
 _NOT_THE_MESSAGE: Final = frozenset({401, 403, 404})
 #: The longest wait a provider's ``Retry-After`` may impose on a partition.
-MAX_RETRY_AFTER_S: Final = 300.0
 #: Twilio error codes that say this recipient cannot take this message; any other refusal is a
 #: ``provider_error``. Region permissions (21408, 21215) are account settings, but they refuse one
 #: country's numbers only: waiting would stall every other message behind them, so they refuse.
@@ -58,22 +55,6 @@ class ProviderRefusal(Exception):
     code: int | None
     text: str
     reason: FailureReason = "provider_error"
-
-
-def retry_after_s(response: httpx.Response) -> float | None:
-    """The response's ``Retry-After`` (delay-seconds or an HTTP date) in seconds, within 0..300."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() - datetime.now(UTC).timestamp()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
 def json_object(response: httpx.Response) -> dict[str, object]:
@@ -118,7 +99,7 @@ class TwilioClient:
             log.warning("%s provider accepted (HTTP %d) without a sid", self.dependency, status)
             return ""
         if status == 429 or status >= 500 or status in _NOT_THE_MESSAGE or status < 400:
-            wait = retry_after_s(response)
+            wait = retry_after(response.headers.get("retry-after"))
             raise DependencyDown(self.dependency, f"provider answered HTTP {status}", retry_after_s=wait)
         payload = json_object(response)
         code, text = payload.get("code"), str(payload.get("message", response.text))

@@ -22,8 +22,8 @@ from typing import Any, Final
 
 import httpx
 
-from factura.common.errors import DependencyDown
-from factura.sms_sender.provider import ProviderRefusal, json_object, retry_after_s
+from factura.common.errors import DependencyDown, retry_after
+from factura.sms_sender.provider import ProviderRefusal, json_object
 from factura.sms_sender.settings import PushSettings
 
 DEPENDENCY: Final = "push"
@@ -71,7 +71,7 @@ class PushProvider:
             raise ProviderRefusal(status, None, f"{code}: {text}", "rejected_by_server")
         if status == 429 or status >= 500 or status in (401, 403, 404) or status < 400:
             detail = f"FCM answered HTTP {status} {code}: {text}"
-            raise DependencyDown(DEPENDENCY, detail, retry_after_s=retry_after_s(response))
+            raise DependencyDown(DEPENDENCY, detail, retry_after_s=retry_after(response.headers.get("retry-after")))
         raise ProviderRefusal(status, None, f"{code}: {text}", "message_invalid" if status == 400 else "provider_error")
 
     def _access_token(self) -> str:
