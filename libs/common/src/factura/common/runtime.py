@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter
 
 from factura.common.http import Health, HealthCheck, create_app, server
-from factura.common.kafka.consumer import ConsumerLoop, Handler
+from factura.common.kafka.consumer import ConsumerLoop, Route
 from factura.common.kafka.producer import Publisher
 from factura.common.logging import configure_logging
 from factura.common.settings import ServiceSettings
@@ -32,7 +32,7 @@ BackgroundTask = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 class Wiring:
     """What a service's bootstrap hands the runtime."""
 
-    routes: Mapping[str, Handler]
+    routes: Mapping[str, Route]
     checks: dict[str, HealthCheck] = field(default_factory=dict)
     routers: Sequence[APIRouter] = ()
     tasks: Sequence[BackgroundTask] = ()

@@ -35,14 +35,24 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from factura.common.kafka.deadletter import DeadLetters, DlqLimit
-from factura.common.kafka.partition import Collaborators, Handler, Message, Outages, PartitionWorker, decode
+from factura.common.kafka.partition import (
+    Batched,
+    BatchHandler,
+    Collaborators,
+    Handler,
+    Message,
+    Outages,
+    PartitionWorker,
+    Route,
+    decode,
+)
 from factura.common.kafka.producer import Publisher
 from factura.common.metrics import CONSUMER_LAG, PARTITIONS_PAUSED
 from factura.common.settings import KafkaSettings
 from factura.common.topics import Topic, resolve
 
 #: Services import what a handler needs from here: the loop, its handler type and message.
-__all__ = ["ConsumerLoop", "Handler", "Message", "decode"]
+__all__ = ["BatchHandler", "Batched", "ConsumerLoop", "Handler", "Message", "Route", "decode"]
 log = logging.getLogger(__name__)
 
 
@@ -52,13 +62,13 @@ class ConsumerLoop:
         *,
         settings: KafkaSettings,
         group_id: str,
-        routes: Mapping[str, Handler],
+        routes: Mapping[str, Route],
         publisher: Publisher,
         service: str,
     ) -> None:
         self._settings = settings
         prefix = settings.topic_prefix
-        self._routes: dict[str, tuple[Topic, Handler]] = {
+        self._routes: dict[str, tuple[Topic, Route]] = {
             resolve(name).physical(prefix): (resolve(name), handler) for name, handler in routes.items()
         }
         self._consumer = AIOKafkaConsumer(

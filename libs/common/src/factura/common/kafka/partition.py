@@ -12,6 +12,12 @@ a timeout, and by the error's kind (:mod:`factura.common.errors`):
 
 A record is marked done (its offset committable) only after the handler returned or the DLQ
 took it. A stopping or revoked worker leaves the record in hand uncommitted: it is redelivered.
+
+A route may instead be :class:`Batched`: the worker then hands its handler up to ``max_records``
+consecutive messages at once (what was fetched, never waiting for more), for stores that write
+in bulk. Invalid records are dead-lettered before the call; a transient error retries the whole
+batch (handlers are idempotent); a batch that keeps failing as a bug, or is refused as invalid,
+is split and retried one message at a time, so only the poison message reaches the DLQ.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import random
 import time
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -60,6 +67,20 @@ class Message(NamedTuple, Generic[T]):
 
 
 Handler = Callable[[Message[Any]], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Message[Any]]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Batched:
+    """A route whose handler takes consecutive messages of one partition at once."""
+
+    handler: BatchHandler
+    max_records: int = 500
+
+
+Route = Handler | Batched
+#: Takes a message that cannot succeed (kind, error text, attempts); True once the DLQ has it.
+GiveUp = Callable[[ErrorKind, str, int], Awaitable[bool]]
 
 
 def decode(topic: Topic, raw: bytes) -> Envelope[Any] | bytes:
@@ -116,10 +137,10 @@ class Collaborators:
 
 
 class PartitionWorker:
-    def __init__(self, tp: TopicPartition, topic: Topic, handler: Handler, shared: Collaborators) -> None:
+    def __init__(self, tp: TopicPartition, topic: Topic, route: Route, shared: Collaborators) -> None:
         self.tp = tp
         self._topic = topic
-        self._handler = handler
+        self._route = route
         self._s = shared
         self._batches: deque[list[Record]] = deque()
         self._arrived = asyncio.Event()
@@ -165,46 +186,111 @@ class PartitionWorker:
 
     # -- the worker ------------------------------------------------------------------------
     async def _run(self) -> None:
-        limit = self._s.settings.max_buffered_records
         while not self._halt.is_set():
             if not self._batches:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
+            if isinstance(self._route, Batched):
+                if not await self._run_batch(self._route):
+                    return
+                continue
             batch = self._batches.popleft()
             self._consumed.inc(len(batch))
             for record in batch:
-                if self._halt.is_set() or not await self._process(record):
+                if self._halt.is_set() or not await self._process(record, self._route):
                     return
-                self.done_offset = record.offset + 1
-                self.buffered -= 1
-                if self.buffered == limit // 2:
-                    self._s.flow(self)  # half empty: resume fetching if it was paused for being full
+                self._done(record, 1)
 
-    async def _process(self, record: Record) -> bool:
+    def _done(self, last: Record, count: int) -> None:
+        self.done_offset = last.offset + 1
+        before = self.buffered
+        self.buffered -= count
+        half = self._s.settings.max_buffered_records // 2
+        if before > half >= self.buffered:
+            self._s.flow(self)  # half empty: resume fetching if it was paused for being full
+
+    def _take(self, max_records: int) -> list[Record]:
+        """Up to ``max_records`` buffered records, in order, splitting a fetched batch if needed."""
+        taken: list[Record] = []
+        while self._batches and len(taken) < max_records:
+            batch = self._batches[0]
+            room = max_records - len(taken)
+            if len(batch) <= room:
+                taken.extend(self._batches.popleft())
+            else:
+                taken.extend(batch[:room])
+                self._batches[0] = batch[room:]
+        return taken
+
+    async def _run_batch(self, route: Batched) -> bool:
+        records = self._take(route.max_records)
+        self._consumed.inc(len(records))
+        pairs: list[tuple[Message[Any], Record]] = []
+        for record in records:
+            raw = record.value or b""
+            try:
+                value = decode(self._topic, raw)
+            except InvalidMessage as e:
+                if not await self._dead_letter(record, ErrorKind.INVALID, str(e), attempts=0):
+                    return False
+                continue
+            pairs.append((self._message(record, raw, value), record))
+        if pairs:
+            messages = [m for m, _ in pairs]
+
+            def split(kind: ErrorKind, error: str, attempts: int) -> Awaitable[bool]:
+                return self._one_by_one(route, pairs)
+
+            if not await self._attempts(lambda: route.handler(messages), messages[0].source, split):
+                return False
+        self._done(records[-1], len(records))
+        return True
+
+    async def _one_by_one(self, route: Batched, pairs: list[tuple[Message[Any], Record]]) -> bool:
+        """A batch that fails as a whole: one message at a time, so only the culprit is dead-lettered."""
+        log.warning("batch keeps failing; retrying its messages one by one", extra={"size": len(pairs)})
+        for message, record in pairs:
+            if self._halt.is_set() or not await self._attempts(
+                lambda m=message: route.handler([m]),  # type: ignore[misc]
+                message.source,
+                partial(self._give_up, record),
+            ):
+                return False
+        return True
+
+    def _message(self, record: Record, raw: bytes, value: Any) -> Message[Any]:
+        return Message(self._topic, record.partition, record.offset, record.key, dict(record.headers), raw, value)
+
+    def _give_up(self, record: Record, kind: ErrorKind, error: str, attempts: int) -> Awaitable[bool]:
+        return self._dead_letter(record, kind, error, attempts=attempts)
+
+    async def _process(self, record: Record, handler: Handler) -> bool:
         """Handle one record. True when it may be committed (handled or dead-lettered)."""
         raw = record.value or b""
         try:
             value = decode(self._topic, raw)
         except InvalidMessage as e:
             return await self._dead_letter(record, ErrorKind.INVALID, str(e), attempts=0)
-        message = Message(self._topic, record.partition, record.offset, record.key, dict(record.headers), raw, value)
+        message = self._message(record, raw, value)
+
+        give_up = partial(self._give_up, record)
         if isinstance(value, Envelope):
             with log_context(value.correlation_id, value.tenant_id):
-                return await self._attempts(message, record)
-        return await self._attempts(message, record)  # ingest binds the identifiers it parses
+                return await self._attempts(lambda: handler(message), message.source, give_up)
+        return await self._attempts(lambda: handler(message), message.source, give_up)  # ingest binds its own ids
 
-    async def _attempts(self, message: Message[Any], record: Record) -> bool:
+    async def _attempts(self, call: Callable[[], Awaitable[None]], source: str, give_up: GiveUp) -> bool:
+        """Call until it succeeds, retrying by the error's kind; ``give_up`` takes what cannot succeed."""
         bugs = 0
         attempt = 0
         while True:
             attempt += 1
             if self._interrupted:  # a handler swallowed the watchdog's cancel: take it back now
                 self._timed_out()
-            # The handler call is inlined (no helper coroutine): this is the per-record hot path.
             self._call_started = started = time.monotonic()
             try:
-                await self._handler(message)
+                await call()
             except asyncio.CancelledError:
                 if not self._interrupted:
                     raise
@@ -215,26 +301,26 @@ class PartitionWorker:
                 self._call_started = None
                 self._duration.observe(time.monotonic() - started)
                 if attempt > 1:
-                    self._recovered(message, attempt)
+                    self._recovered(source, attempt)
                 self._s.dlq_limit.handled()
                 return True
             self._call_started = None
             kind, dependency = classify(error)  # HandlerTimeout is a bug: it is no known outage
             MESSAGES_FAILED.labels(topic=self._topic.name, error=type(error).__name__).inc()
             if kind is ErrorKind.INVALID:
-                log.warning("invalid message", extra={"source": message.source, "error": str(error)})
-                return await self._dead_letter(record, kind, str(error), attempts=attempt)
+                log.warning("invalid message", extra={"source": source, "error": str(error)})
+                return await give_up(kind, str(error), attempt)
             if kind is ErrorKind.BUG:
                 bugs += 1
                 if bugs >= self._s.settings.retry_max_attempts:
-                    log.error("handler keeps failing; dead-lettered", exc_info=error, extra={"source": message.source})
-                    return await self._dead_letter(record, kind, _traceback(error), attempts=attempt)
-                log.warning("handler failed, retrying", exc_info=error, extra={"source": message.source})
+                    log.error("handler keeps failing; giving up", exc_info=error, extra={"source": source})
+                    return await give_up(kind, _traceback(error), attempt)
+                log.warning("handler failed, retrying", exc_info=error, extra={"source": source})
             else:
                 self._s.outages.down(dependency or type(error).__name__, self.tp)
                 log.warning(
                     "dependency unavailable; partition paused, retrying",
-                    extra={"source": message.source, "dependency": dependency, "error": repr(error)[:500]},
+                    extra={"source": source, "dependency": dependency, "error": repr(error)[:500]},
                 )
             self.in_retry = True
             self._s.flow(self)
@@ -250,11 +336,11 @@ class PartitionWorker:
             current.uncancel()
         return HandlerTimeout(f"handler ran past its deadline of {self._s.settings.handler_timeout_s} s")
 
-    def _recovered(self, message: Message[Any], attempts: int) -> None:
+    def _recovered(self, source: str, attempts: int) -> None:
         self._s.outages.cleared(self.tp)
         self.in_retry = False
         self._s.flow(self)
-        log.info("handled after retries", extra={"source": message.source, "attempts": attempts})
+        log.info("handled after retries", extra={"source": source, "attempts": attempts})
 
     async def _dead_letter(self, record: Record, kind: ErrorKind, error: str, *, attempts: int) -> bool:
         sent = await self._s.dead_letters.send(self._topic, record, kind, error, attempts=attempts, sleep=self._backoff)
