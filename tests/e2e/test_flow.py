@@ -242,9 +242,12 @@ async def test_every_service_reports_health_and_metrics(services: Stack) -> None
             assert "factura_consumer_lag_messages" in metrics
 
 
-async def test_audit_api_refuses_bad_tenant_and_unknown_invoice(services: Stack) -> None:
+async def test_audit_api_refuses_no_key_bad_tenant_and_unknown_invoice(services: Stack) -> None:
     base = services.cfg.service_url("audit")
     async with httpx.AsyncClient() as client:
+        anonymous = await client.get(f"{base}/v1/invoices/X/timeline", params={"tenant_id": "harinas-sur"})
+        assert anonymous.status_code == 401
+        client.headers["Authorization"] = f"Bearer {services.cfg.audit_api_key()}"
         bad = await client.get(f"{base}/v1/invoices/X/timeline", params={"tenant_id": "Bad Tenant!"})
         assert bad.status_code == 422 and "tenant_id" in bad.text
         missing = await client.get(f"{base}/v1/invoices/nope/timeline", params={"tenant_id": "harinas-sur"})

@@ -63,4 +63,5 @@ async def test_batches_in_order_outage_retried_and_only_the_poison_dead_lettered
 
 def event_bytes_number(dlq: list[Any], number: str) -> bytes:
     """The dead-lettered poison event as published (its ids are random, so find it by number)."""
-    return next(r.value for r in dlq if f'"invoice_number": "{number}"'.encode() in r.value)
+    found: bytes = next(r.value for r in dlq if f'"invoice_number": "{number}"'.encode() in r.value)
+    return found

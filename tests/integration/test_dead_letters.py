@@ -4,17 +4,19 @@ replays them to their source topic once, on the real broker and MongoDB-wire ser
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
 import pytest
 
+from factura.audit.chain import ChainWriter
 from factura.audit.handlers import AuditHandlers
-from factura.audit.store import AuditStore, DeadLetterStore
+from factura.audit.store import AuditDb
 from factura.common.dlq import Settings as DlqSettings
 from factura.common.dlq import list_dead_letters, replay
 from factura.common.envelope import Envelope
-from factura.common.kafka.consumer import ConsumerLoop, Message
+from factura.common.kafka.consumer import Batched, ConsumerLoop, Message
 from factura.common.mongo import create_client, database
 from factura.devstack.config import StackConfig
 from tests.conftest import mongo_settings
@@ -38,9 +40,9 @@ async def test_dead_letter_is_recorded_by_audit_listed_and_replayed_once(
 
     client = create_client(mongo_settings(cfg))
     db = database(client, mongo_settings(cfg))
-    letters = DeadLetterStore(db[f"dead_letters_{uuid.uuid4().hex[:6]}"])
-    await letters.ensure_indexes()
-    audit = AuditHandlers(AuditStore(db[f"audit_{uuid.uuid4().hex[:6]}"]), letters)
+    store = AuditDb.of(db, prefix=f"audit_{uuid.uuid4().hex[:6]}_")
+    await store.ensure_indexes()
+    audit = AuditHandlers(ChainWriter(store.records, store.tombstones))
     async with isolated(cfg) as (settings, publisher):
         worker = ConsumerLoop(
             settings=settings, group_id="worker", routes={"invoice.created": handler}, publisher=publisher, service="w"
@@ -48,7 +50,7 @@ async def test_dead_letter_is_recorded_by_audit_listed_and_replayed_once(
         recorder = ConsumerLoop(
             settings=settings,
             group_id="audit",
-            routes={"invoice.created.dlq": audit.on_dead_letter},
+            routes={"invoice.created.dlq": Batched(audit.on_dead_letters)},
             publisher=publisher,
             service="audit",
         )
@@ -57,16 +59,19 @@ async def test_dead_letter_is_recorded_by_audit_listed_and_replayed_once(
             await send(publisher, settings, event_bytes("INV-DLQ-1"))
 
             async def recorded() -> list[dict[str, Any]]:
-                return await letters.find("harinas-sur")
+                return await store.records.find({"tenant_id": "harinas-sur", "kind": "dead_letter"}).to_list()
 
             for _ in range(400):
                 if await recorded():
                     break
                 await asyncio.sleep(0.05)
             [letter] = await recorded()
-            assert letter["reason"] == "bug" and letter["service"] == "w"
-            assert letter["source_topic"] == "invoice.created" and letter["invoice_id"] == "same-key"
-            assert "ZeroDivisionError: the bug of the week" in letter["error"]
+            assert letter["reason"] == "bug" and letter["invoice_id"] == "same-key" and letter["seq"] == 1
+            raw = json.loads(letter["record"])["raw"]
+            body = json.loads(raw)
+            assert body["service"] == "w" and body["source_topic"] == "invoice.created"
+            assert "ZeroDivisionError: the bug of the week" in body["error"]
+            assert letter["_id"] == f"dlq:w:{letter['source']}"
 
             tool = DlqSettings(kafka=settings)
             assert await list_dead_letters(tool, "invoice.created") == 1

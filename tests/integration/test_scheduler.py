@@ -24,7 +24,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from factura.common.delivery.effectiveness import ChannelEffectiveness
 from factura.common.envelope import Envelope, utcnow
-from factura.common.kafka.consumer import Message
+from factura.common.kafka.consumer import Batched, Message
 from factura.common.kafka.producer import Publisher
 from factura.common.mongo import Document, create_client, database
 from factura.common.reminders import Cursor
@@ -846,7 +846,9 @@ async def test_bootstrap_wires_the_tenants_plans_and_the_topics(cfg: StackConfig
             # The handlers read the tenant's plan: the always-open window starts at 00:00, not 09:00.
             due = utcnow().date() + timedelta(days=30)
             created = invoice_created(new_number(), due=due, tenant=ALWAYS)
-            await wiring.routes["invoice.created"](message(created))
+            handler = wiring.routes["invoice.created"]
+            assert not isinstance(handler, Batched)
+            await handler(message(created))
             client = create_client(mongo)
             try:
                 state = await Schedules(database(client, mongo)["schedules"]).state(ALWAYS, created.data.invoice_number)

@@ -85,6 +85,23 @@ class StackConfig:
         return self.data_dir / "logs"
 
     @property
+    def secrets_dir(self) -> Path:
+        """Secrets the devstack makes for itself on first start (never used outside it)."""
+        return self.data_dir / "secrets"
+
+    @property
+    def audit_signing_key(self) -> Path:
+        return self.secrets_dir / "audit-signing-key.pem"
+
+    @property
+    def audit_api_key_file(self) -> Path:
+        """An admin API key for the audit API, created once the audit service is up."""
+        return self.secrets_dir / "audit-api-key"
+
+    def audit_api_key(self) -> str:
+        return self.audit_api_key_file.read_text().strip()
+
+    @property
     def maildir(self) -> Path:
         return self.data_dir / "maildir"
 
@@ -185,6 +202,9 @@ def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
             p + "LINKS__PSEUDONYM_SECRET": cfg.pseudonym_secret,
             p + "LINKS__BASE_URL": cfg.service_url("renderer"),
         }
+    if name == "audit":
+        env[p + "SIGNING_KEY_FILE"] = str(cfg.audit_signing_key)
+        env[p + "CHECKPOINT_INTERVAL_S"] = "5"
     if name == "ingest":
         env[p + "ALLOW_TEST_EMAIL_DOMAINS"] = "true"  # sample customers live under the reserved .test TLD
     return env

@@ -67,8 +67,11 @@ def main() -> int:
         f"\nwhere to look:\n"
         f"  emails (Maildir):   {cfg.maildir}/new\n"
         f"  SMS captured:       {cfg.sms_url}/_capture/messages\n"
-        f"  audit timeline:     {cfg.service_url('audit')}/v1/invoices/{example.invoice_number}"
-        f"/timeline?tenant_id={example.tenant_id}\n"
+        f"  compliance page:    {cfg.service_url('audit')}/ui/  (sign in with the key in {cfg.audit_api_key_file})\n"
+        f'  audit timeline:     curl -H "Authorization: Bearer $(cat {cfg.audit_api_key_file})" \\\n'
+        f"                      '{cfg.service_url('audit')}/v1/invoices/{example.invoice_number}"
+        f"/timeline?tenant_id={example.tenant_id}'\n"
+        f"  verify the chain:   {cfg.service_url('audit')}/v1/verify?tenant_id={example.tenant_id}  (same key)\n"
         f"  metrics:            {cfg.service_url('email-sender')}/metrics\n"
         f"  logs:               {cfg.logs_dir}/  (make logs)\n"
         f"  the stack keeps running: `make down` stops it\n"

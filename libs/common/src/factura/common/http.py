@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
 
 from factura.common.metrics import DEPENDENCY_UP, exposition
 
@@ -36,6 +37,17 @@ class Health:
     #: Dependencies failing the consumer's handlers right now (name → seconds since).
     outages: Callable[[], Mapping[str, float]] = dict
     deadline_s: float = 2.0
+
+
+class Liveness(BaseModel):
+    service: str
+    status: str = Field(description="`alive`, or `stalled` (with status 503)")
+
+
+class Readiness(BaseModel):
+    service: str
+    status: str = Field(description="`ready`, or `not_ready` (with status 503)")
+    checks: dict[str, str] = Field(description="Dependency name → `ok`, `down` or `timeout`")
 
 
 async def _state(name: str, check: HealthCheck, deadline_s: float) -> str:
@@ -65,12 +77,24 @@ async def readiness(health: Health) -> dict[str, str]:
 def create_app(service: str, health: Health, routers: Sequence[APIRouter] = ()) -> FastAPI:
     app = FastAPI(title=f"Factura {service}", version="1")
 
-    @app.get("/livez", tags=["ops"])
+    # The models and ``responses`` only document the answers (OpenAPI clients and schemathesis read
+    # them); the handlers build their JSONResponse themselves, so behaviour is unchanged.
+    @app.get(
+        "/livez",
+        tags=["ops"],
+        response_model=Liveness,
+        responses={503: {"model": Liveness, "description": "The process is stalled: restart it"}},
+    )
     async def livez() -> JSONResponse:
         alive = health.alive()
         return JSONResponse({"service": service, "status": "alive" if alive else "stalled"}, 200 if alive else 503)
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "A dependency is down or slow: take no traffic"}},
+    )
     async def readyz() -> JSONResponse:
         results = await readiness(health)
         ok = all(v == "ok" for v in results.values())
@@ -78,7 +102,12 @@ def create_app(service: str, health: Health, routers: Sequence[APIRouter] = ()) 
             {"service": service, "status": "ready" if ok else "not_ready", "checks": results}, 200 if ok else 503
         )
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus text exposition format"}},
+    )
     async def metrics() -> Response:
         body, content_type = exposition()
         return Response(body, media_type=content_type)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from factura.common.delivery.policy import ChannelPolicy
 from factura.common.envelope import TENANT_PATTERN
-from factura.common.events import InvoiceCreatedV1, InvoiceSummary
+from factura.common.events import Email, InvoiceCreatedV1, InvoiceSummary
 from factura.common.reminders import ReminderPlan
 
 HEX_COLOR = r"^#[0-9a-fA-F]{6}$"
@@ -70,6 +70,20 @@ class Sender(_Config):
     reply_to: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
 
 
+class AuditPolicy(_Config):
+    """How long the audit trail keeps each class of record, and who gets the daily summary.
+
+    Fiscal records (an invoice's issue, delivery and payment) are kept for the period tax law asks
+    (10 years by default); engagement (opens, clicks, downloads) and API access records for less.
+    """
+
+    fiscal_days: int = Field(default=3650, ge=365, le=36500, description="Issue, delivery, payment records")
+    engagement_days: int = Field(default=730, ge=1, le=36500, description="Opens, clicks and downloads")
+    access_days: int = Field(default=730, ge=1, le=36500, description="Who queried the audit API")
+    owner_email: Email | None = Field(default=None, description="The process owner who gets the daily summary")
+    daily_report_hour: int = Field(default=7, ge=0, le=23, description="Local hour the daily summary is sent")
+
+
 class TenantConfig(_Config):
     tenant_id: str = Field(pattern=TENANT_PATTERN)
     version: str = "default"
@@ -88,6 +102,7 @@ class TenantConfig(_Config):
     reminders: ReminderPlan = Field(
         default_factory=ReminderPlan, description="Reminder steps, send window, repetition, escalation, ticket"
     )
+    audit: AuditPolicy = Field(default_factory=AuditPolicy, description="Retention per record class, daily summary")
 
     @field_validator("payment_url_template")
     @classmethod

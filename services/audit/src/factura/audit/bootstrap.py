@@ -1,37 +1,88 @@
-"""Wire audit: MongoDB stores, a handler on every event and every DLQ topic, the compliance API."""
+"""Wire audit: the chained record store, batched handlers on every event and DLQ topic, signed
+checkpoints, API keys, and the compliance API that records every call it answers."""
 
 from __future__ import annotations
 
+import re
+import uuid
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
-from factura.audit.api import router
+from fastapi import Request
+
+from factura.audit import web
+from factura.audit.api import AccessHook, router
+from factura.audit.chain import ChainWriter
+from factura.audit.checkpoints import Checkpointer, Signer
 from factura.audit.handlers import AuditHandlers
+from factura.audit.records import UNIDENTIFIED_TENANT, access
 from factura.audit.settings import Settings
-from factura.audit.store import AuditStore, DeadLetterStore
+from factura.audit.store import AuditDb
+from factura.audit.verify import Verification, export_chain, verify_chain
+from factura.common.apikeys import COLLECTION, ApiKeyStore, Principal
+from factura.common.apikeys.http import authenticator
+from factura.common.envelope import TENANT_PATTERN
+from factura.common.kafka.consumer import Batched, Route
 from factura.common.kafka.producer import Publisher
 from factura.common.mongo import create_client, database, ping
 from factura.common.runtime import Wiring
 from factura.common.topics import dead_letter_topics, event_topics
 
 
+def access_recorder(writer: ChainWriter) -> AccessHook:
+    """Every API call becomes a record: in the queried tenant's chain when the caller was
+    authenticated, else in the unidentified chain (an anonymous caller picks no tenant's chain)."""
+
+    async def on_access(principal: Principal | None, request: Request, status: int) -> None:
+        tenant = request.query_params.get("tenant_id", "")
+        if principal is None or not re.fullmatch(TENANT_PATTERN, tenant):
+            tenant = UNIDENTIFIED_TENANT
+        record = access(
+            record_id=f"access:{uuid.uuid4()}",
+            tenant_id=tenant,
+            key_id=principal.key_id if principal else "",
+            role=principal.role.value if principal else "",
+            method=request.method,
+            path=request.url.path,
+            query=str(request.url.query)[:2000],
+            status=status,
+        )
+        await writer.append([record])
+
+    return on_access
+
+
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
+    signer = Signer.from_file(settings.signer_path())  # first: no key, no start
     mongo = create_client(settings.mongo)
     stack.push_async_callback(mongo.close)
-    db = database(mongo, settings.mongo)
-    store = AuditStore(db["audit_events"])
-    dead_letters = DeadLetterStore(db["dead_letters"])
-    await store.ensure_indexes()
-    await dead_letters.ensure_indexes()
-    handlers = AuditHandlers(store, dead_letters)
+    mongo_db = database(mongo, settings.mongo)
+    db = AuditDb.of(mongo_db)
+    await db.ensure_indexes()
+    keys = ApiKeyStore(mongo_db[COLLECTION])
+    await keys.ensure_indexes()
+    writer = ChainWriter(db.records, db.tombstones)
+    handlers = AuditHandlers(writer)
+    checkpointer = Checkpointer(db, writer, signer, settings.checkpoint_interval_s)
+    batch = settings.batch_max_records
+    routes: dict[str, Route] = {
+        **{topic.name: Batched(handlers.on_events, batch) for topic in event_topics()},
+        **{topic.name: Batched(handlers.on_dead_letters, batch) for topic in dead_letter_topics()},
+    }
+
+    async def verify(tenant: str) -> Verification:
+        return await verify_chain(db, tenant, signer.public)
+
+    def export(tenant: str, from_seq: int, to_seq: int | None) -> AsyncIterator[bytes]:
+        return export_chain(db, tenant, signer.public, from_seq, to_seq)
 
     async def mongo_ok() -> None:
         await ping(mongo)
 
-    return Wiring(
-        routes={
-            **{topic.name: handlers.on_event for topic in event_topics()},
-            **{topic.name: handlers.on_dead_letter for topic in dead_letter_topics()},
-        },
-        checks={"mongo": mongo_ok},
-        routers=[router(store, dead_letters)],
+    cursor_key = signer.derived_secret("cursor")
+    on_access = access_recorder(writer)
+    api = router(
+        db, auth=authenticator(keys), cursor_key=cursor_key, on_access=on_access, verify=verify, export_chain=export
     )
+    ui = web.router(db, keys=keys, cursor_key=cursor_key, on_access=on_access, verify=verify)
+    return Wiring(routes=routes, checks={"mongo": mongo_ok}, routers=[api, ui], tasks=[checkpointer.run])

@@ -1,3 +1,6 @@
+from pathlib import Path
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from factura.common.settings import MongoSettings, ServiceSettings
@@ -7,3 +10,18 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FACTURA_AUDIT_", env_nested_delimiter="__", extra="ignore")
 
     mongo: MongoSettings = MongoSettings()
+    signing_key_file: Path | None = Field(
+        default=None, description="Ed25519 private key (PKCS#8 PEM) that signs chain checkpoints; required to run"
+    )
+
+    def signer_path(self) -> Path:
+        """The signing key file; audit refuses to run (or verify) without one, never signs with a default."""
+        if self.signing_key_file is None:
+            raise ValueError(
+                "FACTURA_AUDIT_SIGNING_KEY_FILE is not set: create a key with "
+                "`python -m factura.audit keygen --out FILE` and mount it as a secret"
+            )
+        return self.signing_key_file
+
+    checkpoint_interval_s: float = Field(default=60.0, gt=0, description="How often changed chain heads are signed")
+    batch_max_records: int = Field(default=1000, ge=1, le=10_000, description="Records per chain insert")

@@ -1,0 +1,215 @@
+"""Verify a tenant's chain, and export what lets an auditor verify it without us.
+
+A walk in ``seq`` order checks, for every position: a record (or a signed retention tombstone)
+is there, exactly once; its ``prev`` is the hash of the position before; its hash is
+``sha256(prev ‖ record)``; its indexed fields are the ones inside the hashed record. Then every
+checkpoint's Ed25519 signature is checked against the public key, and the hash it signed against
+the chain, so a chain rebuilt after tampering, or cut short, fails too. The first problem found
+is named with its position and record id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pymongo import ASCENDING
+
+from factura.audit.chain import link
+from factura.audit.checkpoints import key_id, public_pem, signature_valid
+from factura.audit.records import FIELDS, GENESIS, canonical, to_ms
+from factura.audit.store import AuditDb
+from factura.common.envelope import utcnow
+from factura.common.mongo import Document
+
+BATCH = 2000
+
+
+@dataclass(frozen=True)
+class Break:
+    seq: int
+    record_id: str | None
+    problem: str
+
+
+@dataclass
+class Verification:
+    tenant_id: str
+    ok: bool = True
+    records: int = 0
+    tombstones: int = 0
+    head_seq: int = 0
+    head_hash: str = GENESIS
+    checkpoints: int = 0
+    last_checkpoint_seq: int = 0
+    #: Records after the last signed checkpoint: linked, but not yet sealed by a signature.
+    unsealed: int = 0
+    first_break: Break | None = None
+    key_id: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def broken(self, seq: int, record_id: str | None, problem: str) -> None:
+        if self.first_break is None:
+            self.first_break = Break(seq, record_id, problem)
+        self.ok = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def verify_chain(db: AuditDb, tenant: str, public: Ed25519PublicKey) -> Verification:
+    result = Verification(tenant_id=tenant, key_id=key_id(public))
+    retained = await _retained(db, tenant, public, result)
+    checkpoints = await _head_checkpoints(db, tenant, public, result)
+    expected, prev = 1, GENESIS
+    async for doc in db.records.find({"tenant_id": tenant}).sort("seq", ASCENDING).batch_size(BATCH):
+        seq = doc.get("seq")
+        if not isinstance(seq, int) or seq < expected:
+            result.broken(expected - 1, str(doc.get("_id")), f"a second record claims position {seq}")
+            break
+        while expected < seq:  # a gap: only a signed tombstone may fill it
+            tomb = retained.get(expected)
+            if tomb is None:
+                result.broken(expected, None, f"record at position {expected} is missing")
+                break
+            if tomb.get("prev", prev) != prev:
+                result.broken(expected, tomb.get("record_id"), "retained position does not link to the one before")
+                break
+            prev, expected = tomb["hash"], expected + 1
+            result.tombstones += 1
+        if not result.ok:
+            break
+        problem = _check(doc, prev, retained.get(seq))
+        if problem is not None:
+            result.broken(seq, str(doc.get("_id")), problem)
+            break
+        signed = checkpoints.pop(seq, None)
+        if signed is not None and signed != doc["hash"]:
+            result.broken(seq, str(doc["_id"]), "hash differs from the one a signed checkpoint fixed")
+            break
+        prev, expected = doc["hash"], seq + 1
+        result.records += 1
+    if result.ok:
+        while expected in retained:  # removed records at the very end (the retention job never does this)
+            prev, expected = retained[expected]["hash"], expected + 1
+            result.tombstones += 1
+        result.head_seq, result.head_hash = expected - 1, prev
+        beyond = [s for s in checkpoints if s > result.head_seq]
+        if beyond:
+            end = result.head_seq
+            result.broken(end + 1, None, f"chain ends at {end} but a signed checkpoint covers {max(beyond)}")
+        result.unsealed = result.head_seq - result.last_checkpoint_seq
+    return result
+
+
+def _check(doc: Document, prev: str, tomb: Document | None) -> str | None:  # noqa: PLR0911 - one return per problem
+    if doc.get("prev") != prev:
+        return "does not link to the record before it (removed, inserted or reordered)"
+    record = doc.get("record")
+    if not isinstance(record, str) or link(prev, record) != doc.get("hash"):
+        return "content altered: hash does not match"
+    if tomb is not None and tomb.get("hash") != doc["hash"]:
+        return "differs from the hash its retention tombstone kept"
+    try:
+        body = json.loads(record)
+    except ValueError:
+        return "hashed record is not JSON"
+    if body.get("seq") != doc["seq"] or body.get("id") != doc["_id"] or body.get("tenant_id") != doc["tenant_id"]:
+        return "position, id or tenant differ from the hashed record"
+    for name in FIELDS:
+        if _plain(doc.get(name)) != body.get(name):
+            return f"field {name!r} differs from the hashed record"
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """A stored value as the hashed JSON has it (datetimes as ISO text in UTC, to the millisecond)."""
+    if hasattr(value, "isoformat") and hasattr(value, "tzinfo"):
+        return json.loads(canonical({"v": to_ms(value)}))["v"]
+    return value
+
+
+async def _head_checkpoints(db: AuditDb, tenant: str, public: Ed25519PublicKey, result: Verification) -> dict[int, str]:
+    """seq → signed hash of every valid head checkpoint; an invalid signature breaks verification."""
+    signed: dict[int, str] = {}
+    async for cp in db.checkpoints.find({"tenant_id": tenant, "kind": "head"}).sort("seq", ASCENDING):
+        if not signature_valid(public, cp):
+            result.broken(int(cp.get("seq", 0)), None, f"checkpoint {cp.get('_id')} has an invalid signature")
+            continue
+        payload = json.loads(cp["payload"])
+        if payload.get("tenant_id") != tenant:
+            result.broken(int(cp.get("seq", 0)), None, f"checkpoint {cp.get('_id')} was signed for another tenant")
+            continue
+        signed[payload["seq"]] = payload["hash"]
+        result.checkpoints += 1
+        result.last_checkpoint_seq = max(result.last_checkpoint_seq, payload["seq"])
+    return signed
+
+
+async def _retained(db: AuditDb, tenant: str, public: Ed25519PublicKey, result: Verification) -> dict[int, Document]:
+    """seq → tombstone, for tombstones a valid retention checkpoint signed (others are ignored)."""
+    tombs: dict[str, list[Document]] = {}
+    async for tomb in db.tombstones.find({"tenant_id": tenant}).sort("seq", ASCENDING):
+        tombs.setdefault(str(tomb.get("checkpoint")), []).append(tomb)
+    retained: dict[int, Document] = {}
+    async for cp in db.checkpoints.find({"tenant_id": tenant, "kind": "retention"}):
+        if not signature_valid(public, cp):
+            result.broken(int(cp.get("seq", 0)), None, f"retention checkpoint {cp.get('_id')} has an invalid signature")
+            continue
+        payload = json.loads(cp["payload"])
+        members = tombs.get(str(cp["_id"]), [])
+        if payload.get("tenant_id") != tenant or payload.get("digest") != removed_digest(members):
+            result.broken(int(cp.get("seq", 0)), None, f"tombstones of {cp['_id']} differ from what was signed")
+            continue
+        retained.update({t["seq"]: t for t in members})
+    return retained
+
+
+def removed_digest(tombstones: list[Document]) -> str:
+    """What a retention checkpoint signs: sha256 over ``seq:hash`` lines of the removed positions."""
+    lines = "\n".join(f"{t['seq']}:{t['hash']}" for t in sorted(tombstones, key=lambda t: t["seq"]))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+async def export_chain(
+    db: AuditDb, tenant: str, public: Ed25519PublicKey, from_seq: int = 1, to_seq: int | None = None
+) -> AsyncIterator[bytes]:
+    """NDJSON: a header with the public key, then every position (record or tombstone), then the
+    checkpoints. Enough to verify offline with a few lines of Python or openssl (docs/audit.md)."""
+    header = {
+        "format": "factura-audit-chain/1",
+        "tenant_id": tenant,
+        "hash": "sha256(prev_hex_ascii || record_utf8)",
+        "signature": "ed25519(payload_utf8)",
+        "key_id": key_id(public),
+        "public_key_pem": public_pem(public),
+        "exported_at": utcnow(),
+        "from_seq": from_seq,
+        "to_seq": to_seq,
+    }
+    yield canonical(header).encode() + b"\n"
+    bounds: dict[str, int] = {"$gte": from_seq} | ({"$lte": to_seq} if to_seq is not None else {})
+    query = {"tenant_id": tenant, "seq": bounds}
+    tombs = aiter(db.tombstones.find(query).sort("seq", ASCENDING))
+    tomb = await anext(tombs, None)
+    async for doc in db.records.find(query).sort("seq", ASCENDING).batch_size(BATCH):
+        while tomb is not None and tomb["seq"] < doc["seq"]:  # positions in order, removed ones included
+            yield _removed_line(tomb)
+            tomb = await anext(tombs, None)
+        line = {"seq": doc["seq"], "id": doc["_id"], "prev": doc["prev"], "hash": doc["hash"], "record": doc["record"]}
+        yield canonical(line).encode() + b"\n"
+    while tomb is not None:
+        yield _removed_line(tomb)
+        tomb = await anext(tombs, None)
+    async for cp in db.checkpoints.find({"tenant_id": tenant}).sort("seq", ASCENDING):
+        line = {"checkpoint": cp["payload"], "signature": cp["signature"], "id": cp["_id"]}
+        yield canonical(line).encode() + b"\n"
+
+
+def _removed_line(tomb: Document) -> bytes:
+    line = {"seq": tomb["seq"], "id": tomb.get("record_id"), "hash": tomb["hash"], "removed": True}
+    return canonical(line).encode() + b"\n"
