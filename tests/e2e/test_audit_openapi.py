@@ -9,6 +9,7 @@ service publishes exactly that schema.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,11 +20,13 @@ from pymongo import AsyncMongoClient
 from schemathesis import Case
 from schemathesis.checks import positive_data_acceptance
 
-from factura.audit.api import router
+from factura.audit.bootstrap import http_routers
 from factura.audit.store import AuditDb
 from factura.audit.verify import Verification
-from factura.common.apikeys import ApiKeyStore, authenticator
+from factura.common.apikeys import ApiKeyStore
 from factura.common.http import Health, create_app
+from factura.common.tenants import TenantDirectory
+from factura.devstack.config import StackConfig
 from factura.devstack.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -42,15 +45,12 @@ def published_schema() -> dict[str, Any]:
     async def export(*_: Any) -> AsyncIterator[bytes]:
         yield b""
 
-    routes = router(
-        AuditDb.of(db),
-        auth=authenticator(ApiKeyStore(db["api_keys"])),
-        cursor_key=b"k" * 32,
-        on_access=nothing,
-        verify=verify,
-        export_chain=export,
+    tenants = TenantDirectory(StackConfig(data_dir=Path("unused")).tenants_dir)
+    keys = ApiKeyStore(db["api_keys"])
+    routes = http_routers(
+        AuditDb.of(db), keys, tenants, cursor_key=b"k" * 32, on_access=nothing, verify=verify, export=export
     )
-    return create_app("audit", Health(), [routes]).openapi()
+    return create_app("audit", Health(), routes).openapi()
 
 
 schema = schemathesis.openapi.from_dict(published_schema())

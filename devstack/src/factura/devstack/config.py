@@ -194,7 +194,7 @@ def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
     if name == "scheduler":
         env[p + "TICK_SECONDS"] = "1"
         env[p + "HELPDESK__SECRET"] = cfg.sms_auth_token  # the capture server's helpdesk checks it
-    if name in ("ingest", "renderer", "email-sender", "sms-sender", "scheduler"):
+    if name in ("ingest", "renderer", "email-sender", "sms-sender", "scheduler", "audit"):
         env[p + "TENANTS_DIR"] = str(cfg.tenants_dir)
     if name in ("renderer", "email-sender", "sms-sender"):
         env |= {

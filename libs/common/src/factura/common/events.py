@@ -22,8 +22,9 @@ Channel = Literal["email", "sms", "voice", "push"]
 CHANNELS: tuple[str, ...] = get_args(Channel)
 #: Where a signed download link can travel (delivery channels, plus a customer portal).
 LinkChannel = Literal["email", "sms", "voice", "push", "portal"]
-#: Why a message is sent: the invoice itself, one reminder step (``reminder:<step>``), or a receipt.
-Purpose = Annotated[str, Field(pattern=r"^(invoice|receipt|reminder:[a-z0-9][a-z0-9_+-]{0,39})$")]
+#: Why a message is sent: the invoice itself, one reminder step (``reminder:<step>``), a receipt, or the
+#: tenant's daily summary to its process owner (``report``).
+Purpose = Annotated[str, Field(pattern=r"^(invoice|receipt|report|reminder:[a-z0-9][a-z0-9_+-]{0,39})$")]
 ReminderStep = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_+-]{0,39}$", examples=["before-5", "due", "after-3"])]
 Money = Annotated[Decimal, Field(max_digits=18, decimal_places=2)]
 CENT = Decimal("0.01")
@@ -189,6 +190,55 @@ class DeliveryFailedV1(_Model):
     document: DocumentRef
 
 
+class Amount(_Model):
+    currency: Currency
+    amount: Money
+
+
+class ChannelFigures(_Model):
+    delivered: int = Field(ge=0)
+    failed: int = Field(ge=0)
+
+
+class DailyReport(_Model):
+    """One tenant's day (its own time zone) as the audit trail recorded it: the process owner's summary.
+
+    Customer messages only (the summary's own email is not counted). Each attempt on each channel
+    counts once: a message that failed by email and was delivered by SMS is one failure and one
+    delivery; a bounce reported after acceptance counts as a delivery and a failure.
+    """
+
+    tenant_id: str
+    day: date = Field(description="The tenant's local day reported on")
+    timezone: str = Field(description="IANA zone of the tenant (``[reminders] timezone``)")
+    start: AwareDatetime = Field(description="The day's first instant, UTC")
+    end: AwareDatetime = Field(description="The next day's first instant, UTC (exclusive)")
+    sent: int = Field(ge=0, description="Delivery attempts that day: delivered + failed")
+    delivered: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    exhausted: int = Field(ge=0, description="Messages no allowed channel delivered")
+    failed_by_reason: dict[str, int] = Field(description="Failure reason → attempts")
+    by_channel: dict[str, ChannelFigures]
+    by_purpose: dict[str, int] = Field(description="Delivered messages by purpose family: invoice, reminder, receipt")
+    reminders_due: int = Field(ge=0, description="Reminder steps the scheduler issued")
+    reminders_delivered: int = Field(ge=0)
+    payments: int = Field(ge=0, description="payment.received events")
+    paid: list[Amount] = Field(description="Sum of those payments per currency")
+    unpaid: int = Field(ge=0, description="Invoices issued in the window and not paid in full at ``end``")
+    unpaid_amount: list[Amount] = Field(description="What those invoices still owe, per currency")
+    unpaid_window_days: int = Field(ge=1, description="Only invoices issued this many days before ``end`` count")
+    unpaid_complete: bool = Field(description="False when the scan stopped at its bound: the unpaid figures are low")
+
+
+class ReportDueV1(_Model):
+    """The daily summary is due to the tenant's process owner (``[audit] owner_email``): email only."""
+
+    owner_email: Email
+    locale: Locale = Field(description="Language of the email")
+    country: Country = Field(description="With the language, how numbers and dates read")
+    report: DailyReport
+
+
 class Notice(_Model):
     """What one message is about. Copied unchanged from the request into every outcome and fallback,
     so each delivery event says which message it belongs to (audit tells invoice from reminder)."""
@@ -201,6 +251,7 @@ class Notice(_Model):
         default=None, description="Channel order for this message only (a reminder step's rule); else the tenant's"
     )
     outstanding: Money | None = Field(default=None, description="Still to pay, when partial payments were made")
+    report: DailyReport | None = Field(default=None, description="Purpose ``report``: the figures the email carries")
 
 
 class Attempt(_Model):
@@ -398,6 +449,7 @@ EVENT_MODELS: dict[tuple[str, int], type[_Model]] = {
     ("ticket.failed", 1): TicketFailedV1,
     ("reminder.due", 1): ReminderDueV1,
     ("reminder.due", 2): ReminderDueV2,
+    ("report.due", 1): ReportDueV1,
 }
 
 

@@ -56,6 +56,7 @@ PAYMENT_RECEIVED = Topic("payment.received", "A validated payment against an inv
 PAYMENT_UNMATCHED = Topic("payment.unmatched", "A payment not counted toward its invoice, with the reason.")
 REMINDER_DUE = Topic("reminder.due", "A reminder step is due for an unpaid invoice.")
 RECEIPT_DUE = Topic("receipt.due", "An invoice was paid in full; thank the customer.")
+REPORT_DUE = Topic("report.due", "A tenant's daily summary is due to its process owner (audit publishes it).")
 TICKET_DUE = Topic("ticket.due", "An invoice long overdue needs a helpdesk ticket.")
 TICKET_OPENED = Topic("ticket.opened", "The helpdesk accepted a ticket.")
 TICKET_FAILED = Topic("ticket.failed", "The helpdesk refused a ticket for good.")
@@ -80,6 +81,7 @@ REGISTRY: dict[str, Topic] = {
         PAYMENT_UNMATCHED,
         REMINDER_DUE,
         RECEIPT_DUE,
+        REPORT_DUE,
         TICKET_DUE,
         TICKET_OPENED,
         TICKET_FAILED,

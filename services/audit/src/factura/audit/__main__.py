@@ -17,13 +17,15 @@ from pathlib import Path
 
 from factura.audit.bootstrap import bootstrap
 from factura.audit.checkpoints import Signer, generate_key
+from factura.audit.retention import apply_retention
 from factura.audit.settings import Settings
 from factura.audit.store import AuditDb
 from factura.audit.verify import export_chain, verify_chain
 from factura.common.apikeys.cli import run as keys_cli
-from factura.common.envelope import TENANT_PATTERN
+from factura.common.envelope import TENANT_PATTERN, utcnow
 from factura.common.mongo import create_client, database
 from factura.common.runtime import main
+from factura.common.tenants import TenantDirectory
 
 
 def _tenant(value: str) -> str:
@@ -41,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a tenant's chain as NDJSON (stdout or --out)")
     export.add_argument("--tenant", required=True, type=_tenant)
     export.add_argument("--out", type=Path)
+    retention = commands.add_parser("retention", help="remove records past their retention period now")
+    retention.add_argument("--dry-run", action="store_true", help="count what would be removed, remove nothing")
     keygen = commands.add_parser("keygen", help="write a new Ed25519 signing key (PKCS#8 PEM, mode 0600)")
     keygen.add_argument("--out", type=Path, required=True)
     return parser
@@ -81,6 +85,19 @@ async def _export(settings: Settings, tenant: str, out: Path | None) -> int:
     return 0
 
 
+async def _retention(settings: Settings, dry_run: bool) -> int:
+    signer = Signer.from_file(settings.signer_path())
+    tenants = TenantDirectory(settings.tenants_dir)
+    client = create_client(settings.mongo)
+    try:
+        db = AuditDb.of(database(client, settings.mongo))
+        report = await apply_retention(db, signer, lambda t: tenants.get(t).audit, utcnow(), dry_run=dry_run)
+    finally:
+        await client.close()
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0 if not report.refused else 1
+
+
 def cli(argv: list[str]) -> int:
     if argv[:1] == ["keys"]:
         return keys_cli(argv[1:], Settings().mongo, prog="python -m factura.audit keys")
@@ -92,6 +109,8 @@ def cli(argv: list[str]) -> int:
     settings = Settings()
     if args.command == "verify":
         return asyncio.run(_verify(settings, args.tenant, args.json))
+    if args.command == "retention":
+        return asyncio.run(_retention(settings, args.dry_run))
     return asyncio.run(_export(settings, args.tenant, args.out))
 
 

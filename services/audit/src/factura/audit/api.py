@@ -310,8 +310,8 @@ def router(
     api = APIRouter(
         prefix="/v1",
         tags=["audit"],
-        route_class=_audited(on_access),
-        dependencies=[Depends(reader), Depends(_plain_query)],
+        route_class=audited_route(on_access),
+        dependencies=[Depends(reader), Depends(plain_query)],
     )
 
     @api.get("/invoices/{invoice_id:path}/timeline", response_model=Timeline, responses=_responses(404))
@@ -494,7 +494,7 @@ def _query_names(request: Request) -> frozenset[str]:
     return frozenset(names)
 
 
-async def _plain_query(request: Request) -> None:
+async def plain_query(request: Request) -> None:
     """400 for a query parameter given twice or not taken by the route, naming it."""
     allowed = _query_names(request)
     seen: dict[str, int] = {}
@@ -509,7 +509,7 @@ async def _plain_query(request: Request) -> None:
             raise HTTPException(400, detail=f"query parameter {name!r} given {times} times; give it once")
 
 
-def _audited(on_access: AccessHook) -> type[APIRoute]:
+def audited_route(on_access: AccessHook) -> type[APIRoute]:
     """A route class that hands every call to ``on_access`` with the status it is answered with,
     before the answer leaves: a read the audit could not record is not served."""
 

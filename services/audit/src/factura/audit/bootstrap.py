@@ -8,14 +8,16 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
-from fastapi import Request
+from fastapi import APIRouter, Depends, Request
 
 from factura.audit import web
-from factura.audit.api import AccessHook, router
+from factura.audit.api import AccessHook, ExportChain, VerifyChain, audited_route, plain_query, router
 from factura.audit.chain import ChainWriter
 from factura.audit.checkpoints import Checkpointer, Signer
+from factura.audit.daily import DailyReports, daily_router
 from factura.audit.handlers import AuditHandlers
 from factura.audit.records import UNIDENTIFIED_TENANT, access
+from factura.audit.retention import RetentionTask
 from factura.audit.settings import Settings
 from factura.audit.store import AuditDb
 from factura.audit.verify import Verification, export_chain, verify_chain
@@ -26,6 +28,7 @@ from factura.common.kafka.consumer import Batched, Route
 from factura.common.kafka.producer import Publisher
 from factura.common.mongo import create_client, database, ping
 from factura.common.runtime import Wiring
+from factura.common.tenants import TenantDirectory
 from factura.common.topics import dead_letter_topics, event_topics
 
 
@@ -64,6 +67,8 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     writer = ChainWriter(db.records, db.tombstones)
     handlers = AuditHandlers(writer)
     checkpointer = Checkpointer(db, writer, signer, settings.checkpoint_interval_s)
+    tenants = TenantDirectory(settings.tenants_dir)
+    retention = RetentionTask(db, signer, lambda tenant: tenants.get(tenant).audit, settings.retention_interval_s)
     batch = settings.batch_max_records
     routes: dict[str, Route] = {
         **{topic.name: Batched(handlers.on_events, batch) for topic in event_topics()},
@@ -79,10 +84,38 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     async def mongo_ok() -> None:
         await ping(mongo)
 
-    cursor_key = signer.derived_secret("cursor")
-    on_access = access_recorder(writer)
-    api = router(
-        db, auth=authenticator(keys), cursor_key=cursor_key, on_access=on_access, verify=verify, export_chain=export
+    reports = DailyReports(db.records, mongo_db["audit_daily_reports"], tenants, publisher)
+    return Wiring(
+        routes=routes,
+        checks={"mongo": mongo_ok},
+        routers=http_routers(
+            db,
+            keys,
+            tenants,
+            cursor_key=signer.derived_secret("cursor"),
+            on_access=access_recorder(writer),
+            verify=verify,
+            export=export,
+        ),
+        tasks=[checkpointer.run, retention.run, reports.run],
+    )
+
+
+def http_routers(
+    db: AuditDb,
+    keys: ApiKeyStore,
+    tenants: TenantDirectory,
+    *,
+    cursor_key: bytes,
+    on_access: AccessHook,
+    verify: VerifyChain,
+    export: ExportChain,
+) -> list[APIRouter]:
+    """The compliance API (``/v1``, in the OpenAPI schema) and the compliance page (``/ui``)."""
+    auth = authenticator(keys)
+    api = router(db, auth=auth, cursor_key=cursor_key, on_access=on_access, verify=verify, export_chain=export)
+    daily = daily_router(
+        db.records, tenants, auth=auth, route_class=audited_route(on_access), dependencies=[Depends(plain_query)]
     )
     ui = web.router(db, keys=keys, cursor_key=cursor_key, on_access=on_access, verify=verify)
-    return Wiring(routes=routes, checks={"mongo": mongo_ok}, routers=[api, ui], tasks=[checkpointer.run])
+    return [api, daily, ui]

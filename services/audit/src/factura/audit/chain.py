@@ -15,8 +15,9 @@ no memory of the head, therefore interleave their records but never branch the c
 :class:`_TenantChain`; whatever queued while a write was in flight goes out in the next single
 ``insert_many``. A busy tenant is one ordered stream of large inserts, not one per partition.
 
-**Once per id.** Before chaining, ids already stored are looked up and counted as duplicates
-(a redelivered event, a DLQ record seen twice), so a duplicate never takes a position.
+**Once per id.** Before chaining, ids already stored (or stored and since removed by retention)
+are looked up and counted as duplicates (a redelivered event, a DLQ record seen twice), so a
+duplicate never takes a position.
 """
 
 from __future__ import annotations
@@ -167,11 +168,18 @@ class _TenantChain:
                 if not done.done():
                     done.set_result(share)
 
+    async def _stored(self, ids: list[str]) -> set[str]:
+        """Ids already in the chain: stored, or stored and later removed by retention (tombstoned)."""
+        found = {d["_id"] async for d in self._records.find({"_id": {"$in": ids}}, {"_id": 1})}
+        query = {"tenant_id": self._tenant, "record_id": {"$in": ids}}
+        found.update([d["record_id"] async for d in self._tombstones.find(query, {"record_id": 1})])
+        return found
+
     async def _write(self, batch: list[NewRecord]) -> _Written:
         new_ids: set[str] = set()
         pending = _unique(batch)
         for _ in range(MAX_REBASES):
-            stored = {d["_id"] async for d in self._records.find({"_id": {"$in": [r.id for r in pending]}}, {"_id": 1})}
+            stored = await self._stored([r.id for r in pending])
             pending = [r for r in pending if r.id not in stored]
             if not pending:
                 return _Written(new_ids)

@@ -24,4 +24,6 @@ class Settings(ServiceSettings):
         return self.signing_key_file
 
     checkpoint_interval_s: float = Field(default=60.0, gt=0, description="How often changed chain heads are signed")
+    tenants_dir: Path | None = Field(default=None, description="Per-tenant configs ([audit] retention and summary)")
+    retention_interval_s: float = Field(default=3600.0, gt=0, description="How often expired records are removed")
     batch_max_records: int = Field(default=1000, ge=1, le=10_000, description="Records per chain insert")

@@ -2,9 +2,9 @@
 
 ``audit_records`` is written only by :class:`~factura.audit.chain.ChainWriter` (insert),
 ``audit_checkpoints`` and ``audit_tombstones`` only by insert, and the retention job is the one
-code path that deletes records (after signing what it removes). In production the service's
-MongoDB role grants ``insert`` and ``find`` only, plus ``remove`` for the retention job's own
-user (docs/audit.md).
+code path that deletes records (after signing what it removes), and besides records it only
+ever removes its own unsigned tombstones. In production the service's MongoDB role grants
+``insert`` and ``find`` only, plus ``remove`` for the retention job's own user (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class AuditDb:
             await records.create_index([("tenant_id", ASCENDING), (field, ASCENDING), ("seq", DESCENDING)])
         await records.create_index([("tenant_id", ASCENDING), ("day", ASCENDING)])
         await records.create_index([("tenant_id", ASCENDING), ("occurred_at", ASCENDING)])
-        await records.create_index([("class", ASCENDING), ("occurred_at", ASCENDING)])
+        await records.create_index([("tenant_id", ASCENDING), ("class", ASCENDING), ("occurred_at", ASCENDING)])
         await self.checkpoints.create_index([("tenant_id", ASCENDING), ("seq", ASCENDING)])
         await self.tombstones.create_index([("tenant_id", ASCENDING), ("seq", ASCENDING)], unique=True)
+        await self.tombstones.create_index([("tenant_id", ASCENDING), ("record_id", ASCENDING)])

@@ -83,7 +83,7 @@ async def verify_chain(db: AuditDb, tenant: str, public: Ed25519PublicKey) -> Ve
             result.tombstones += 1
         if not result.ok:
             break
-        problem = _check(doc, prev, retained.get(seq))
+        problem = check_record(doc, prev, retained.get(seq))
         if problem is not None:
             result.broken(seq, str(doc.get("_id")), problem)
             break
@@ -106,7 +106,7 @@ async def verify_chain(db: AuditDb, tenant: str, public: Ed25519PublicKey) -> Ve
     return result
 
 
-def _check(doc: Document, prev: str, tomb: Document | None) -> str | None:  # noqa: PLR0911 - one return per problem
+def check_record(doc: Document, prev: str, tomb: Document | None) -> str | None:  # noqa: PLR0911 - one return per problem
     if doc.get("prev") != prev:
         return "does not link to the record before it (removed, inserted or reordered)"
     record = doc.get("record")
@@ -197,8 +197,9 @@ async def export_chain(
     tombs = aiter(db.tombstones.find(query).sort("seq", ASCENDING))
     tomb = await anext(tombs, None)
     async for doc in db.records.find(query).sort("seq", ASCENDING).batch_size(BATCH):
-        while tomb is not None and tomb["seq"] < doc["seq"]:  # positions in order, removed ones included
-            yield _removed_line(tomb)
+        while tomb is not None and tomb["seq"] <= doc["seq"]:  # positions in order, removed ones included
+            if tomb["seq"] < doc["seq"]:  # (equal: removal interrupted before the delete; the record stands)
+                yield _removed_line(tomb)
             tomb = await anext(tombs, None)
         line = {"seq": doc["seq"], "id": doc["_id"], "prev": doc["prev"], "hash": doc["hash"], "record": doc["record"]}
         yield canonical(line).encode() + b"\n"
@@ -211,5 +212,11 @@ async def export_chain(
 
 
 def _removed_line(tomb: Document) -> bytes:
-    line = {"seq": tomb["seq"], "id": tomb.get("record_id"), "hash": tomb["hash"], "removed": True}
+    line = {
+        "seq": tomb["seq"],
+        "id": tomb.get("record_id"),
+        "hash": tomb["hash"],
+        "removed": True,
+        "checkpoint": tomb.get("checkpoint"),
+    }
     return canonical(line).encode() + b"\n"

@@ -1,4 +1,5 @@
-"""Build one customer email (invoice, reminder or receipt): branded HTML, plain text, attachment.
+"""Build one customer email (invoice, reminder or receipt): branded HTML, plain text, attachment;
+and, in the same frame and brand, the tenant's daily summary to its process owner (purpose ``report``).
 
 Who the email says it is from (From, subject, signature) comes only from the tenant's reviewed
 config, never from ``invoice.seller_name``: that is ERP-supplied text, and anyone who can feed the
@@ -35,12 +36,13 @@ from urllib.parse import urlsplit
 import css_inline
 from babel import Locale
 from babel.dates import format_skeleton
+from babel.numbers import format_decimal
 from jinja2 import PackageLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 from PIL import Image, UnidentifiedImageError
 
-from factura.common.events import DocumentRef, Notice
+from factura.common.events import Amount, DailyReport, DocumentRef, Notice
 from factura.common.locales import day, locale_of, money
 from factura.common.tenants import HEX_COLOR, TenantConfig
 
@@ -221,6 +223,15 @@ def build_email(
     message_id: str,
     default_sender: tuple[str, str],
 ) -> EmailMessage:
+    if notice.report is not None:
+        return build_report_email(
+            report=notice.report,
+            notice=notice,
+            tenant=tenant,
+            recipient=recipient,
+            message_id=message_id,
+            default_sender=default_sender,
+        )
     invoice, customer = notice.invoice, notice.invoice.customer
     lang, locale = customer.locale, locale_of(customer)
     t = strings()[lang]
@@ -301,4 +312,94 @@ def build_email(
         body, document = attachment
         maintype, _, subtype = document.content_type.partition("/")
         msg.add_attachment(body, maintype=maintype, subtype=subtype, filename=filename)
+    return msg
+
+
+def build_report_email(
+    *,
+    report: DailyReport,
+    notice: Notice,
+    tenant: TenantConfig,
+    recipient: str,
+    message_id: str,
+    default_sender: tuple[str, str],
+) -> EmailMessage:
+    """The daily summary (purpose ``report``): the owner stands as ``notice.invoice.customer``
+    (:func:`factura.common.delivery.sender.report_notice`). No links, no pixel, no attachment: the
+    owner is not a customer, and nothing in it is tracked."""
+    owner = notice.invoice.customer
+    lang, locale = owner.locale, locale_of(owner)
+    t = strings()[lang]
+    from_name, from_address = (tenant.sender.from_name, tenant.sender.from_address) if tenant.sender else default_sender
+    brand = header_text(tenant.display_name or from_name)
+    words = {
+        "brand": brand,
+        "day": day(report.day, owner, "medium"),
+        "day_long": day(report.day, owner, "full"),
+        "timezone": header_text(report.timezone),
+    }
+    subject = header_text(t["subject_report"].format(**words))
+
+    def count(n: int) -> str:
+        return format_decimal(n, locale=locale)
+
+    def amounts(values: list[Amount]) -> list[str]:
+        return [money(a.amount, a.currency, owner) for a in values]
+
+    paid = amounts(report.paid)
+    facts = [
+        (t["report_unpaid"], count(report.unpaid)),
+        (t["report_sent"], count(report.sent)),
+        (t["report_delivered"], count(report.delivered)),
+        (t["report_failed"], count(report.failed)),
+        (t["report_exhausted"], count(report.exhausted)),
+        (t["report_reminders_due"], count(report.reminders_due)),
+        (t["report_reminders_delivered"], count(report.reminders_delivered)),
+        (t["report_payments"], count(report.payments)),
+        (t["report_paid"], ", ".join(paid) if paid else count(0)),
+    ]
+    channel_names = t["channels"]
+    by_channel = [
+        (channel_names.get(name, name), f"{count(f.delivered)} / {count(f.failed)}")
+        for name, f in sorted(report.by_channel.items())
+    ]
+    by_reason = [(reason, count(n)) for reason, n in sorted(report.failed_by_reason.items(), key=lambda kv: -kv[1])]
+    logo_file = tenant.asset(tenant.branding.logo) if tenant.branding.logo else None
+    logo = load_logo(logo_file, tenant.version) if logo_file else None
+    logo_cid = message_id.strip("<>").replace("@", ".logo@", 1) if logo else None
+    context = {
+        "lang": lang,
+        "t": t,
+        "subject": subject,
+        "brand": brand,
+        "greeting": t["greeting_report"],
+        "heading": t["heading_report"],
+        "intro": t["intro_report"].format(**words),
+        "report": report,
+        "unpaid_amounts": amounts(report.unpaid_amount),
+        "facts": facts,
+        "tables": [(t["report_by_channel"], by_channel), (t["report_by_reason"], by_reason)],
+        "unsubscribe": None,
+        "pixel": None,
+        "logo": logo,
+        "logo_cid": logo_cid,
+        "footer_lines": [line for line in tenant.branding.legal_footer.splitlines() if line.strip()],
+        "reason": t["reason_report"].format(**words),
+        "css": _palette(tenant) | {"font": font_stack(tenant.branding.font_family)},
+    }
+    msg = EmailMessage()
+    msg["Subject"] = subject
+    msg["From"] = mailbox(from_name, from_address)
+    msg["To"] = mailbox("", recipient)
+    if tenant.sender and tenant.sender.reply_to:
+        msg["Reply-To"] = mailbox("", tenant.sender.reply_to)
+    msg["Message-ID"] = header_text(message_id)
+    msg.set_content(_env.get_template("report.txt.j2").render(context))
+    msg.add_alternative(_inliner.inline(_env.get_template("report.html.j2").render(context)), subtype="html")
+    if logo and logo_cid:
+        html = msg.get_body(("html",))
+        assert html is not None
+        html.add_related(
+            logo.data, maintype="image", subtype=logo.subtype, cid=f"<{logo_cid}>", filename=f"logo.{logo.subtype}"
+        )
     return msg

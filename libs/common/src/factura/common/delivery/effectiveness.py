@@ -95,8 +95,11 @@ class ChannelEffectiveness:
         await self._credits.create_index([("tenant_id", 1), ("customer_id", 1), ("paid_at", 1)])
 
     async def record_delivery(self, event: Envelope[DeliverySucceededV2]) -> None:
-        """Remember a delivery (once per event id) and claim any credit it now deserves."""
+        """Remember a delivery (once per event id) and claim any credit it now deserves; the owner's
+        daily summary (purpose ``report``) reaches no customer and earns no channel credit."""
         notice = event.data.notice
+        if notice.purpose == "report":
+            return
         invoice_id = event.invoice_id or notice.invoice.invoice_number
         delivery = Delivery(str(event.event_id), event.data.channel, epoch_ms(event.occurred_at))
         doc: Document = {

@@ -33,8 +33,11 @@ class LinkMaker:
         self._ttl_s = ttl_s
 
     async def for_job(self, job: Job, *, short: bool) -> MessageLinks:
-        """Links for ``job``; ``short`` forces short links (SMS: one segment)."""
+        """Links for ``job``; ``short`` forces short links (SMS: one segment). The owner's daily
+        summary (purpose ``report``) is about no invoice: no payment, download or tracking links."""
         tenant, notice = job.tenant, job.notice
+        if notice.purpose == "report":
+            return MessageLinks(download=None, payment=None, pixel=None, unsubscribe=None)
         tracking = tenant.delivery.tracking
         base = tenant.links_base_url or self._base_url
         invoice_id = job.cause.invoice_id or notice.invoice.invoice_number

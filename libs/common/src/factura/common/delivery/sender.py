@@ -7,6 +7,7 @@ delivery and acts only when the channel asked for is one of its own:
 * ``invoice.rendered``: purpose ``invoice``, the policy's first channel;
 * ``reminder.due``: purpose ``reminder:<step>``, the policy's (or the step's) first channel;
 * ``receipt.due``: purpose ``receipt``, the policy's first channel;
+* ``report.due``: purpose ``report``, email only, to the tenant's process owner (:func:`report_notice`);
 * ``delivery.failed``: the channel its ``next_channel`` names (the failing sender decided).
 
 Then, under the shared ledger (send at most once per request and channel): a document key
@@ -23,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 from prometheus_client import Histogram
@@ -38,9 +40,11 @@ from factura.common.events import (
     DeliverySucceededV2,
     FailureReason,
     InvoiceRenderedV1,
+    InvoiceSummary,
     Notice,
     ReceiptDueV1,
     ReminderDueV2,
+    ReportDueV1,
 )
 from factura.common.kafka.consumer import Handler, Message
 from factura.common.kafka.producer import Publisher
@@ -56,7 +60,9 @@ SEND_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 #: Topics that may ask a sender to deliver something.
-REQUEST_TOPICS = ("invoice.rendered", "reminder.due", "receipt.due", "delivery.failed")
+REQUEST_TOPICS = ("invoice.rendered", "reminder.due", "receipt.due", "report.due", "delivery.failed")
+#: The addressee id of a daily summary (the owner is no customer of the tenant's).
+PROCESS_OWNER = "process-owner"
 
 
 @dataclass(frozen=True)
@@ -89,9 +95,36 @@ def request_of(event: Envelope[Any], tenant: TenantConfig) -> Request | None:
         )
     elif isinstance(data, ReceiptDueV1):
         notice = Notice(purpose="receipt", invoice=data.invoice, document=data.document)
+    elif isinstance(data, ReportDueV1):
+        notice = report_notice(data, tenant)
     else:
         return None
     return Request(policy.first(notice), notice, ())
+
+
+def report_notice(data: ReportDueV1, tenant: TenantConfig) -> Notice:
+    """The daily summary as a message of the one delivery path (ledger, outcomes, audit).
+
+    Every channel addresses ``notice.invoice.customer``, so the owner stands there; the summary
+    has no invoice, and the rest of ``invoice`` names the report (``report-YYYY-MM-DD``, total 0).
+    Email only, whatever the tenant's channel order: the figures do not fit an SMS.
+    """
+    owner = Customer(
+        customer_id=PROCESS_OWNER,
+        name=tenant.display_name or tenant.tenant_id,
+        country=data.country,
+        email=data.owner_email,
+        locale=data.locale,
+    )
+    summary = InvoiceSummary(
+        invoice_number=f"report-{data.report.day.isoformat()}",
+        seller_name=tenant.display_name or tenant.tenant_id,
+        customer=owner,
+        currency=tenant.delivery.currency,
+        total=Decimal(0),
+        due_date=data.report.day,
+    )
+    return Notice(purpose="report", invoice=summary, channels=["email"], report=data.report)
 
 
 @dataclass(frozen=True)
