@@ -6,7 +6,7 @@ UV ?= python3 -m uv
 STAMP := $(VENV)/.installed
 SRC := libs/common/src services/*/src devstack/src
 
-.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer bench-sigkill bench-delivery bench-scheduler clean
+.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer bench-sigkill bench-delivery bench-scheduler bench-audit clean
 
 install: $(STAMP)
 
@@ -70,6 +70,9 @@ bench-delivery: install  ## email sender vs bare aiosmtplib (1000 mails, 60 KB P
 
 bench-scheduler: install  ## 100k open invoices: RSS per invoice, idle tick at 10k/100k, a tick emitting 10k reminders (~6 min)
 	$(PY) -m benchmarks.bench_scheduler
+
+bench-audit: install  ## audit: raw insert_many vs the chained consumer, timeline/search p95 at 1 M records, verify/s
+	$(PY) -m benchmarks.bench_audit
 
 clean: down
 	rm -rf .data
