@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from factura.audit.__main__ import cli
 from factura.audit.chain import ChainWriter, Head, chained
 from factura.audit.checkpoints import Checkpointer, Signer
 from factura.audit.records import NewRecord, access
@@ -223,3 +224,26 @@ def verify_offline(export: bytes, workdir: Path) -> int:
     )
     assert digest.stdout.split()[0] == record["hash"]
     return len(heads)
+
+
+async def test_cli_verify_and_export(cfg: StackConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m factura.audit verify` exits 0 on a sound chain and 1 naming the broken position."""
+    name = f"cli{uuid.uuid4().hex[:6]}"
+    key = tmp_path / "signing.pem"
+    assert cli(["keygen", "--out", str(key)]) == 0
+    monkeypatch.setenv("FACTURA_AUDIT_MONGO__URL", cfg.mongo_url)
+    monkeypatch.setenv("FACTURA_AUDIT_MONGO__DATABASE", name)
+    monkeypatch.setenv("FACTURA_AUDIT_SIGNING_KEY_FILE", str(key))
+    client = create_client(mongo_settings(cfg))
+    try:
+        db = AuditDb.of(client[name])
+        await db.ensure_indexes()
+        await ChainWriter(db.records, db.tombstones).append(calls("acme", 4))
+        assert await asyncio.to_thread(cli, ["verify", "--tenant", "acme"]) == 0
+        out = tmp_path / "chain.ndjson"
+        assert await asyncio.to_thread(cli, ["export", "--tenant", "acme", "--out", str(out)]) == 0
+        assert len(out.read_bytes().splitlines()) == 1 + 4  # header + positions (nothing signed yet)
+        await db.records.delete_one({"tenant_id": "acme", "seq": 2})
+        assert await asyncio.to_thread(cli, ["verify", "--tenant", "acme"]) == 1
+    finally:
+        await client.close()

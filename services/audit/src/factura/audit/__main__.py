@@ -67,7 +67,8 @@ async def _verify(settings: Settings, tenant: str, as_json: bool) -> int:
     else:
         brk = result.first_break
         assert brk is not None
-        print(f"BROKEN  tenant {tenant}: position {brk.seq} (record {brk.record_id}): {brk.problem}")
+        record = f" (record {brk.record_id})" if brk.record_id else ""
+        print(f"BROKEN  tenant {tenant}: position {brk.seq}{record}: {brk.problem}")
     return 0 if result.ok else 1
 
 
