@@ -249,9 +249,6 @@ def build_email(
     subject = header_text(
         t[f"subject_{phase}"].format(**words | {"due": format_skeleton("MMMd", invoice.due_date, locale=locale)})
     )
-    logo_file = tenant.asset(tenant.branding.logo) if tenant.branding.logo else None
-    logo = load_logo(logo_file, tenant.version) if logo_file else None
-    logo_cid = message_id.strip("<>").replace("@", ".logo@", 1) if logo else None
     filename = header_text(attachment[1].filename) if attachment else None
     if attachment:
         document_note = t["attached_zip" if attachment[1].content_type == "application/zip" else "attached_pdf"]
@@ -283,31 +280,14 @@ def build_email(
         "document_note": document_note.format(filename=filename) if document_note else None,
         "pixel": checked_url(links.pixel, "pixel"),
         "unsubscribe": unsubscribe,
-        "logo": logo,
-        "logo_cid": logo_cid,
-        "footer_lines": [line for line in tenant.branding.legal_footer.splitlines() if line.strip()],
         "reason": t["reason"].format(**words),
-        "css": _palette(tenant) | {"font": font_stack(tenant.branding.font_family)},
+        **_branding(tenant, message_id),
     }
-    msg = EmailMessage()
-    msg["Subject"] = subject
-    msg["From"] = mailbox(from_name, from_address)
-    msg["To"] = mailbox(customer.name, recipient)
-    if tenant.sender and tenant.sender.reply_to:
-        msg["Reply-To"] = mailbox("", tenant.sender.reply_to)
-    msg["Message-ID"] = header_text(message_id)  # deterministic: a retried send keeps its id
+    msg = _compose("email", context, mailbox(from_name, from_address), mailbox(customer.name, recipient), tenant)
     if unsubscribe:
         msg["List-Unsubscribe"] = f"<{unsubscribe}>"
         if unsubscribe.startswith("https:"):
             msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"  # RFC 8058
-    msg.set_content(_env.get_template("email.txt.j2").render(context))
-    msg.add_alternative(_inliner.inline(_env.get_template("email.html.j2").render(context)), subtype="html")
-    if logo and logo_cid:
-        html = msg.get_body(("html",))
-        assert html is not None
-        html.add_related(
-            logo.data, maintype="image", subtype=logo.subtype, cid=f"<{logo_cid}>", filename=f"logo.{logo.subtype}"
-        )
     if attachment:
         body, document = attachment
         maintype, _, subtype = document.content_type.partition("/")
@@ -364,9 +344,6 @@ def build_report_email(
         for name, f in sorted(report.by_channel.items())
     ]
     by_reason = [(reason, count(n)) for reason, n in sorted(report.failed_by_reason.items(), key=lambda kv: -kv[1])]
-    logo_file = tenant.asset(tenant.branding.logo) if tenant.branding.logo else None
-    logo = load_logo(logo_file, tenant.version) if logo_file else None
-    logo_cid = message_id.strip("<>").replace("@", ".logo@", 1) if logo else None
     context = {
         "lang": lang,
         "t": t,
@@ -381,21 +358,39 @@ def build_report_email(
         "tables": [(t["report_by_channel"], by_channel), (t["report_by_reason"], by_reason)],
         "unsubscribe": None,
         "pixel": None,
-        "logo": logo,
-        "logo_cid": logo_cid,
-        "footer_lines": [line for line in tenant.branding.legal_footer.splitlines() if line.strip()],
         "reason": t["reason_report"].format(**words),
+        **_branding(tenant, message_id),
+    }
+    return _compose("report", context, mailbox(from_name, from_address), mailbox("", recipient), tenant)
+
+
+def _branding(tenant: TenantConfig, message_id: str) -> dict[str, Any]:
+    """What every message's frame shows of the tenant: logo (sent inline, by CID), footer, colours."""
+    logo_file = tenant.asset(tenant.branding.logo) if tenant.branding.logo else None
+    logo = load_logo(logo_file, tenant.version) if logo_file else None
+    return {
+        "logo": logo,
+        "logo_cid": message_id.strip("<>").replace("@", ".logo@", 1) if logo else None,
+        "message_id": message_id,
+        "footer_lines": [line for line in tenant.branding.legal_footer.splitlines() if line.strip()],
         "css": _palette(tenant) | {"font": font_stack(tenant.branding.font_family)},
     }
+
+
+def _compose(
+    template: str, context: dict[str, Any], sender: Address, to: Address, tenant: TenantConfig
+) -> EmailMessage:
+    """Headers, the text and the CSS-inlined HTML body of ``template``, and the inline logo."""
     msg = EmailMessage()
-    msg["Subject"] = subject
-    msg["From"] = mailbox(from_name, from_address)
-    msg["To"] = mailbox("", recipient)
+    msg["Subject"] = context["subject"]
+    msg["From"] = sender
+    msg["To"] = to
     if tenant.sender and tenant.sender.reply_to:
         msg["Reply-To"] = mailbox("", tenant.sender.reply_to)
-    msg["Message-ID"] = header_text(message_id)
-    msg.set_content(_env.get_template("report.txt.j2").render(context))
-    msg.add_alternative(_inliner.inline(_env.get_template("report.html.j2").render(context)), subtype="html")
+    msg["Message-ID"] = header_text(context["message_id"])  # deterministic: a retried send keeps its id
+    msg.set_content(_env.get_template(f"{template}.txt.j2").render(context))
+    msg.add_alternative(_inliner.inline(_env.get_template(f"{template}.html.j2").render(context)), subtype="html")
+    logo, logo_cid = context["logo"], context["logo_cid"]
     if logo and logo_cid:
         html = msg.get_body(("html",))
         assert html is not None
