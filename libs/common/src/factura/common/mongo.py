@@ -33,3 +33,15 @@ def process_owner() -> str:
     scheduler's sweep): host (the pod name under Kubernetes) and pid for people, a random part
     for pid reuse."""
     return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+def exact(query: Document) -> Document:
+    """``query`` with each plain equality written as ``{"$eq": value}``.
+
+    The same query for MongoDB, but the MongoDB-wire server of the local stack (nx-27017) treats a
+    bare ``{field: "value"}`` as "equal, or an array containing it" and scans the collection,
+    while ``$eq`` uses the index: 20 ms instead of 6 s for one invoice among 1 M audit records.
+    """
+    return {
+        key: value if key.startswith("$") or isinstance(value, dict) else {"$eq": value} for key, value in query.items()
+    }

@@ -35,7 +35,7 @@ from pymongo.errors import BulkWriteError
 
 from factura.audit.records import FIELDS, GENESIS, NewRecord, canonical
 from factura.common.metrics import counter
-from factura.common.mongo import Document
+from factura.common.mongo import Document, exact
 
 CONFLICTS = counter("audit_chain_conflicts_total", "Appends that found their chain position taken and re-chained.")
 #: A chain this contended is a bug (or an attack), not a race: stop and let the retry policy decide.
@@ -91,7 +91,9 @@ async def load_head(records: AsyncCollection[Document], tombstones: AsyncCollect
     """The last position of a tenant's chain: its newest record, or a retained tombstone if newer."""
     best = Head(0, GENESIS)
     for collection in (records, tombstones):
-        async for doc in collection.find({"tenant_id": tenant}, {"seq": 1, "hash": 1}).sort("seq", DESCENDING).limit(1):
+        async for doc in (
+            collection.find(exact({"tenant_id": tenant}), {"seq": 1, "hash": 1}).sort("seq", DESCENDING).limit(1)
+        ):
             if doc["seq"] > best.seq:
                 best = Head(doc["seq"], doc["hash"])
     return best
@@ -172,7 +174,7 @@ class _TenantChain:
         """Ids already in the chain: stored, or stored and later removed by retention (tombstoned)."""
         found = {d["_id"] async for d in self._records.find({"_id": {"$in": ids}}, {"_id": 1})}
         query = {"tenant_id": self._tenant, "record_id": {"$in": ids}}
-        found.update([d["record_id"] async for d in self._tombstones.find(query, {"record_id": 1})])
+        found.update([d["record_id"] async for d in self._tombstones.find(exact(query), {"record_id": 1})])
         return found
 
     async def _write(self, batch: list[NewRecord]) -> _Written:

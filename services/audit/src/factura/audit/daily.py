@@ -73,7 +73,7 @@ from factura.common.events import (
 )
 from factura.common.kafka.producer import Publisher
 from factura.common.metrics import counter
-from factura.common.mongo import Document, process_owner
+from factura.common.mongo import Document, exact, process_owner
 from factura.common.outcomes import family
 from factura.common.tenants import TenantConfig, TenantDirectory
 
@@ -216,12 +216,14 @@ async def daily_report(
     period = {"$gte": start, "$lt": end}
     counts = _Day()
     fields = {"_id": 0, "type": 1, "channel": 1, "purpose": 1, "reason": 1}
-    async for doc in records.find({"tenant_id": tenant_id, "occurred_at": period, "type": {"$in": _DAY_TYPES}}, fields):
+    async for doc in records.find(
+        exact({"tenant_id": tenant_id, "occurred_at": period, "type": {"$in": _DAY_TYPES}}), fields
+    ):
         counts.add(doc)
     paid = defaultdict[str, Decimal](Decimal)
     if counts.payments:
         where = {"tenant_id": tenant_id, "occurred_at": period, "type": "payment.received"}
-        async for doc in records.find(where, {"_id": 0, "record": 1}):
+        async for doc in records.find(exact(where), {"_id": 0, "record": 1}):
             data = _data(doc)
             amount, currency = _money(data.get("amount")), data.get("currency")
             if amount is not None and isinstance(currency, str):
@@ -233,7 +235,7 @@ async def daily_report(
         "type": {"$in": _BALANCE_TYPES},
     }
     projection = {"_id": 0, "type": 1, "invoice_id": 1, "occurred_at": 1, "record": 1}
-    async for doc in records.find(where, projection).limit(max_scan + 1):
+    async for doc in records.find(exact(where), projection).limit(max_scan + 1):
         scanned += 1
         if scanned > max_scan:
             break

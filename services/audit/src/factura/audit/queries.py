@@ -30,7 +30,7 @@ from typing import Any, Final
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
-from factura.common.mongo import Document
+from factura.common.mongo import Document, exact
 
 
 class Status(StrEnum):
@@ -232,7 +232,7 @@ class AuditQueries:
     async def timeline(self, tenant_id: str, invoice_id: str, after_seq: int, limit: int) -> list[Document]:
         """Up to ``limit`` records of one invoice in chain order, after ``after_seq`` (0: from the start)."""
         query = {"tenant_id": tenant_id, "invoice_id": invoice_id, "seq": {"$gt": after_seq}}
-        cursor = self._records.find(query).sort("seq", ASCENDING).limit(limit)
+        cursor = self._records.find(exact(query)).sort("seq", ASCENDING).limit(limit)
         return [doc async for doc in cursor]
 
     async def search(self, where: RecordFilter, before_seq: int | None, limit: int) -> list[Document]:
@@ -240,7 +240,7 @@ class AuditQueries:
         query = where.query()
         if before_seq is not None:
             query["seq"] = {"$lt": before_seq}
-        cursor = self._records.find(query, _SUMMARY).sort("seq", DESCENDING).limit(limit)
+        cursor = self._records.find(exact(query), _SUMMARY).sort("seq", DESCENDING).limit(limit)
         return [doc async for doc in cursor]
 
     async def stream(self, where: RecordFilter, batch_size: int = 500) -> AsyncIterator[Document]:
@@ -249,7 +249,7 @@ class AuditQueries:
         after = 0
         while True:
             query = {**where.query(), "seq": {"$gt": after}}
-            cursor = self._records.find(query, _SUMMARY).sort("seq", ASCENDING).limit(batch_size)
+            cursor = self._records.find(exact(query), _SUMMARY).sort("seq", ASCENDING).limit(batch_size)
             batch = [doc async for doc in cursor]
             for doc in batch:
                 yield doc
@@ -262,7 +262,7 @@ class AuditQueries:
         query: Document = {"tenant_id": tenant_id, "kind": Kind.DEAD_LETTER.value, "seq": {"$gt": after_seq}}
         if invoice_id is not None:
             query["invoice_id"] = invoice_id
-        cursor = self._records.find(query).sort("seq", ASCENDING).limit(limit)
+        cursor = self._records.find(exact(query)).sort("seq", ASCENDING).limit(limit)
         return [doc async for doc in cursor]
 
     async def not_delivered(
@@ -313,7 +313,7 @@ class AuditQueries:
         if occurred:
             query["occurred_at"] = occurred
         projection = {f: 1 for f in ("invoice_id", "customer_id", "seq", "outcome", "channel", "reason", "occurred_at")}
-        cursor = self._records.find(query, projection).sort([("invoice_id", ASCENDING), ("seq", ASCENDING)])
+        cursor = self._records.find(exact(query), projection).sort([("invoice_id", ASCENDING), ("seq", ASCENDING)])
         groups: list[list[Document]] = []
         async for doc in cursor:
             if not groups or groups[-1][0]["invoice_id"] != doc["invoice_id"]:
@@ -331,7 +331,7 @@ class AuditQueries:
             "outcome": Status.DELIVERED.value,
             "invoice_id": {"$in": invoice_ids},
         }
-        return {doc["invoice_id"] async for doc in self._records.find(query, {"invoice_id": 1})}
+        return {doc["invoice_id"] async for doc in self._records.find(exact(query), {"invoice_id": 1})}
 
     async def daily_counts(self, tenant_id: str, from_day: date, to_day: date) -> list[DayCount]:
         """Records per day (of ``occurred_at``, UTC) and channel, purpose, outcome and reason."""

@@ -57,7 +57,7 @@ from factura.audit.store import AuditDb
 from factura.audit.verify import check_record, removed_digest
 from factura.common.envelope import utcnow
 from factura.common.metrics import counter
-from factura.common.mongo import Document
+from factura.common.mongo import Document, exact
 from factura.common.tenants import AuditPolicy
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class _Job:
             after = 0
             while stopping is None or not stopping.is_set():
                 window = {"$gt": after, "$lt": head.seq}  # never the head: new records link to it
-                cursor = self.db.records.find(query | {"seq": window}).sort("seq", ASCENDING).limit(self.batch)
+                cursor = self.db.records.find(exact(query | {"seq": window})).sort("seq", ASCENDING).limit(self.batch)
                 page = [doc async for doc in cursor]
                 if not page:
                     break
@@ -179,7 +179,7 @@ class _Job:
                 await self._page(tenant, cls, page)
 
     async def _page(self, tenant: str, cls: str, page: list[Document]) -> None:
-        held = self.db.tombstones.find({"tenant_id": tenant, "seq": {"$in": [d["seq"] for d in page]}})
+        held = self.db.tombstones.find(exact({"tenant_id": tenant, "seq": {"$in": [d["seq"] for d in page]}}))
         batch_of = {t["seq"]: str(t.get("checkpoint")) async for t in held}
         freed: set[str] = set()  # batches taken back: their records are free for a new one
         if self.dry_run:
@@ -231,7 +231,7 @@ class _Job:
     async def _finish(self, tenant: str, batch_id: str) -> bool:
         """A batch an earlier (crashed) or concurrent run started: complete it, wait for it, or take
         it back (then True: its records are free again)."""
-        members = [t async for t in self.db.tombstones.find({"tenant_id": tenant, "checkpoint": batch_id})]
+        members = [t async for t in self.db.tombstones.find(exact({"tenant_id": tenant, "checkpoint": batch_id}))]
         if not members:
             return True
         checkpoint: dict[str, Any] | None = None
@@ -249,7 +249,7 @@ class _Job:
                 return False
             checkpoint = self._sign(tenant, members)
         by_id = {t["record_id"]: t for t in members}
-        found = self.db.records.find({"tenant_id": tenant, "_id": {"$in": list(by_id)}})
+        found = self.db.records.find(exact({"tenant_id": tenant, "_id": {"$in": list(by_id)}}))
         removable = [doc["_id"] async for doc in found if self._sound(tenant, doc, by_id[doc["_id"]])]
         await self._seal(tenant, str(members[0].get("class")), checkpoint, removable)
         return False
@@ -258,7 +258,7 @@ class _Job:
         """The batch's stored tombstones if they are all there: their digest and last position are
         the ones its checkpoint ``_id`` was made from."""
         if members is None:
-            members = [t async for t in self.db.tombstones.find({"tenant_id": tenant, "checkpoint": batch_id})]
+            members = [t async for t in self.db.tombstones.find(exact({"tenant_id": tenant, "checkpoint": batch_id}))]
         if not members:
             return None
         last = max(members, key=lambda t: t["seq"])

@@ -24,7 +24,7 @@ from factura.audit.checkpoints import key_id, public_pem, signature_valid
 from factura.audit.records import FIELDS, GENESIS, canonical, to_ms
 from factura.audit.store import AuditDb
 from factura.common.envelope import utcnow
-from factura.common.mongo import Document
+from factura.common.mongo import Document, exact
 
 BATCH = 2000
 
@@ -66,7 +66,7 @@ async def verify_chain(db: AuditDb, tenant: str, public: Ed25519PublicKey) -> Ve
     retained = await _retained(db, tenant, public, result)
     checkpoints = await _head_checkpoints(db, tenant, public, result)
     expected, prev = 1, GENESIS
-    async for doc in db.records.find({"tenant_id": tenant}).sort("seq", ASCENDING).batch_size(BATCH):
+    async for doc in db.records.find(exact({"tenant_id": tenant})).sort("seq", ASCENDING).batch_size(BATCH):
         seq = doc.get("seq")
         if not isinstance(seq, int) or seq < expected:
             result.broken(expected - 1, str(doc.get("_id")), f"a second record claims position {seq}")
@@ -136,7 +136,7 @@ def _plain(value: Any) -> Any:
 async def _head_checkpoints(db: AuditDb, tenant: str, public: Ed25519PublicKey, result: Verification) -> dict[int, str]:
     """seq → signed hash of every valid head checkpoint; an invalid signature breaks verification."""
     signed: dict[int, str] = {}
-    async for cp in db.checkpoints.find({"tenant_id": tenant, "kind": "head"}).sort("seq", ASCENDING):
+    async for cp in db.checkpoints.find(exact({"tenant_id": tenant, "kind": "head"})).sort("seq", ASCENDING):
         if not signature_valid(public, cp):
             result.broken(int(cp.get("seq", 0)), None, f"checkpoint {cp.get('_id')} has an invalid signature")
             continue
@@ -153,10 +153,10 @@ async def _head_checkpoints(db: AuditDb, tenant: str, public: Ed25519PublicKey, 
 async def _retained(db: AuditDb, tenant: str, public: Ed25519PublicKey, result: Verification) -> dict[int, Document]:
     """seq → tombstone, for tombstones a valid retention checkpoint signed (others are ignored)."""
     tombs: dict[str, list[Document]] = {}
-    async for tomb in db.tombstones.find({"tenant_id": tenant}).sort("seq", ASCENDING):
+    async for tomb in db.tombstones.find(exact({"tenant_id": tenant})).sort("seq", ASCENDING):
         tombs.setdefault(str(tomb.get("checkpoint")), []).append(tomb)
     retained: dict[int, Document] = {}
-    async for cp in db.checkpoints.find({"tenant_id": tenant, "kind": "retention"}):
+    async for cp in db.checkpoints.find(exact({"tenant_id": tenant, "kind": "retention"})):
         if not signature_valid(public, cp):
             result.broken(int(cp.get("seq", 0)), None, f"retention checkpoint {cp.get('_id')} has an invalid signature")
             continue
@@ -193,7 +193,7 @@ async def export_chain(
     }
     yield canonical(header).encode() + b"\n"
     bounds: dict[str, int] = {"$gte": from_seq} | ({"$lte": to_seq} if to_seq is not None else {})
-    query = {"tenant_id": tenant, "seq": bounds}
+    query = exact({"tenant_id": tenant, "seq": bounds})
     tombs = aiter(db.tombstones.find(query).sort("seq", ASCENDING))
     tomb = await anext(tombs, None)
     async for doc in db.records.find(query).sort("seq", ASCENDING).batch_size(BATCH):
@@ -206,7 +206,7 @@ async def export_chain(
     while tomb is not None:
         yield _removed_line(tomb)
         tomb = await anext(tombs, None)
-    async for cp in db.checkpoints.find({"tenant_id": tenant}).sort("seq", ASCENDING):
+    async for cp in db.checkpoints.find(exact({"tenant_id": tenant})).sort("seq", ASCENDING):
         line = {"checkpoint": cp["payload"], "signature": cp["signature"], "id": cp["_id"]}
         yield canonical(line).encode() + b"\n"
 
