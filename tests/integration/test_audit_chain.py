@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -15,13 +16,16 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from starlette.requests import Request
 
 from factura.audit.__main__ import cli
+from factura.audit.bootstrap import access_recorder
 from factura.audit.chain import ChainWriter, Head, chained
-from factura.audit.checkpoints import Checkpointer, Signer
-from factura.audit.records import NewRecord, access
+from factura.audit.checkpoints import Checkpointer, Keyring, Signer
+from factura.audit.records import UNIDENTIFIED_TENANT, NewRecord, access
 from factura.audit.store import AuditDb
-from factura.audit.verify import export_chain, verify_chain
+from factura.audit.verify import CachedVerifier, export_chain, verify_chain
+from factura.common.apikeys import Principal, Role
 from factura.common.mongo import create_client, database
 from factura.devstack.config import StackConfig
 from tests.conftest import mongo_settings
@@ -185,6 +189,28 @@ async def test_export_verifies_offline_with_hashlib_and_openssl(db: AuditDb, sig
     await Checkpointer(db, writer, signer).sign_heads()
     export = b"".join([line async for line in export_chain(db, "acme", signer.public)])
     assert verify_offline(export, tmp_path) == 20
+    assert run_documented_check(export, tmp_path).startswith("verified 20 positions")
+    forged = export.replace(b"INV-7/", b"INV-X/")
+    with pytest.raises(AssertionError, match="altered record at 8"):
+        run_documented_check(forged, tmp_path)
+
+
+DOCS = Path(__file__).parents[2] / "docs" / "audit.md"
+
+
+def run_documented_check(export: bytes, workdir: Path) -> str:
+    """Run the Python snippet docs/audit.md gives auditors on ``export``; what it prints."""
+    text = DOCS.read_text(encoding="utf-8")
+    snippet = text.split("then, in Python:\n\n```python\n", 1)[1].split("```", 1)[0]
+    (workdir / "chain.ndjson").write_bytes(export)
+    printed: list[str] = []
+    cwd = Path.cwd()
+    os.chdir(workdir)
+    try:
+        exec(snippet, {"print": lambda *a: printed.append(" ".join(map(str, a)))})
+    finally:
+        os.chdir(cwd)
+    return printed[-1]
 
 
 def verify_offline(export: bytes, workdir: Path) -> int:
@@ -247,3 +273,54 @@ async def test_cli_verify_and_export(cfg: StackConfig, tmp_path: Path, monkeypat
         assert await asyncio.to_thread(cli, ["verify", "--tenant", "acme"]) == 1
     finally:
         await client.close()
+
+
+def request(query: str) -> Request:
+    return Request(
+        {"type": "http", "method": "GET", "path": "/v1/records", "query_string": query.encode(), "headers": []}
+    )
+
+
+async def test_calls_are_chained_in_the_tenant_a_key_may_read_and_anonymous_ones_not_at_all(db: AuditDb) -> None:
+    writer = ChainWriter(db.records, db.tombstones)
+    on_access = access_recorder(writer)
+    reader = Principal(key_id="k-acme", role=Role.COMPLIANCE_READER, tenants=("acme",), label="ana")
+    await on_access(reader, request("tenant_id=acme&status=failed"), 200)
+    await on_access(reader, request("tenant_id=beta"), 403)  # refused: must not write into beta's chain
+    await on_access(
+        Principal(key_id="k-ing", role=Role.INGEST, tenants=("acme",), label="erp"), request("tenant_id=acme"), 403
+    )
+    await on_access(None, request("tenant_id=acme"), 401)  # no key: named no one, not chained
+    chains = {
+        t: [json.loads(json.loads(d["record"])["raw"]) async for d in db.records.find({"tenant_id": t})]
+        for t in ("acme", "beta", UNIDENTIFIED_TENANT)
+    }
+    assert [(r["key_id"], r["status"], r["query"]) for r in chains["acme"]] == [
+        ("k-acme", 200, "tenant_id=acme&status=failed")
+    ]
+    assert chains["beta"] == []
+    assert [(r["key_id"], r["status"]) for r in chains[UNIDENTIFIED_TENANT]] == [("k-acme", 403), ("k-ing", 403)]
+
+
+async def test_a_rotated_signing_key_keeps_what_the_old_one_signed_valid(db: AuditDb) -> None:
+    old, new = Signer(Ed25519PrivateKey.generate()), Signer(Ed25519PrivateKey.generate())
+    writer = ChainWriter(db.records, db.tombstones)
+    await writer.append(calls("acme", 3))
+    await Checkpointer(db, writer, old).sign_heads()
+    await writer.append(calls("acme", 2, start=3))
+    await Checkpointer(db, writer, new).sign_heads()
+    rotated = await verify_chain(db, "acme", Keyring(new.public, retired=[old.public]))
+    assert rotated.ok and rotated.checkpoints == 2, rotated.first_break
+    forgotten = await verify_chain(db, "acme", new.public)  # the old key was not kept: its checkpoint is unknown
+    assert not forgotten.ok and forgotten.first_break is not None and forgotten.first_break.seq == 3
+
+
+async def test_verification_is_shared_for_a_while_and_then_walked_again(db: AuditDb, signer: Signer) -> None:
+    writer = ChainWriter(db.records, db.tombstones)
+    await writer.append(calls("acme", 3))
+    cached = CachedVerifier(db, Keyring(signer.public), ttl_s=3600)
+    first, second = await asyncio.gather(cached("acme"), cached("acme"))
+    assert first is second and first.records == 3
+    await writer.append(calls("acme", 1, start=3))
+    assert (await cached("acme")) is first  # within the TTL: the same result, its verified_at says when
+    assert (await CachedVerifier(db, Keyring(signer.public), ttl_s=0)("acme")).records == 4

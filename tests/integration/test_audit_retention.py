@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from factura.common.mongo import create_client, database
 from factura.common.tenants import AuditPolicy
 from factura.devstack.config import StackConfig
 from tests.conftest import mongo_settings
+from tests.integration.test_audit_chain import run_documented_check
 from tests.waiting import until_async
 
 pytestmark = pytest.mark.integration
@@ -273,7 +275,7 @@ async def test_a_position_taken_between_read_and_insert_is_given_up_without_a_tr
     assert (await verified(db, signer)).tombstones == 7
 
 
-async def test_export_after_retention_verifies_offline(db: AuditDb, signer: Signer) -> None:
+async def test_export_after_retention_verifies_offline(db: AuditDb, signer: Signer, tmp_path: Path) -> None:
     """Positions 1..n in order, the removed ones marked with their hash, each link checked, and each
     retention checkpoint's signature and digest (over the positions that name it) checked with the
     export alone."""
@@ -282,6 +284,7 @@ async def test_export_after_retention_verifies_offline(db: AuditDb, signer: Sign
     await apply_retention(db, signer, lambda tenant: policy, utcnow() + LATER, batch=3)
     export = b"".join([line async for line in export_chain(db, "acme", signer.public)])
     assert verify_offline(export) == (13, 8, 5)  # engagement and access records expire, in batches of 3
+    assert run_documented_check(export, tmp_path).startswith("verified 21 positions")
 
 
 def verify_offline(export: bytes) -> tuple[int, int, int]:

@@ -85,3 +85,12 @@ def test_canonical_json_is_stable_and_datetimes_are_milliseconds_utc() -> None:
     moment = datetime(2026, 3, 29, 1, 30, 0, 123456, tzinfo=UTC)
     assert canonical({"b": 1, "a": moment}) == '{"a":"2026-03-29T01:30:00.123Z","b":1}'
     assert to_ms(moment).microsecond == 123000
+
+
+def test_a_dead_letter_naming_an_unencodable_invoice_is_still_recorded() -> None:
+    """JSON may carry a lone surrogate; the record must still hash (UTF-8), so that id is dropped."""
+    topic = resolve("invoice.created.dlq")
+    body = b'{"tenant_id": "acme", "invoice_id": "\\ud800"}'
+    record = from_dead_letter(Message(topic, 0, 3, None, {}, body, body))
+    assert record.tenant_id == "acme" and record.fields["invoice_id"] is None
+    chained(record, Head(0, GENESIS))["record"].encode()  # hashable

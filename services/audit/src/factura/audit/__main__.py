@@ -40,9 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="check a tenant's hash chain and signed checkpoints")
     verify.add_argument("--tenant", required=True, type=_tenant)
     verify.add_argument("--json", action="store_true", help="print the full result as JSON")
+    verify.add_argument("--public-key", type=Path, help="verify with this public key (PEM) instead of the signing key")
     export = commands.add_parser("export", help="write a tenant's chain as NDJSON (stdout or --out)")
     export.add_argument("--tenant", required=True, type=_tenant)
     export.add_argument("--out", type=Path)
+    export.add_argument("--public-key", type=Path, help="name this public key (PEM) instead of the signing key's")
     retention = commands.add_parser("retention", help="remove records past their retention period now")
     retention.add_argument("--dry-run", action="store_true", help="count what would be removed, remove nothing")
     keygen = commands.add_parser("keygen", help="write a new Ed25519 signing key (PKCS#8 PEM, mode 0600)")
@@ -50,11 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _verify(settings: Settings, tenant: str, as_json: bool) -> int:
-    signer = Signer.from_file(settings.signer_path())
+async def _verify(settings: Settings, tenant: str, as_json: bool, public_key: Path | None) -> int:
+    keys = settings.keyring(public_key)
     client = create_client(settings.mongo)
     try:
-        result = await verify_chain(AuditDb.of(database(client, settings.mongo)), tenant, signer.public)
+        result = await verify_chain(AuditDb.of(database(client, settings.mongo)), tenant, keys)
     finally:
         await client.close()
     if as_json:
@@ -72,12 +74,12 @@ async def _verify(settings: Settings, tenant: str, as_json: bool) -> int:
     return 0 if result.ok else 1
 
 
-async def _export(settings: Settings, tenant: str, out: Path | None) -> int:
-    signer = Signer.from_file(settings.signer_path())
+async def _export(settings: Settings, tenant: str, out: Path | None, public_key: Path | None) -> int:
+    keys = settings.keyring(public_key)
     client = create_client(settings.mongo)
     sink = out.open("wb") if out else sys.stdout.buffer
     try:
-        async for line in export_chain(AuditDb.of(database(client, settings.mongo)), tenant, signer.public):
+        async for line in export_chain(AuditDb.of(database(client, settings.mongo)), tenant, keys):
             sink.write(line)
     finally:
         if out:
@@ -109,10 +111,10 @@ def cli(argv: list[str]) -> int:
         return 0
     settings = Settings()
     if args.command == "verify":
-        return asyncio.run(_verify(settings, args.tenant, args.json))
+        return asyncio.run(_verify(settings, args.tenant, args.json, args.public_key))
     if args.command == "retention":
         return asyncio.run(_retention(settings, args.dry_run))
-    return asyncio.run(_export(settings, args.tenant, args.out))
+    return asyncio.run(_export(settings, args.tenant, args.out, args.public_key))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 from fastapi import APIRouter, Depends, Request
 
 from factura.audit import web
-from factura.audit.api import AccessHook, ExportChain, VerifyChain, audited_route, plain_query, router
+from factura.audit.api import READ_ROLES, AccessHook, ExportChain, VerifyChain, audited_route, plain_query, router
 from factura.audit.chain import ChainWriter
 from factura.audit.checkpoints import Checkpointer, Signer
 from factura.audit.daily import DailyReports, daily_router
@@ -20,7 +20,7 @@ from factura.audit.records import UNIDENTIFIED_TENANT, access
 from factura.audit.retention import RetentionTask
 from factura.audit.settings import Settings
 from factura.audit.store import AuditDb
-from factura.audit.verify import Verification, export_chain, verify_chain
+from factura.audit.verify import CachedVerifier, export_chain
 from factura.common.apikeys import COLLECTION, ApiKeyStore, Principal
 from factura.common.apikeys.http import authenticator
 from factura.common.envelope import TENANT_PATTERN
@@ -33,18 +33,24 @@ from factura.common.topics import dead_letter_topics, event_topics
 
 
 def access_recorder(writer: ChainWriter) -> AccessHook:
-    """Every API call becomes a record: in the queried tenant's chain when the caller was
-    authenticated, else in the unidentified chain (an anonymous caller picks no tenant's chain)."""
+    """Every call by an API key becomes a record: in the queried tenant's chain when the key may
+    read that tenant, else in the ``unidentified`` chain (a key refused for tenant B must not write
+    into B's chain). Calls without a valid key are not chained: they name no one, and an anonymous
+    caller must not be able to grow the audit trail; the key store counts them
+    (``factura_api_key_rejections_total``) and logs them."""
 
     async def on_access(principal: Principal | None, request: Request, status: int) -> None:
+        if principal is None:
+            return
         tenant = request.query_params.get("tenant_id", "")
-        if principal is None or not re.fullmatch(TENANT_PATTERN, tenant):
+        allowed = principal.has_role(*READ_ROLES) and principal.may_read(tenant)
+        if not allowed or not re.fullmatch(TENANT_PATTERN, tenant):
             tenant = UNIDENTIFIED_TENANT
         record = access(
             record_id=f"access:{uuid.uuid4()}",
             tenant_id=tenant,
-            key_id=principal.key_id if principal else "",
-            role=principal.role.value if principal else "",
+            key_id=principal.key_id,
+            role=principal.role.value,
             method=request.method,
             path=request.url.path,
             query=str(request.url.query)[:2000],
@@ -75,11 +81,11 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
         **{topic.name: Batched(handlers.on_dead_letters, batch) for topic in dead_letter_topics()},
     }
 
-    async def verify(tenant: str) -> Verification:
-        return await verify_chain(db, tenant, signer.public)
+    keyring = settings.keyring()
+    verify = CachedVerifier(db, keyring, settings.verify_cache_s)
 
     def export(tenant: str, from_seq: int, to_seq: int | None) -> AsyncIterator[bytes]:
-        return export_chain(db, tenant, signer.public, from_seq, to_seq)
+        return export_chain(db, tenant, keyring, from_seq, to_seq)
 
     async def mongo_ok() -> None:
         await ping(mongo)

@@ -34,6 +34,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
 from factura.audit.records import FIELDS, GENESIS, NewRecord, canonical
+from factura.common.errors import DependencyDown
 from factura.common.metrics import counter
 from factura.common.mongo import Document, exact
 
@@ -42,8 +43,12 @@ CONFLICTS = counter("audit_chain_conflicts_total", "Appends that found their cha
 MAX_REBASES = 20
 
 
-class ChainConflict(RuntimeError):
-    """The chain kept moving under this writer; the batch is retried by the consumer loop."""
+class ChainConflict(DependencyDown):
+    """The chain kept moving under this writer (other writers are appending): like an outage, the
+    partition pauses and the batch is retried, never dead-lettered."""
+
+    def __init__(self, tenant: str) -> None:
+        super().__init__("audit-chain", f"the chain of tenant {tenant!r} kept moving under this writer")
 
 
 @dataclass(frozen=True)
@@ -205,7 +210,7 @@ class _TenantChain:
             new_ids.update(r.id for r in pending)
             self.head = head
             return _Written(new_ids)
-        raise ChainConflict(f"the chain of tenant {self._tenant!r} kept moving under this writer")
+        raise ChainConflict(self._tenant)
 
 
 @dataclass

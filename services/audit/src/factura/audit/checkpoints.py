@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -91,12 +92,48 @@ class Signer:
         }
 
 
-def signature_valid(public: Ed25519PublicKey, checkpoint: dict[str, Any]) -> bool:
-    try:
-        public.verify(bytes.fromhex(checkpoint["signature"]), checkpoint["payload"].encode())
-    except (InvalidSignature, ValueError, KeyError, TypeError):
-        return False
-    return True
+class Keyring:
+    """The public keys checkpoints may be signed with: the current one and every retired one.
+
+    Rotating the signing key must not break verification of what the old key signed, so each
+    checkpoint names its ``key_id`` and is checked against that key; a checkpoint naming a key
+    not in the ring is invalid.
+    """
+
+    def __init__(self, current: Ed25519PublicKey, retired: Sequence[Ed25519PublicKey] = ()) -> None:
+        self.current = current
+        self.keys = {key_id(k): k for k in (*retired, current)}
+
+    @classmethod
+    def of(cls, keys: Keyring | Ed25519PublicKey) -> Keyring:
+        return keys if isinstance(keys, Keyring) else cls(keys)
+
+    @classmethod
+    def from_files(cls, current: Path, retired: Sequence[Path] = ()) -> Keyring:
+        """From PEM files: ``current`` may hold the private key (the service) or only the public one."""
+        return cls(_public(current), [_public(path) for path in retired])
+
+    def valid(self, checkpoint: dict[str, Any]) -> bool:
+        public = self.keys.get(str(checkpoint.get("key_id")))
+        if public is None:
+            return False
+        try:
+            public.verify(bytes.fromhex(checkpoint["signature"]), checkpoint["payload"].encode())
+        except (InvalidSignature, ValueError, KeyError, TypeError):
+            return False
+        return True
+
+
+def _public(path: Path) -> Ed25519PublicKey:
+    data = path.read_bytes()
+    key = (
+        serialization.load_pem_private_key(data, password=None).public_key()
+        if b"PRIVATE KEY" in data
+        else serialization.load_pem_public_key(data)
+    )
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+    return key
 
 
 @dataclass

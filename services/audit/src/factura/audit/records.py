@@ -222,5 +222,14 @@ def _identify(raw: bytes) -> tuple[str | None, str | None]:
     invoice = value.get("invoice_id") or value.get("invoice_number")
     return (
         tenant if isinstance(tenant, str) and re.fullmatch(TENANT_PATTERN, tenant) else None,
-        invoice if isinstance(invoice, str) and len(invoice) <= 200 else None,
+        invoice if isinstance(invoice, str) and len(invoice) <= 200 and _text(invoice) else None,
     )
+
+
+def _text(value: str) -> bool:
+    """Encodable as UTF-8: JSON may carry a lone surrogate (``"\\ud800"``) that no record can hold."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

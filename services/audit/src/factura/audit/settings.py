@@ -3,6 +3,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from factura.audit.checkpoints import Keyring
 from factura.common.settings import MongoSettings, ServiceSettings
 
 
@@ -13,6 +14,15 @@ class Settings(ServiceSettings):
     signing_key_file: Path | None = Field(
         default=None, description="Ed25519 private key (PKCS#8 PEM) that signs chain checkpoints; required to run"
     )
+
+    retired_public_keys: list[Path] = Field(
+        default_factory=list, description="Public keys (PEM) of earlier signing keys: their checkpoints stay valid"
+    )
+    verify_cache_s: float = Field(default=60.0, ge=0, description="How long a chain's verification result is reused")
+
+    def keyring(self, current: Path | None = None) -> Keyring:
+        """The signing key's public half (or ``current``, a public key file) and every retired key."""
+        return Keyring.from_files(current or self.signer_path(), self.retired_public_keys)
 
     def signer_path(self) -> Path:
         """The signing key file; audit refuses to run (or verify) without one, never signs with a default."""

@@ -3,24 +3,27 @@
 A walk in ``seq`` order checks, for every position: a record (or a signed retention tombstone)
 is there, exactly once; its ``prev`` is the hash of the position before; its hash is
 ``sha256(prev ‖ record)``; its indexed fields are the ones inside the hashed record. Then every
-checkpoint's Ed25519 signature is checked against the public key, and the hash it signed against
-the chain, so a chain rebuilt after tampering, or cut short, fails too. The first problem found
-is named with its position and record id.
+checkpoint's Ed25519 signature is checked against the key it names (current or retired), and the
+hash it signed against the chain, so a chain rebuilt after tampering, or cut short, fails too.
+The first problem found is named with its position and record id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pymongo import ASCENDING
 
 from factura.audit.chain import link
-from factura.audit.checkpoints import key_id, public_pem, signature_valid
+from factura.audit.checkpoints import Keyring, key_id, public_pem
 from factura.audit.records import FIELDS, GENESIS, canonical, to_ms
 from factura.audit.store import AuditDb
 from factura.common.envelope import utcnow
@@ -50,7 +53,7 @@ class Verification:
     unsealed: int = 0
     first_break: Break | None = None
     key_id: str = ""
-    notes: list[str] = field(default_factory=list)
+    verified_at: datetime = field(default_factory=utcnow)
 
     def broken(self, seq: int, record_id: str | None, problem: str) -> None:
         if self.first_break is None:
@@ -61,10 +64,36 @@ class Verification:
         return asdict(self)
 
 
-async def verify_chain(db: AuditDb, tenant: str, public: Ed25519PublicKey) -> Verification:
-    result = Verification(tenant_id=tenant, key_id=key_id(public))
-    retained = await _retained(db, tenant, public, result)
-    checkpoints = await _head_checkpoints(db, tenant, public, result)
+class CachedVerifier:
+    """Verification walks a tenant's whole chain, so the API and the page share one result per
+    tenant for ``ttl_s`` (its ``verified_at`` says how old it is), and callers asking at the same
+    time share one walk: a busy compliance page cannot keep the service re-hashing millions of
+    records."""
+
+    def __init__(self, db: AuditDb, keys: Keyring, ttl_s: float = 60.0) -> None:
+        self._db, self._keys, self._ttl_s = db, keys, ttl_s
+        self._done: dict[str, tuple[float, Verification]] = {}
+        self._running: dict[str, asyncio.Task[Verification]] = {}
+
+    async def __call__(self, tenant: str) -> Verification:
+        done = self._done.get(tenant)
+        if done is not None and time.monotonic() - done[0] < self._ttl_s:
+            return done[1]
+        task = self._running.get(tenant)
+        if task is None:
+            task = asyncio.create_task(verify_chain(self._db, tenant, self._keys), name=f"verify-{tenant}")
+            self._running[tenant] = task
+            task.add_done_callback(lambda _: self._running.pop(tenant, None))
+        result = await asyncio.shield(task)
+        self._done[tenant] = (time.monotonic(), result)
+        return result
+
+
+async def verify_chain(db: AuditDb, tenant: str, keys: Keyring | Ed25519PublicKey) -> Verification:
+    ring = Keyring.of(keys)
+    result = Verification(tenant_id=tenant, key_id=key_id(ring.current))
+    retained = await _retained(db, tenant, ring, result)
+    checkpoints = await _head_checkpoints(db, tenant, ring, result)
     expected, prev = 1, GENESIS
     async for doc in db.records.find(exact({"tenant_id": tenant})).sort("seq", ASCENDING).batch_size(BATCH):
         seq = doc.get("seq")
@@ -133,11 +162,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-async def _head_checkpoints(db: AuditDb, tenant: str, public: Ed25519PublicKey, result: Verification) -> dict[int, str]:
+async def _head_checkpoints(db: AuditDb, tenant: str, ring: Keyring, result: Verification) -> dict[int, str]:
     """seq → signed hash of every valid head checkpoint; an invalid signature breaks verification."""
     signed: dict[int, str] = {}
     async for cp in db.checkpoints.find(exact({"tenant_id": tenant, "kind": "head"})).sort("seq", ASCENDING):
-        if not signature_valid(public, cp):
+        if not ring.valid(cp):
             result.broken(int(cp.get("seq", 0)), None, f"checkpoint {cp.get('_id')} has an invalid signature")
             continue
         payload = json.loads(cp["payload"])
@@ -150,14 +179,14 @@ async def _head_checkpoints(db: AuditDb, tenant: str, public: Ed25519PublicKey, 
     return signed
 
 
-async def _retained(db: AuditDb, tenant: str, public: Ed25519PublicKey, result: Verification) -> dict[int, Document]:
+async def _retained(db: AuditDb, tenant: str, ring: Keyring, result: Verification) -> dict[int, Document]:
     """seq → tombstone, for tombstones a valid retention checkpoint signed (others are ignored)."""
     tombs: dict[str, list[Document]] = {}
     async for tomb in db.tombstones.find(exact({"tenant_id": tenant})).sort("seq", ASCENDING):
         tombs.setdefault(str(tomb.get("checkpoint")), []).append(tomb)
     retained: dict[int, Document] = {}
     async for cp in db.checkpoints.find(exact({"tenant_id": tenant, "kind": "retention"})):
-        if not signature_valid(public, cp):
+        if not ring.valid(cp):
             result.broken(int(cp.get("seq", 0)), None, f"retention checkpoint {cp.get('_id')} has an invalid signature")
             continue
         payload = json.loads(cp["payload"])
@@ -176,17 +205,19 @@ def removed_digest(tombstones: list[Document]) -> str:
 
 
 async def export_chain(
-    db: AuditDb, tenant: str, public: Ed25519PublicKey, from_seq: int = 1, to_seq: int | None = None
+    db: AuditDb, tenant: str, keys: Keyring | Ed25519PublicKey, from_seq: int = 1, to_seq: int | None = None
 ) -> AsyncIterator[bytes]:
     """NDJSON: a header with the public key, then every position (record or tombstone), then the
     checkpoints. Enough to verify offline with a few lines of Python or openssl (docs/audit.md)."""
+    ring = Keyring.of(keys)
     header = {
         "format": "factura-audit-chain/1",
         "tenant_id": tenant,
         "hash": "sha256(prev_hex_ascii || record_utf8)",
         "signature": "ed25519(payload_utf8)",
-        "key_id": key_id(public),
-        "public_key_pem": public_pem(public),
+        "key_id": key_id(ring.current),
+        "public_key_pem": public_pem(ring.current),
+        "public_keys": {kid: public_pem(key) for kid, key in ring.keys.items()},
         "exported_at": utcnow(),
         "from_seq": from_seq,
         "to_seq": to_seq,
