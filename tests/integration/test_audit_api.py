@@ -96,7 +96,8 @@ def event(
 
 def dead_letter(tenant: str, invoice: str, *, minutes: int) -> NewRecord:
     occurred = T0 + timedelta(minutes=minutes)
-    raw = {"service": "renderer", "source_topic": "invoice.created", "error": "boom", "attempts": 3, "body": "{}"}
+    error = 'Traceback (most recent call last):\n  File "/srv/renderer/pipeline.py", line 9\nValueError: boom\n'
+    raw = {"service": "renderer", "source_topic": "invoice.created", "error": error, "attempts": 3, "body": "{}"}
     fields = {name: None for name in FIELDS} | {
         "kind": "dead_letter",
         "type": "dead_letter",
@@ -569,6 +570,12 @@ async def test_dead_letters_from_the_chain(api: Setup) -> None:
     assert [(d["invoice_id"], d["reason"], d["service"], d["attempts"]) for d in body["dead_letters"]] == [
         ("INV-005", "bug", "renderer", 3)
     ]
+    assert body["dead_letters"][0]["error"] == "ValueError: boom"  # a reader sees no internals
+    admin = (await api.client.get(f"/v1/dead-letters?tenant_id={TENANT}", headers=ADMIN)).json()
+    assert (
+        admin["dead_letters"][0]["error"].startswith("Traceback")
+        and "/srv/renderer" in admin["dead_letters"][0]["error"]
+    )
     filtered = (await api.client.get(f"/v1/dead-letters?tenant_id={TENANT}&invoice_id=INV-X", headers=READER)).json()
     assert filtered["dead_letters"] == []
 

@@ -374,7 +374,9 @@ async def test_the_key_cookie_and_the_security_headers(ui: Ui, client: httpx.Asy
     assert signed.headers["location"] == f"/ui/search?tenant_id={TENANT}"
     attributes = set(cookie_attributes(signed))
     assert {"httponly", "samesite=strict", "path=/ui", "max-age=1800"} <= attributes
-    assert "secure" not in attributes  # plain http here; https gets Secure
+    assert "secure" not in attributes  # plain http on loopback (the devstack) only
+    proxied = await client.post("/ui/sign-in", data={"key": key}, headers={"Host": "audit.example.com"})
+    assert "secure" in set(cookie_attributes(proxied))  # behind a TLS-terminating ingress: Secure
     assert key not in signed.headers["location"]
 
     async with holder(ui, key) as http:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from factura.audit.records import GENESIS, UNIDENTIFIED_TENANT, canonical, from_
 from factura.common.events import parse_event
 from factura.common.kafka.consumer import Message
 from factura.common.schemas import EXAMPLES_DIR
+from factura.common.tenants import TenantConfigError, TenantDirectory
 from factura.common.topics import resolve
 
 
@@ -94,3 +96,10 @@ def test_a_dead_letter_naming_an_unencodable_invoice_is_still_recorded() -> None
     record = from_dead_letter(Message(topic, 0, 3, None, {}, body, body))
     assert record.tenant_id == "acme" and record.fields["invoice_id"] is None
     chained(record, Head(0, GENESIS))["record"].encode()  # hashable
+
+
+def test_no_tenant_may_take_the_unidentified_chain(tmp_path: Path) -> None:
+    (tmp_path / UNIDENTIFIED_TENANT).mkdir()
+    (tmp_path / UNIDENTIFIED_TENANT / "tenant.toml").write_text("")
+    with pytest.raises(TenantConfigError, match="reserved"):
+        TenantDirectory(tmp_path)

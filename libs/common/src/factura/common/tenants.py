@@ -147,6 +147,10 @@ class TenantConfig(_Config):
         return path if path.is_file() else None
 
 
+#: Ids no tenant may have: ``unidentified`` is audit's chain for records that name no tenant.
+RESERVED_TENANT_IDS = frozenset({"unidentified"})
+
+
 class TenantConfigError(ValueError):
     pass
 
@@ -169,6 +173,8 @@ class TenantDirectory:
             raise TenantConfigError(f"tenants directory {root} does not exist")
         for folder in sorted(p for p in root.iterdir() if (p / "tenant.toml").is_file()):
             path = folder / "tenant.toml"
+            if folder.name in RESERVED_TENANT_IDS:
+                raise TenantConfigError(f"{path}: the tenant id {folder.name!r} is reserved by audit")
             try:
                 raw = tomllib.loads(path.read_text(encoding="utf-8"))
                 config = TenantConfig.model_validate(

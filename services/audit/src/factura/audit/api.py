@@ -170,7 +170,7 @@ class DeadLetter(BaseModel):
     source: str | None = Field(default=None, description="topic/partition/offset of the refused message")
     source_topic: str | None = None
     service: str | None = None
-    error: str | None = None
+    error: str | None = Field(default=None, description="Why; the full traceback for admin keys only")
     attempts: int | None = None
     body: str | None = Field(default=None, description="The message as received (hex if it was not UTF-8)")
     body_encoding: str | None = None
@@ -357,10 +357,16 @@ def router(
 
     @api.get("/dead-letters", response_model=DeadLetterPage, responses=_responses())
     async def dead_letters(
-        tenant_id: Tenant, invoice_id: Ident = None, cursor: CursorParam = None, limit: Limit = DEFAULT_LIMIT
+        tenant_id: Tenant,
+        principal: Annotated[Principal, Depends(reader)],
+        invoice_id: Ident = None,
+        cursor: CursorParam = None,
+        limit: Limit = DEFAULT_LIMIT,
     ) -> DeadLetterPage:
-        """Messages of this tenant that a service could not handle, and why, oldest first."""
-        return await reads.dead_letters(tenant_id, invoice_id, cursor, limit)
+        """Messages of this tenant that a service could not handle, and why, oldest first. The error
+        is the exception's last line; admin keys get the whole traceback (it names internals)."""
+        full = principal.has_role(Role.ADMIN)
+        return await reads.dead_letters(tenant_id, invoice_id, cursor, limit, full_errors=full)
 
     @api.get("/verify", response_model=Verification, responses=_responses())
     async def verify_route(tenant_id: Tenant) -> Verification:
@@ -455,14 +461,14 @@ class _Reads:
         )
 
     async def dead_letters(
-        self, tenant_id: str, invoice_id: str | None, cursor: str | None, limit: int
+        self, tenant_id: str, invoice_id: str | None, cursor: str | None, limit: int, *, full_errors: bool
     ) -> DeadLetterPage:
         scope = scope_of("dead-letters", invoice_id=invoice_id)
         after = self._seq(cursor, tenant_id, scope)
         docs = await self.queries.dead_letters(tenant_id, invoice_id, after or 0, limit + 1)
         return DeadLetterPage(
             tenant_id=tenant_id,
-            dead_letters=[_dead_letter(d) for d in docs[:limit]],
+            dead_letters=[_dead_letter(d, full_errors) for d in docs[:limit]],
             next_cursor=self._next(docs, limit, tenant_id, scope),
         )
 
@@ -574,8 +580,12 @@ def _entry(doc: Document) -> Entry:
     return Entry.model_validate({**fields, **envelope})
 
 
-def _dead_letter(doc: Document) -> DeadLetter:
+def _dead_letter(doc: Document, full_error: bool) -> DeadLetter:
     raw = _raw(doc)
     details = raw if isinstance(raw, dict) else {}
     keep = ("source_topic", "service", "error", "attempts", "body", "body_encoding")
-    return DeadLetter.model_validate({**_summary(doc), **{k: details.get(k) for k in keep}})
+    letter = {**_summary(doc), **{k: details.get(k) for k in keep}}
+    error = letter.get("error")
+    if not full_error and isinstance(error, str):  # a traceback's last line: the exception and its message
+        letter["error"] = next((line for line in reversed(error.splitlines()) if line.strip()), "")
+    return DeadLetter.model_validate(letter)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from factura.common.envelope import TENANT_PATTERN, Envelope, utcnow
 from factura.common.kafka.consumer import Message
 
-#: The chain of dead letters whose body names no readable tenant (reserved: no tenant may use it).
+#: The chain of records that name no tenant (reserved: no tenant may use it, see tenants.py).
 UNIDENTIFIED_TENANT = "unidentified"
 #: ``prev`` of a chain's first record.
 GENESIS = "0" * 64

@@ -28,8 +28,16 @@ MAX_FORM_BYTES: Final = 2048
 FORM_TYPE: Final = "application/x-www-form-urlencoded"
 
 
+#: Hosts a browser reaches over plain HTTP during development (the devstack): the only ones whose
+#: cookie may lack ``Secure``.
+LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
+    """``Secure`` unless the page is served over plain HTTP on loopback. Behind a TLS-terminating
+    ingress the service sees ``http`` but the browser uses ``https``: the cookie must still be
+    ``Secure`` there, so the scheme alone cannot decide."""
+    return request.url.scheme == "https" or request.url.hostname not in LOOPBACK
 
 
 def remember(response: Response, request: Request, key: str) -> None:
