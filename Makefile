@@ -71,7 +71,7 @@ bench-delivery: install  ## email sender vs bare aiosmtplib (1000 mails, 60 KB P
 bench-scheduler: install  ## 100k open invoices: RSS per invoice, idle tick at 10k/100k, a tick emitting 10k reminders (~6 min)
 	$(PY) -m benchmarks.bench_scheduler
 
-bench-audit: install  ## audit: raw insert_many vs the chained consumer, timeline/search p95 and verify/s at 1 M records (~16 min)
+bench-audit: install  ## audit: raw insert_many vs the chained consumer, timeline/search p95 and verify/s at 1 M records (~11 min)
 	$(PY) -m benchmarks.bench_audit
 
 clean: down
