@@ -225,3 +225,14 @@ def test_any_correlation_header_is_used_or_ignored_never_a_failure(header: bytes
     event = handle(INVOICE, headers={"correlation_id": header})
     assert event.type == "invoice.created"
     assert 1 <= len(event.correlation_id) <= 200
+
+
+def test_the_same_invoice_reserialised_is_the_same_event_and_a_corrected_one_is_not() -> None:
+    """Key order, spacing and number spelling do not make a second invoice (it was emailed twice)."""
+    payload = json.loads(INVOICE)
+    original = handle(json.dumps(payload).encode())
+    reordered = dict(reversed(list(payload.items())))
+    again = handle(json.dumps(reordered, indent=3, ensure_ascii=True).encode())
+    assert again.event_id == original.event_id
+    corrected = handle(changed(due_date="2026-12-15"))
+    assert corrected.event_id != original.event_id

@@ -63,6 +63,11 @@ def _digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def _content(model: BaseModel) -> str:
+    """The digest of what a message says once validated and normalised: its canonical form."""
+    return _digest(model.model_dump_json().encode())
+
+
 def _field(payload: Mapping[str, Any], name: str, pattern: str) -> str | None:
     """A field of a possibly invalid message, if it is usable as an identifier (stripped, as the contract does)."""
     value = payload.get(name)
@@ -112,9 +117,11 @@ class IngestHandlers:
     async def on_erp_invoice(self, message: Message[bytes]) -> None:
         async def accept(payload: dict[str, Any], correlation: str | None) -> None:
             erp, invoice = invoice_from_erp(payload, allow_test_domains=self._allow_test_domains)
+            # The content is part of the id, compared canonically (the normalised invoice, not the
+            # bytes): the same invoice again, whatever its key order, spacing or number spelling, is
+            # a duplicate; a corrected one is not.
+            event_id = stable_id(erp.tenant_id, "invoice.created", invoice.invoice_number, _content(invoice))
             invoice = await self._with_effective_channel(erp.tenant_id, invoice)
-            # The content hash is part of the id: the same message again is a duplicate, a corrected one is not.
-            event_id = stable_id(erp.tenant_id, "invoice.created", invoice.invoice_number, _digest(message.raw))
             await self._publish(
                 "invoice.created",
                 invoice,
@@ -168,8 +175,8 @@ class IngestHandlers:
 
         async def accept(payload: dict[str, Any], correlation: str | None) -> None:
             erp, cancelled = cancellation_from_erp(payload)
-            # As for invoices: the same message again is a duplicate, a corrected one is a new event.
-            event_id = stable_id(erp.tenant_id, "invoice.cancelled", erp.invoice_number, erp.kind, _digest(message.raw))
+            # As for invoices: the same content again is a duplicate, a corrected one is a new event.
+            event_id = stable_id(erp.tenant_id, "invoice.cancelled", erp.invoice_number, erp.kind, _content(cancelled))
             await self._publish(
                 "invoice.cancelled",
                 cancelled,
