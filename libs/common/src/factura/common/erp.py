@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -57,21 +57,36 @@ MAX_DEPTH = 64
 _CONTROL = "\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\ufffe\\uffff"
 #: The same, minus tab, LF and CR: line descriptions may span lines.
 _CONTROL_MULTILINE = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f\\u2028\\u2029\\ufffe\\uffff"
+#: Invisible formatting characters (Unicode category Cf) of the Basic Multilingual Plane: bidi
+#: controls (U+202A–U+202E, U+2066–U+2069) that make a PDF, a Subject or a To display name read
+#: other than it is, zero-width characters (U+200B–U+200F, U+2060–U+2064, U+FEFF) that make two
+#: names look equal, the soft hyphen (U+00AD), and the rest of Cf. No text field may hold them.
+_FORMAT = (
+    "\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e\\u200b-\\u200f"
+    "\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb"
+)
+#: Category Cf beyond the BMP, as of Unicode 15. A JSON
+#: Schema pattern cannot portably name these characters, so only the models refuse them.
+_FORMAT_ASTRAL = (
+    "\\U000110bd\\U000110cd\\U00013430-\\U0001343f\\U0001bca0-\\U0001bca3"
+    "\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f"
+)
 #: The model checks with the very classes the schema patterns are built from (Cc is exactly
-#: U+0000–U+001F and U+007F–U+009F; Zl and Zp are U+2028 and U+2029).
-_FORBIDDEN = re.compile(f"[{_CONTROL}]")
-_FORBIDDEN_MULTILINE = re.compile(f"[{_CONTROL_MULTILINE}]")
+#: U+0000–U+001F and U+007F–U+009F; Zl and Zp are U+2028 and U+2029), plus the astral Cf.
+_FORBIDDEN = re.compile(f"[{_CONTROL}{_FORMAT}{_FORMAT_ASTRAL}]")
+_FORBIDDEN_MULTILINE = re.compile(f"[{_CONTROL_MULTILINE}{_FORMAT}{_FORMAT_ASTRAL}]")
 
 
 def forbidden_character(text: str, *, multiline: bool = False) -> str | None:
-    """The first character of ``text`` that no text field may hold, or ``None``."""
+    """The first character of ``text`` that no text field may hold, or ``None``: a control
+    character, a line separator or an invisible formatting character (category Cf)."""
     found = (_FORBIDDEN_MULTILINE if multiline else _FORBIDDEN).search(text)
     return found.group() if found else None
 
 
 @dataclass(frozen=True)
 class _Text:
-    """Refuses control characters with a readable reason, and says so in the JSON Schema.
+    """Refuses control and invisible formatting characters with a readable reason, and says so in the JSON Schema.
 
     The schema pattern also requires one character that is not white space when the field may not
     be empty: the model strips surrounding white space first, so a blank value is an empty one.
@@ -88,14 +103,15 @@ class _Text:
         if char is not None:
             allowed = " (tab and line breaks are allowed)" if self.multiline else ""
             raise ValueError(
-                f"must not contain control characters or line separators{allowed}: "
+                "must not contain control characters, line separators or invisible formatting characters "
+                f"(bidi controls, zero-width characters, soft hyphens){allowed}: "
                 f"found U+{ord(char):04X} at position {value.index(char)}"
             )
         return value
 
     def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         out = handler(schema)
-        bad = _CONTROL_MULTILINE if self.multiline else _CONTROL
+        bad = (_CONTROL_MULTILINE if self.multiline else _CONTROL) + _FORMAT
         out["pattern"] = f"^[^{bad}]*[^\\s{bad}][^{bad}]*$" if self.required else f"^[^{bad}]*$"
         return out
 
@@ -276,7 +292,10 @@ class ErpLine(_Erp):
 
 
 class ErpDocument(_Erp):
-    """A document the ERP produced itself, already uploaded to the documents bucket."""
+    """A document the ERP produced itself, already uploaded to the documents bucket under its tenant's prefix.
+
+    Every key starts with ``<tenant_id>/`` and has no ``..`` part; any other key is refused.
+    """
 
     s3_key: Key
     xml_s3_key: Key | None = None
@@ -293,8 +312,19 @@ class ErpInvoiceV1(_Erp):
     seller_name: Name
     customer: ErpCustomer
     lines: list[ErpLine] = Field(min_length=1, max_length=500)
-    total: Amount | None = Field(default=None, description="If given, must match the computed total (±0.01)")
-    document: ErpDocument | None = Field(default=None, description="Send this ERP-produced PDF instead of rendering")
+    total: Amount | None = Field(
+        default=None,
+        description="If given, must match the computed total (±0.01); 0 or more (a credit note is an erp.cancellation)",
+    )
+    document: ErpDocument | None = Field(
+        default=None, description="Send this ERP-produced PDF instead of rendering; every key under <tenant_id>/"
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _own_documents(cls, data: Any, handler: ModelWrapValidatorHandler[ErpInvoiceV1]) -> ErpInvoiceV1:
+        """Each key under another prefix is refused by name, reported with every other problem of the message."""
+        return _also_refuse(cls, data, handler, _foreign_keys(data))
 
 
 class ErpPaymentV1(_Erp):
@@ -369,19 +399,65 @@ class ErpCancellationV1(_Erp):
     def _refuse_amounts(cls, data: Any, handler: ModelWrapValidatorHandler[ErpCancellationV1]) -> ErpCancellationV1:
         """Each amount key is refused by name, reported with every other problem of the message."""
         keys = [k for k in data if isinstance(k, str) and re.search(_AMOUNT_KEY, k)] if isinstance(data, dict) else []
-        if not keys:
-            return handler(data)
-        errors = [_error("partial_credit", _PARTIAL, (key,), data[key]) for key in keys]
-        try:
-            handler(data)
-        except ValidationError as e:
-            errors = [_error(d["type"], d["msg"], d["loc"], d["input"]) for d in e.errors()] + errors
-        raise ValidationError.from_exception_data(cls.__name__, errors)
+        return _also_refuse(cls, data, handler, [_error("partial_credit", _PARTIAL, (key,), data[key]) for key in keys])
 
 
 def _error(kind: str, message: str, loc: tuple[int | str, ...], value: Any) -> InitErrorDetails:
     """One line of a :class:`ValidationError`, its message kept word for word."""
     return InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _also_refuse(
+    cls: type[_M], data: Any, handler: ModelWrapValidatorHandler[_M], refusals: list[InitErrorDetails]
+) -> _M:
+    """The model, unless ``refusals`` (rules read from the raw ``data``) or its own validation say otherwise;
+    then every problem at once."""
+    if not refusals:
+        return handler(data)
+    try:
+        handler(data)
+    except ValidationError as e:
+        refusals = [_error(d["type"], d["msg"], d["loc"], d["input"]) for d in e.errors()] + refusals
+    raise ValidationError.from_exception_data(cls.__name__, refusals)
+
+
+def owned_key(tenant_id: str, key: str) -> bool:
+    """Whether ``key`` is one of the tenant's files: under ``<tenant_id>/``, with no ``..`` to climb out.
+
+    The same rule as the renderer's when it fetches the file, applied at the door so a key of
+    another tenant is refused with the invoice, not after it was accepted.
+    """
+    return key.startswith(f"{tenant_id}/") and ".." not in key.split("/")
+
+
+def _foreign_keys(data: Any) -> list[InitErrorDetails]:
+    """The document keys of a raw invoice that are not its tenant's, named by field.
+
+    Read before validation (stripped, as the model does), so the refusal comes with the message's
+    other problems. Values of the wrong type are left to the model; without a valid tenant there is
+    no prefix to compare with, and the tenant's own error says so.
+    """
+    if not isinstance(data, dict) or not isinstance(document := data.get("document"), dict):
+        return []
+    tenant = data.get("tenant_id")
+    if not isinstance(tenant, str) or not re.fullmatch(TENANT_PATTERN, tenant := tenant.strip()):
+        return []
+    annexes = document.get("annex_s3_keys")
+    keys: list[tuple[tuple[int | str, ...], Any]] = [
+        (("document", "s3_key"), document.get("s3_key")),
+        (("document", "xml_s3_key"), document.get("xml_s3_key")),
+    ]
+    keys += [
+        (("document", "annex_s3_keys", i), key) for i, key in enumerate(annexes if isinstance(annexes, list) else [])
+    ]
+    return [
+        _error("foreign_document", f"{key.strip()!r} is not under this tenant's prefix {tenant}/", loc, key)
+        for loc, key in keys
+        if isinstance(key, str) and key.strip() and not owned_key(tenant, key.strip())
+    ]
 
 
 ERP_MODELS: dict[str, type[_Erp]] = {
@@ -399,11 +475,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-#: Largest ERP message (uncompressed): below the producer's 1 MiB request limit, far above any real invoice.
+#: Largest ERP message (uncompressed) by default: below the producer's 1 MiB request limit, so a
+#: refused message can be dead-lettered whole, and far above any real invoice (500 lines fill ~150 KiB).
 MAX_MESSAGE_BYTES = 512 * 1024
 
 
-def decode_erp(raw: bytes) -> dict[str, Any]:
+def decode_erp(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
     """The JSON object an ERP message holds, or :class:`InvalidMessage` naming field ``$``.
 
     The rules are JSON's own (RFC 8259), read strictly, because whatever else a parser lets
@@ -411,10 +488,11 @@ def decode_erp(raw: bytes) -> dict[str, Any]:
     is ignored), no ``NaN``/``Infinity``, no ``\\ud800``-style escapes that are not characters, at
     most :data:`MAX_DEPTH` levels of nesting, and an object at the top. Numbers with a fraction or
     an exponent become :class:`~decimal.Decimal`, so an amount sent as a number keeps every digit.
-    At most :data:`MAX_MESSAGE_BYTES`: a larger message could not even be dead-lettered whole.
+    At most ``max_bytes`` (:data:`MAX_MESSAGE_BYTES` unless the service configures another cap),
+    checked before anything is parsed.
     """
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise _undecodable(f"message is {len(raw)} bytes; at most {MAX_MESSAGE_BYTES} are accepted")
+    if len(raw) > max_bytes:
+        raise _undecodable(f"message is {len(raw)} bytes; at most {max_bytes} are accepted")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from decimal import Decimal, localcontext
 from typing import Any, TypeVar, cast
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from factura.common.envelope import utcnow
 from factura.common.erp import ErpCancellationV1, ErpCustomer, ErpInvoiceV1, ErpPaymentV1
 from factura.common.errors import InvalidMessage, field_errors
 from factura.common.events import (
@@ -58,6 +60,67 @@ def _too_large(value: Decimal) -> bool:
     return abs(value) >= MONEY_LIMIT
 
 
+class DateWindow(BaseModel):
+    """Which issue and due dates are plausible, around the day the invoice arrives.
+
+    A date the calendar allows can still be a typo or a corrupt export (year 0001 or 9999): once
+    accepted, it schedules reminders decades away or at once. Ingest settings (``dates``) hold it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    issue_years_back: int = Field(default=10, ge=0, le=100, description="Oldest issue date, in years before today")
+    issue_years_ahead: int = Field(default=1, ge=0, le=100, description="Latest issue date, in years after today")
+    due_years_after_issue: int = Field(default=5, ge=0, le=100, description="Latest due date, in years after issue")
+
+
+DEFAULT_DATES = DateWindow()
+
+
+def add_years(day: date, years: int) -> date:
+    """``day`` moved by whole years (29 February onto the 28th), clamped to the calendar's ends."""
+    year = min(max(day.year + years, date.min.year), date.max.year)
+    return day.replace(year=year, day=28) if (day.month, day.day) == (2, 29) else day.replace(year=year)
+
+
+def _date_problems(erp: ErpInvoiceV1, window: DateWindow, today: date) -> list[FieldError]:
+    errors = []
+    earliest, latest = add_years(today, -window.issue_years_back), add_years(today, window.issue_years_ahead)
+    if not earliest <= erp.issue_date <= latest:
+        errors.append(
+            FieldError(
+                field="issue_date",
+                message=f"{erp.issue_date} is outside {earliest} to {latest} "
+                f"({window.issue_years_back} years before today to {window.issue_years_ahead} after)",
+            )
+        )
+    if erp.due_date < erp.issue_date:
+        errors.append(FieldError(field="due_date", message=f"{erp.due_date} is before issue_date {erp.issue_date}"))
+    elif erp.due_date > (last_due := add_years(erp.issue_date, window.due_years_after_issue)):
+        errors.append(
+            FieldError(
+                field="due_date",
+                message=f"{erp.due_date} is after {last_due}, "
+                f"{window.due_years_after_issue} years after issue_date {erp.issue_date}",
+            )
+        )
+    return errors
+
+
+def _sign_problem(erp: ErpInvoiceV1, total: Decimal) -> FieldError | None:
+    """An invoice never totals below zero: what an ERP means by a negative invoice is a credit note,
+    which Factura takes as an ``erp.cancellations`` message of ``kind`` ``credit_note`` (it settles
+    the invoice it credits instead of mailing the customer a bill for a negative amount)."""
+    if total >= 0:
+        return None
+    field = "total" if erp.total is not None else "lines"
+    return FieldError(
+        field=field,
+        message=f"the total is {total}: an invoice cannot be negative; send a credit note to erp.cancellations "
+        "with kind credit_note",
+    )
+
+
 def _validate(model: type[M], payload: dict[str, Any], context: dict[str, Any] | None = None) -> M:
     """The ERP model, or :class:`InvalidMessage` with one reason per field problem."""
     try:
@@ -79,19 +142,22 @@ def _domain(build: Callable[[], T]) -> T:
 
 
 def invoice_from_erp(
-    payload: dict[str, Any], *, allow_test_domains: bool = False
+    payload: dict[str, Any],
+    *,
+    allow_test_domains: bool = False,
+    dates: DateWindow = DEFAULT_DATES,
+    today: date | None = None,
 ) -> tuple[ErpInvoiceV1, InvoiceCreatedV1]:
     """Validate and normalise; raise :class:`InvalidMessage` listing every problem found.
 
     ``payload`` is what :func:`~factura.common.erp.decode_erp` returns. Returns the validated ERP
     message (tenant and identifiers, white space stripped) with the event data.
     ``allow_test_domains`` admits addresses under the reserved ``.test`` TLD (RFC 2606), which
-    real invoices never use but local stacks and demos do.
+    real invoices never use but local stacks and demos do. Issue and due dates must lie in ``dates``
+    around ``today`` (UTC's, unless given).
     """
     erp = _validate(ErpInvoiceV1, payload, {"allow_test_domains": allow_test_domains})
-    errors: list[FieldError] = []
-    if erp.due_date < erp.issue_date:
-        errors.append(FieldError(field="due_date", message=f"{erp.due_date} is before issue_date {erp.issue_date}"))
+    errors = _date_problems(erp, dates, today or utcnow().date())
     problems_before = len(errors)
     # Exact arithmetic whatever the ambient context: 10 × 14 integer digits plus 8 decimals is more
     # than the default 28 significant digits, and a rounded product must not pass as an amount.
@@ -114,6 +180,8 @@ def invoice_from_erp(
             errors.append(FieldError(field="lines", message=f"the lines' {name} is {value}{_LIMIT}"))
         elif erp.total is not None and abs(erp.total - total) > TOTAL_TOLERANCE:
             errors.append(FieldError(field="total", message=f"{erp.total} does not match the lines' total {total}"))
+        elif (wrong_sign := _sign_problem(erp, total)) is not None:
+            errors.append(wrong_sign)
     if errors:
         raise InvalidMessage(errors)
     return erp, _domain(
