@@ -1,6 +1,21 @@
+"""``python -m factura.ingest``: run the service; with a command, act as an ERP's loader or an operator.
+
+python -m factura.ingest                                      run the service
+python -m factura.ingest load FILE --tenant T [--mapping M]   a CSV/XLSX export onto erp.invoices
+python -m factura.ingest keys create|revoke|list              API keys (role ingest) for the HTTP API
+"""
+
+import sys
+
+from factura.common.apikeys.cli import run as keys_cli
 from factura.common.runtime import main
+from factura.ingest import cli
 from factura.ingest.bootstrap import bootstrap
 from factura.ingest.settings import Settings
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["load"]:
+        sys.exit(cli.run(sys.argv[1:]))
+    if sys.argv[1:2] == ["keys"]:
+        sys.exit(keys_cli(sys.argv[2:], Settings().mongo, prog="python -m factura.ingest keys"))
     main("ingest", Settings, bootstrap)

@@ -1,28 +1,72 @@
-"""Wire ingest: its handlers on the ERP topics, tenant configs and the channel history in MongoDB.
+"""Wire ingest: its handlers on the ERP topics and its HTTP API, both through one intake; tenant
+configs, the channel history, accepted versions, idempotent answers and API keys in MongoDB.
 
-MongoDB is only read, and only for tenants that learn the most effective channel; startup does
-not touch it, so ingest starts (and accepts other tenants' invoices) while MongoDB is down.
+Startup does not touch MongoDB, so ingest starts while it is down (accepting an invoice waits for
+it: each accepted version is recorded there). Indexes are created by a background task once
+MongoDB answers; nothing needs them to be correct (ids are unique by ``_id``), only to be fast.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from contextlib import AsyncExitStack
 
+from factura.common.apikeys import COLLECTION, ApiKeyStore, authenticator
 from factura.common.delivery.effectiveness import ChannelEffectiveness
+from factura.common.errors import ErrorKind, classify
 from factura.common.kafka.producer import Publisher
 from factura.common.mongo import create_client, database, ping
 from factura.common.runtime import Wiring
 from factura.common.tenants import TenantDirectory
+from factura.ingest.api import router
 from factura.ingest.handlers import IngestHandlers
 from factura.ingest.settings import Settings
+from factura.ingest.versions import IdempotencyStore, InvoiceVersions
+
+INDEX_RETRY_MAX_S = 30.0
+log = logging.getLogger(__name__)
 
 
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
     tenants = TenantDirectory(settings.tenants_dir)  # a bad tenant file stops the service here
     mongo = create_client(settings.mongo)
     stack.push_async_callback(mongo.close)
-    history = ChannelEffectiveness.in_database(database(mongo, settings.mongo))
-    handlers = IngestHandlers(publisher, tenants, history, allow_test_email_domains=settings.allow_test_email_domains)
+    db = database(mongo, settings.mongo)
+    history = ChannelEffectiveness.in_database(db)
+    versions = InvoiceVersions.of(db)
+    idempotency = IdempotencyStore.of(db)
+    keys = ApiKeyStore(db[COLLECTION])
+    handlers = IngestHandlers(
+        publisher,
+        tenants,
+        history,
+        allow_test_email_domains=settings.allow_test_email_domains,
+        versions=versions,
+        dates=settings.dates,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    api = router(
+        handlers.intake, versions, idempotency, auth=authenticator(keys), max_batch_bytes=settings.api_max_batch_bytes
+    )
+
+    async def indexes(stopping: asyncio.Event) -> None:
+        """Create the indexes once MongoDB answers, then idle until stop (a task that ends stops the service)."""
+        delay = 1.0
+        while not stopping.is_set():
+            try:
+                for store in (versions, idempotency, keys):
+                    await store.ensure_indexes()
+                break
+            except Exception as e:
+                if classify(e)[0] is not ErrorKind.TRANSIENT:
+                    raise
+                log.warning("cannot create ingest's MongoDB indexes yet; retrying", extra={"delay_s": delay})
+                try:
+                    await asyncio.wait_for(stopping.wait(), delay)
+                except TimeoutError:
+                    delay = min(delay * 2, INDEX_RETRY_MAX_S)
+        await stopping.wait()
 
     async def mongo_ok() -> None:
         await ping(mongo)
@@ -34,4 +78,6 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
             "erp.cancellations": handlers.on_erp_cancellation,
         },
         checks={"mongo": mongo_ok},
+        routers=[api],
+        tasks=[indexes],
     )

@@ -1,11 +1,17 @@
-"""Ingest's message handlers: decode → normalise → publish, or reject with reasons.
+"""Ingest's application service and its Kafka handlers: decode → normalise → publish, or reject with reasons.
 
-The loop hands ERP topics over as raw bytes; ingest decodes them itself so that everything wrong
-with a message, down to bytes that are not JSON, becomes an ``invoice.rejected`` the audit trail
-shows, and then :class:`InvalidMessage`, on which the loop dead-letters the raw message at once.
-A failure to publish is not the message's fault: it propagates, and the loop retries it. So does
-a MongoDB outage while looking up a customer's most effective channel: the invoice waits for it
-(PyMongo's connection errors classify as transient), it is never rejected for it.
+:class:`Intake` is the one place an ERP record is accepted, whatever door it came through (a Kafka
+topic, the HTTP API): it validates and normalises a decoded payload, publishes the canonical event
+with an id derived from the normalised content, or publishes ``invoice.rejected`` with every reason,
+and says which happened (:data:`Outcome`). The doors only decode and answer.
+
+The loop hands ERP topics over as raw bytes; :class:`IngestHandlers` decodes them itself so that
+everything wrong with a message, down to bytes that are not JSON, becomes an ``invoice.rejected``
+the audit trail shows, and then :class:`InvalidMessage`, on which the loop dead-letters the raw
+message at once. A failure to publish is not the message's fault: it propagates, and the loop
+retries it. So does a MongoDB outage while looking up a customer's most effective channel or
+recording an accepted version: the invoice waits for it (PyMongo's connection errors classify as
+transient), it is never rejected for it.
 """
 
 from __future__ import annotations
@@ -15,18 +21,20 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from pydantic import BaseModel
 
 from factura.common.delivery.effectiveness import tenant_order
 from factura.common.envelope import TENANT_PATTERN, make_event, stable_id
-from factura.common.erp import decode_erp, forbidden_character
+from factura.common.erp import MAX_MESSAGE_BYTES, decode_erp, forbidden_character
 from factura.common.errors import InvalidMessage
 from factura.common.events import (
     CURRENT_VERSION,
     Channel,
+    FieldError,
     InvoiceCreatedV1,
     InvoiceRejectedV1,
     as_datetime,
@@ -36,7 +44,13 @@ from factura.common.kafka.producer import Publisher
 from factura.common.logging import log_context
 from factura.common.metrics import counter
 from factura.common.tenants import TenantDirectory
-from factura.ingest.normalise import cancellation_from_erp, invoice_from_erp, payment_from_erp
+from factura.ingest.normalise import (
+    DEFAULT_DATES,
+    DateWindow,
+    cancellation_from_erp,
+    invoice_from_erp,
+    payment_from_erp,
+)
 
 PRODUCER = "ingest"
 REJECTED = counter("ingest_rejected_total", "ERP messages refused by ingest.", ("topic",))
@@ -46,9 +60,13 @@ IGNORED_HEADERS = counter(
 #: ``Envelope.correlation_id`` holds at most this many characters.
 CORRELATION_MAX = 200
 _INVOICE_NUMBER = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$"
+#: Per kind of record: the field a rejection quotes as the ERP's reference, and what it must look like.
+_REFERENCES: Final = {
+    "invoice": ("invoice_number", _INVOICE_NUMBER),
+    "payment": ("payment_id", r"^.{1,100}$"),
+    "cancellation": ("invoice_number", _INVOICE_NUMBER),
+}
 log = logging.getLogger(__name__)
-
-Accept = Callable[[dict[str, Any], str | None], Awaitable[None]]
 
 
 class ChannelHistory(Protocol):
@@ -59,22 +77,68 @@ class ChannelHistory(Protocol):
     ) -> Channel | None: ...
 
 
-def _digest(raw: bytes) -> str:
+class Versions(Protocol):
+    """Where accepted invoice versions are kept (:class:`~factura.ingest.versions.InvoiceVersions`)."""
+
+    async def record(self, tenant_id: str, invoice_number: str, digest: str, event_id: uuid.UUID, source: str) -> bool:
+        """Keep one accepted version; ``False`` when it was already kept (a duplicate)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a record came from, as a rejection names it: ``topic`` (``erp.invoices``, or the API
+    route), ``offset`` (topic/partition/offset, or request id/item) and ``digest``, the sha256 of
+    the record's bytes, from which the rejection's event id is derived."""
+
+    topic: str
+    offset: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Published: ``event_id`` is the canonical event's; ``duplicate`` when this very content was
+    accepted before (same id, so every consumer keeps one)."""
+
+    event_id: uuid.UUID
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Refused: ``invoice.rejected`` (``event_id``) was published with ``reasons``."""
+
+    event_id: uuid.UUID
+    reasons: list[FieldError]
+
+
+Outcome = Accepted | Rejected
+#: An :class:`Intake` method: a decoded payload in, an outcome out.
+Accept = Callable[..., Awaitable[Outcome]]
+
+
+def digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
 def _content(model: BaseModel) -> str:
     """The digest of what a message says once validated and normalised: its canonical form."""
-    return _digest(model.model_dump_json().encode())
+    return digest(model.model_dump_json().encode())
 
 
-def _field(payload: Mapping[str, Any], name: str, pattern: str) -> str | None:
+def identifier(payload: Mapping[str, Any], name: str, pattern: str) -> str | None:
     """A field of a possibly invalid message, if it is usable as an identifier (stripped, as the contract does)."""
     value = payload.get(name)
     if not isinstance(value, str):
         return None
     value = value.strip()
     return value if re.fullmatch(pattern, value) and forbidden_character(value) is None else None
+
+
+def tenant_of(payload: Mapping[str, Any]) -> str | None:
+    """The tenant a possibly invalid payload names, if it is a valid tenant id (what its events carry)."""
+    return identifier(payload, "tenant_id", TENANT_PATTERN)
 
 
 def correlation_header(headers: Mapping[str, bytes | None]) -> tuple[str | None, str | None]:
@@ -100,7 +164,13 @@ def correlation_header(headers: Mapping[str, bytes | None]) -> tuple[str | None,
     return value, None
 
 
-class IngestHandlers:
+class Intake:
+    """Accept one decoded ERP record (an invoice, a payment, a cancellation) or reject it on record.
+
+    With ``versions``, every accepted invoice version is kept, which is how a duplicate is told
+    from a first delivery (and what ``GET /v1/invoices/{id}/status`` answers from).
+    """
+
     def __init__(
         self,
         publisher: Publisher,
@@ -108,30 +178,112 @@ class IngestHandlers:
         history: ChannelHistory,
         *,
         allow_test_email_domains: bool = False,
+        versions: Versions | None = None,
+        dates: DateWindow = DEFAULT_DATES,
     ) -> None:
         self._publisher = publisher
         self._tenants = tenants
         self._history = history
         self._allow_test_domains = allow_test_email_domains
+        self._versions = versions
+        self._dates = dates
 
-    async def on_erp_invoice(self, message: Message[bytes]) -> None:
-        async def accept(payload: dict[str, Any], correlation: str | None) -> None:
-            erp, invoice = invoice_from_erp(payload, allow_test_domains=self._allow_test_domains)
-            # The content is part of the id, compared canonically (the normalised invoice, not the
-            # bytes): the same invoice again, whatever its key order, spacing or number spelling, is
-            # a duplicate; a corrected one is not.
-            event_id = stable_id(erp.tenant_id, "invoice.created", invoice.invoice_number, _content(invoice))
-            invoice = await self._with_effective_channel(erp.tenant_id, invoice)
-            await self._publish(
-                "invoice.created",
-                invoice,
-                event_id=event_id,
-                tenant_id=erp.tenant_id,
-                invoice_id=invoice.invoice_number,
-                correlation=correlation,
-            )
+    async def invoice(self, payload: dict[str, Any], *, correlation: str | None, source: Source) -> Outcome:
+        try:
+            erp, invoice = invoice_from_erp(payload, allow_test_domains=self._allow_test_domains, dates=self._dates)
+        except InvalidMessage as e:
+            return await self.reject(e, payload, kind="invoice", correlation=correlation, source=source)
+        # The content is part of the id, compared canonically (the normalised invoice, not the
+        # bytes): the same invoice again, whatever its key order, spacing or number spelling, is
+        # a duplicate; a corrected one is not.
+        content = _content(invoice)
+        event_id = stable_id(erp.tenant_id, "invoice.created", invoice.invoice_number, content)
+        invoice = await self._with_effective_channel(erp.tenant_id, invoice)
+        await self._publish(
+            "invoice.created",
+            invoice,
+            event_id=event_id,
+            tenant_id=erp.tenant_id,
+            invoice_id=invoice.invoice_number,
+            correlation=correlation,
+        )
+        # Recorded after publishing: a version on record was published, and a publish that failed
+        # leaves nothing that would call the retry a duplicate.
+        new = self._versions is None or await self._versions.record(
+            erp.tenant_id, invoice.invoice_number, content, event_id, source.topic
+        )
+        return Accepted(event_id, duplicate=not new)
 
-        await self._ingest(message, accept, reference="invoice_number", reference_pattern=_INVOICE_NUMBER)
+    async def payment(self, payload: dict[str, Any], *, correlation: str | None, source: Source) -> Outcome:
+        try:
+            erp, payment = payment_from_erp(payload)
+        except InvalidMessage as e:
+            return await self.reject(e, payload, kind="payment", correlation=correlation, source=source)
+        event_id = stable_id(erp.tenant_id, "payment.received", erp.payment_id)
+        await self._publish(
+            "payment.received",
+            payment,
+            event_id=event_id,
+            tenant_id=erp.tenant_id,
+            invoice_id=erp.invoice_number,
+            correlation=correlation,
+        )
+        return Accepted(event_id)
+
+    async def cancellation(self, payload: dict[str, Any], *, correlation: str | None, source: Source) -> Outcome:
+        """``invoice.cancelled``, keyed ``tenant/invoice`` like every event of the invoice: a consumer keeping
+        per-invoice state (the scheduler) reads it from the partition holding that invoice's other events.
+        Ingest knows no invoices, so it does not check that the invoice exists; its consumers do."""
+        try:
+            erp, cancelled = cancellation_from_erp(payload)
+        except InvalidMessage as e:
+            return await self.reject(e, payload, kind="cancellation", correlation=correlation, source=source)
+        # As for invoices: the same content again is a duplicate, a corrected one is a new event.
+        event_id = stable_id(erp.tenant_id, "invoice.cancelled", erp.invoice_number, erp.kind, _content(cancelled))
+        await self._publish(
+            "invoice.cancelled",
+            cancelled,
+            event_id=event_id,
+            tenant_id=erp.tenant_id,
+            invoice_id=erp.invoice_number,
+            correlation=correlation,
+        )
+        return Accepted(event_id)
+
+    async def reject(
+        self,
+        error: InvalidMessage,
+        payload: Mapping[str, Any],
+        *,
+        kind: str,
+        correlation: str | None,
+        source: Source,
+    ) -> Rejected:
+        """Record the refusal as an event (what compliance sees), naming the tenant, invoice and
+        reference the payload gives where they are readable."""
+        REJECTED.labels(topic=source.topic).inc()
+        tenant = tenant_of(payload)
+        tenant_id = tenant or "unknown"
+        reference, pattern = _REFERENCES[kind]
+        data = InvoiceRejectedV1(
+            source_topic=source.topic,
+            source_offset=source.offset,
+            stage="ingest",
+            reasons=error.reasons,
+            erp_reference=identifier(payload, reference, pattern),
+        )
+        event_id = stable_id(tenant_id, "invoice.rejected", source.digest)
+        await self._publish(
+            "invoice.rejected",
+            data,
+            event_id=event_id,
+            tenant_id=tenant_id,
+            invoice_id=identifier(payload, "invoice_number", _INVOICE_NUMBER),
+            correlation=correlation,
+        )
+        with log_context(correlation or str(event_id), tenant):
+            log.warning("rejected ERP message", extra={"source": source.offset, "reasons": str(error)[:2000]})
+        return Rejected(event_id, error.reasons)
 
     async def _with_effective_channel(self, tenant_id: str, invoice: InvoiceCreatedV1) -> InvoiceCreatedV1:
         """The invoice with the customer's most effective channel, where the tenant asks for it and
@@ -154,107 +306,6 @@ class IngestHandlers:
             return invoice
         return invoice.model_copy(update={"customer": customer.model_copy(update={"effective_channel": channel})})
 
-    async def on_erp_payment(self, message: Message[bytes]) -> None:
-        async def accept(payload: dict[str, Any], correlation: str | None) -> None:
-            erp, payment = payment_from_erp(payload)
-            await self._publish(
-                "payment.received",
-                payment,
-                event_id=stable_id(erp.tenant_id, "payment.received", erp.payment_id),
-                tenant_id=erp.tenant_id,
-                invoice_id=erp.invoice_number,
-                correlation=correlation,
-            )
-
-        await self._ingest(message, accept, reference="payment_id", reference_pattern=r"^.{1,100}$")
-
-    async def on_erp_cancellation(self, message: Message[bytes]) -> None:
-        """``invoice.cancelled``, keyed ``tenant/invoice`` like every event of the invoice: a consumer keeping
-        per-invoice state (the scheduler) reads it from the partition holding that invoice's other events.
-        Ingest knows no invoices, so it does not check that the invoice exists; its consumers do."""
-
-        async def accept(payload: dict[str, Any], correlation: str | None) -> None:
-            erp, cancelled = cancellation_from_erp(payload)
-            # As for invoices: the same content again is a duplicate, a corrected one is a new event.
-            event_id = stable_id(erp.tenant_id, "invoice.cancelled", erp.invoice_number, erp.kind, _content(cancelled))
-            await self._publish(
-                "invoice.cancelled",
-                cancelled,
-                event_id=event_id,
-                tenant_id=erp.tenant_id,
-                invoice_id=erp.invoice_number,
-                correlation=correlation,
-            )
-
-        await self._ingest(message, accept, reference="invoice_number", reference_pattern=_INVOICE_NUMBER)
-
-    async def _ingest(self, message: Message[bytes], accept: Accept, *, reference: str, reference_pattern: str) -> None:
-        """Decode, then ``accept``; anything wrong with the message is rejected, then re-raised for the DLQ.
-
-        Logs carry the tenant the payload names (when it is a valid tenant id), never a header's.
-        """
-        correlation, header_problem = correlation_header(message.headers)
-        payload: dict[str, Any] = {}
-        error: InvalidMessage | None = None
-        try:
-            payload = decode_erp(message.value)
-        except InvalidMessage as e:
-            error = e
-        tenant = _field(payload, "tenant_id", TENANT_PATTERN)
-        with log_context(correlation, tenant):
-            if header_problem is not None:
-                IGNORED_HEADERS.labels(topic=message.topic.name).inc()
-                log.warning(
-                    "ignored the correlation_id header; the event's own id correlates the flow",
-                    extra={"source": message.source, "problem": header_problem},
-                )
-            try:
-                if error is not None:
-                    raise error
-                await accept(payload, correlation)
-            except InvalidMessage as e:
-                await self._reject(
-                    message,
-                    e,
-                    tenant=tenant,
-                    correlation=correlation,
-                    reference=_field(payload, reference, reference_pattern),
-                    invoice_id=_field(payload, "invoice_number", _INVOICE_NUMBER),
-                )
-                raise
-
-    async def _reject(
-        self,
-        message: Message[bytes],
-        error: InvalidMessage,
-        *,
-        tenant: str | None,
-        correlation: str | None,
-        reference: str | None,
-        invoice_id: str | None,
-    ) -> None:
-        """Record the refusal as an event (what compliance sees); the loop then dead-letters the raw message."""
-        REJECTED.labels(topic=message.topic.name).inc()
-        tenant_id = tenant or "unknown"
-        data = InvoiceRejectedV1(
-            source_topic=message.topic.name,
-            source_offset=message.source,
-            stage="ingest",
-            reasons=error.reasons,
-            erp_reference=reference,
-        )
-        event_id = stable_id(tenant_id, "invoice.rejected", _digest(message.raw))
-        await self._publish(
-            "invoice.rejected",
-            data,
-            event_id=event_id,
-            tenant_id=tenant_id,
-            invoice_id=invoice_id,
-            correlation=correlation,
-        )
-        with log_context(correlation or str(event_id), tenant):
-            log.warning("rejected ERP message", extra={"source": message.source, "reasons": str(error)[:2000]})
-
     async def _publish(
         self,
         event_type: str,
@@ -265,7 +316,7 @@ class IngestHandlers:
         invoice_id: str | None,
         correlation: str | None,
     ) -> None:
-        """Publish an event that starts a flow: the ERP's ``correlation_id`` header, else its own id."""
+        """Publish an event that starts a flow: the ERP's ``correlation_id``, else its own id."""
         await self._publisher.publish(
             make_event(
                 event_id=event_id,
@@ -279,3 +330,64 @@ class IngestHandlers:
                 producer=PRODUCER,
             )
         )
+
+
+class IngestHandlers:
+    """The Kafka door: ``erp.invoices``, ``erp.payments`` and ``erp.cancellations`` into :attr:`intake`."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        tenants: TenantDirectory,
+        history: ChannelHistory,
+        *,
+        allow_test_email_domains: bool = False,
+        versions: Versions | None = None,
+        dates: DateWindow = DEFAULT_DATES,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.intake = Intake(
+            publisher,
+            tenants,
+            history,
+            allow_test_email_domains=allow_test_email_domains,
+            versions=versions,
+            dates=dates,
+        )
+        self._max_bytes = max_message_bytes
+
+    async def on_erp_invoice(self, message: Message[bytes]) -> None:
+        await self._ingest(message, self.intake.invoice, kind="invoice")
+
+    async def on_erp_payment(self, message: Message[bytes]) -> None:
+        await self._ingest(message, self.intake.payment, kind="payment")
+
+    async def on_erp_cancellation(self, message: Message[bytes]) -> None:
+        await self._ingest(message, self.intake.cancellation, kind="cancellation")
+
+    async def _ingest(self, message: Message[bytes], accept: Accept, *, kind: str) -> None:
+        """Decode, then ``accept``; anything wrong with the message is rejected, then raised for the DLQ.
+
+        Logs carry the tenant the payload names (when it is a valid tenant id), never a header's.
+        """
+        correlation, header_problem = correlation_header(message.headers)
+        source = Source(message.topic.name, message.source, digest(message.raw))
+        payload: dict[str, Any] = {}
+        error: InvalidMessage | None = None
+        try:
+            payload = decode_erp(message.value, max_bytes=self._max_bytes)
+        except InvalidMessage as e:
+            error = e
+        with log_context(correlation, tenant_of(payload)):
+            if header_problem is not None:
+                IGNORED_HEADERS.labels(topic=message.topic.name).inc()
+                log.warning(
+                    "ignored the correlation_id header; the event's own id correlates the flow",
+                    extra={"source": message.source, "problem": header_problem},
+                )
+            if error is not None:
+                await self.intake.reject(error, payload, kind=kind, correlation=correlation, source=source)
+                raise error
+            outcome = await accept(payload, correlation=correlation, source=source)
+            if isinstance(outcome, Rejected):
+                raise InvalidMessage(outcome.reasons)

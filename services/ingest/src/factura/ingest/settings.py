@@ -3,7 +3,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from factura.common.erp import MAX_MESSAGE_BYTES
 from factura.common.settings import MongoSettings, ServiceSettings
+from factura.ingest.normalise import DEFAULT_DATES, DateWindow
 
 
 class Settings(ServiceSettings):
@@ -15,4 +17,16 @@ class Settings(ServiceSettings):
     )
     allow_test_email_domains: bool = Field(
         default=False, description="Accept customer emails under the reserved .test TLD (local stacks, demos)."
+    )
+    api_max_batch_bytes: int = Field(
+        default=5 * 1024 * 1024, ge=1024, description="Largest body POST /v1/invoices reads (a batch); 413 past it."
+    )
+    max_message_bytes: int = Field(
+        default=MAX_MESSAGE_BYTES,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest ERP message (one record) accepted; at most 1 MiB, so a refused one can be dead-lettered.",
+    )
+    dates: DateWindow = Field(
+        default=DEFAULT_DATES, description="Plausible issue and due dates, around the day an invoice arrives."
     )
