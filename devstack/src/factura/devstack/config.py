@@ -95,7 +95,7 @@ class StackConfig:
 
     @property
     def audit_api_key_file(self) -> Path:
-        """An admin API key for the audit API, created once the audit service is up."""
+        """An admin API key (every tenant) for the audit and ingest APIs, created once audit is up."""
         return self.secrets_dir / "audit-api-key"
 
     def audit_api_key(self) -> str:
