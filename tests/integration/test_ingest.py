@@ -42,10 +42,13 @@ def invoice(number: str, customer_name: str | None = None, **line_changes: Any) 
 
 
 @asynccontextmanager
-async def ingest_running(cfg: StackConfig) -> AsyncIterator[tuple[KafkaSettings, Publisher]]:
+async def ingest_running(
+    cfg: StackConfig, *, allow_test_email_domains: bool = False
+) -> AsyncIterator[tuple[KafkaSettings, Publisher]]:
     """Ingest's own wiring (``bootstrap``) on a ConsumerLoop, with topics of its own."""
     async with isolated(cfg, client_id="test-ingest") as (settings, publisher), AsyncExitStack() as stack:
-        wiring = await bootstrap(Settings(kafka=settings, mongo=mongo_settings(cfg)), publisher, stack)
+        service = Settings(kafka=settings, mongo=mongo_settings(cfg), allow_test_email_domains=allow_test_email_domains)
+        wiring = await bootstrap(service, publisher, stack)
         loop = ConsumerLoop(
             settings=settings, group_id="ingest", routes=wiring.routes, publisher=publisher, service="ingest"
         )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -15,17 +13,13 @@ import pytest
 from openpyxl import Workbook
 
 from factura.common.events import parse_event
-from factura.common.kafka.consumer import ConsumerLoop
-from factura.common.kafka.producer import Publisher
-from factura.common.settings import KafkaSettings
 from factura.devstack.config import StackConfig
-from factura.ingest.bootstrap import bootstrap
 from factura.ingest.bulk.load import load
 from factura.ingest.bulk.mapping import load_mapping
 from factura.ingest.bulk.report import ReportRow
 from factura.ingest.cli import run
 from factura.ingest.settings import Settings
-from tests.conftest import mongo_settings
+from tests.integration.test_ingest import ingest_running
 from tests.kafka_helpers import isolated, read_topic
 
 pytestmark = pytest.mark.integration
@@ -93,25 +87,8 @@ async def test_a_mixed_file_publishes_its_valid_invoices_on_erp_invoices(cfg: St
     assert messages[b"harinas-sur/HAR-X-1"]["customer"]["phone"] == "612345678"  # ingest normalises it
 
 
-@asynccontextmanager
-async def ingest_running(cfg: StackConfig) -> AsyncIterator[tuple[KafkaSettings, Publisher]]:
-    """Ingest's own wiring on a ConsumerLoop, on topics of its own."""
-    async with isolated(cfg, client_id="test-bulk-ingest") as (settings, publisher), AsyncExitStack() as stack:
-        service = Settings(kafka=settings, mongo=mongo_settings(cfg), allow_test_email_domains=True)
-        wiring = await bootstrap(service, publisher, stack)
-        loop = ConsumerLoop(
-            settings=settings, group_id="ingest", routes=wiring.routes, publisher=publisher, service="ingest"
-        )
-        task = asyncio.create_task(loop.run())
-        try:
-            yield settings, publisher
-        finally:
-            loop.stop()
-            await asyncio.wait_for(task, 30)
-
-
 async def test_ingest_turns_loaded_rows_into_invoice_created(cfg: StackConfig) -> None:
-    async with ingest_running(cfg) as (settings, publisher):
+    async with ingest_running(cfg, allow_test_email_domains=True) as (settings, publisher):
         summary = await load(
             SAMPLE_CSV, tenant_id="harinas-sur", mapping=MAPPING, sender=publisher,
             topic=f"{settings.topic_prefix}erp.invoices", allow_test_domains=True,
