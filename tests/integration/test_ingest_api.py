@@ -21,6 +21,7 @@ from factura.common.mongo import create_client, database
 from factura.common.schemas import EXAMPLES_DIR
 from factura.common.tenants import TenantDirectory
 from factura.devstack.config import StackConfig
+from factura.devstack.stack import Stack
 from factura.ingest.api import router
 from factura.ingest.bootstrap import bootstrap
 from factura.ingest.handlers import Intake
@@ -50,6 +51,7 @@ FOREIGN: dict[str, str] = {}
 class Setup:
     client: httpx.AsyncClient
     bus: Bus
+    keys: ApiKeyStore
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ async def api(cfg: StackConfig) -> AsyncIterator[Setup]:
         routes = router(intake, versions, idempotency, auth=authenticator(keys), max_batch_bytes=MAX_BATCH_BYTES)
         app = create_app("ingest", Health(), [routes])
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as client:
-            yield Setup(client, bus)
+            yield Setup(client, bus, keys)
 
 
 def invoice(number: str, **changes: Any) -> dict[str, Any]:
@@ -360,3 +362,21 @@ async def test_bootstrap_serves_the_api_and_creates_indexes_in_the_background(cf
         assert not running.done()  # a background task that ended would stop the service
         stopping.set()
         await asyncio.wait_for(running, 5)
+
+
+async def test_mongodb_down_answers_503_and_the_retried_call_goes_through_once(api: Setup, infra: Stack) -> None:
+    """The real MongoDB-wire server stopped: keys cannot be checked and versions not kept, so the
+    caller is told to retry (503, Retry-After), never refused; once it is back, the retry is accepted."""
+    fresh, _ = await api.keys.create(Role.INGEST, [TENANT], "outage test", "test")  # never verified: not cached
+    headers = {"Authorization": f"Bearer {fresh}"}
+    body = invoice(number())
+    await asyncio.to_thread(infra.stop_server, "mongo")
+    try:
+        down = await api.client.post("/v1/invoices", json=body, headers=headers)
+    finally:
+        await asyncio.to_thread(infra.start_server, "mongo")
+    assert down.status_code == 503 and int(down.headers["retry-after"]) > 0, down.text
+    again = await api.client.post("/v1/invoices", json=body, headers=headers)
+    assert again.status_code == 202 and again.json()["status"] == "accepted", again.text
+    created = [e for e in await api.bus.events("invoice.created") if e.invoice_id == body["invoice_number"]]
+    assert [str(e.event_id) for e in created] == [again.json()["event_id"]]

@@ -18,6 +18,7 @@ a missing one, so ids cannot be probed.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Final, Protocol
 
 from fastapi import Depends, HTTPException, Request
@@ -25,6 +26,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel
 
 from factura.common.apikeys.keys import Principal, Role
+from factura.common.errors import ErrorKind, classify
 from factura.common.metrics import counter
 
 API_KEY_HEADER = "X-API-Key"
@@ -37,6 +39,7 @@ _bearer = HTTPBearer(
 _header = APIKeyHeader(
     name=API_KEY_HEADER, scheme_name="ApiKeyHeader", description="The same API key in its own header", auto_error=False
 )
+log = logging.getLogger(__name__)
 REJECTIONS = counter("api_key_rejections_total", "Requests refused by API-key checks.", ("reason",))
 
 
@@ -52,7 +55,14 @@ AUTH_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "headers": {"WWW-Authenticate": {"description": "Always `Bearer`", "schema": {"type": "string"}}},
     },
     403: {"model": ErrorBody, "description": "The API key's role or tenant scope does not cover this request"},
+    503: {
+        "model": ErrorBody,
+        "description": "The key store (or another dependency) is unreachable: retry later",
+        "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "string"}}},
+    },
 }
+#: How long a caller is asked to wait while the key store is unreachable.
+RETRY_AFTER_S = 5
 
 
 class Verifier(Protocol):
@@ -83,7 +93,16 @@ class Authenticate:
         if len(presented) > 1:
             REJECTIONS.labels("conflicting").inc()
             raise HTTPException(401, detail="two different API keys were sent; send one", headers=_CHALLENGE)
-        principal = await self._verifier.verify(presented.pop())
+        try:
+            principal = await self._verifier.verify(presented.pop())
+        except Exception as e:
+            if classify(e)[0] is not ErrorKind.TRANSIENT:
+                raise
+            # The key store is down: not the caller's fault, and no reason to call the key invalid.
+            log.warning("API key not verified: key store unavailable", extra={"error": repr(e)[:300]})
+            raise HTTPException(
+                503, detail="API keys cannot be checked right now; retry", headers={"Retry-After": str(RETRY_AFTER_S)}
+            ) from e
         if principal is None:
             REJECTIONS.labels("invalid").inc()
             raise HTTPException(401, detail="invalid or revoked API key", headers=_CHALLENGE)
