@@ -66,7 +66,8 @@ async def test_happy_path_email_with_pdf(services: Stack) -> None:
     assert pdf.get_content().startswith(b"%PDF-")
     async with httpx.AsyncClient() as client:
         events = await timeline(client, cfg, s)
-    assert [e["type"] for e in events] == ["invoice.created", "invoice.rendered", "delivery.succeeded"]
+    # each once; in the order audit stored them, which across topics is not the order they happened
+    assert sorted(e["type"] for e in events) == ["delivery.succeeded", "invoice.created", "invoice.rendered"]
     assert len({e["correlation_id"] for e in events}) == 1
 
 
@@ -157,7 +158,8 @@ async def test_redelivered_events_store_once_and_send_once(services: Stack) -> N
     assert len(mails_to(cfg, s.payload["customer"]["email"])) == 1
     async with httpx.AsyncClient() as client:
         events = await timeline(client, cfg, s)
-    assert [e["type"] for e in events] == ["invoice.created", "invoice.rendered", "delivery.succeeded"]
+    # each once; in the order audit stored them, which across topics is not the order they happened
+    assert sorted(e["type"] for e in events) == ["delivery.succeeded", "invoice.created", "invoice.rendered"]
 
 
 async def restart_mid_stream(services: Stack, sig: signal.Signals) -> list[Sample]:
