@@ -80,5 +80,5 @@ def test_audit_api_without_a_key_is_refused_as_documented(case: Case[Any], servi
     response = case.call_and_validate(
         base_url=services.cfg.service_url("audit"), excluded_checks=[positive_data_acceptance]
     )
-    if case.path.startswith("/v1/"):  # nothing is served without a key (malformed requests may get 4xx first)
-        assert response.status_code in (400, 401, 405, 422), response.text
+    if case.path.startswith("/v1/"):  # nothing is served without a key (a malformed request may get another 4xx first)
+        assert 400 <= response.status_code < 500, (response.status_code, response.text)
