@@ -187,4 +187,4 @@ def test_a_bad_date_is_a_422_naming_it(client: TestClient, day: str) -> None:
 def test_every_answer_is_documented(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     responses = schema["paths"]["/v1/reports/daily"]["get"]["responses"]
-    assert set(responses) == {"200", "400", "401", "403", "422"}
+    assert set(responses) == {"200", "400", "401", "403", "422", "503"}
