@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -127,3 +128,35 @@ async def test_cancellations_become_invoice_cancelled_and_bad_ones_are_rejected(
     assert refusal.data.source_topic == "erp.cancellations"
     [dead] = dlq
     assert dead.value == bad and dict(dead.headers)["dlq.reason"] == b"invalid"
+
+
+async def test_one_content_per_invoice_number_across_a_restart(cfg: StackConfig) -> None:
+    """The numbers ingest accepted live in MongoDB, so the rule holds for a restarted ingest (here on
+    topics of its own): the same invoice re-serialised is a duplicate, other content a conflict
+    rejected on record and dead-lettered, and an explicit amendment a new version."""
+    name = f"F-{uuid.uuid4().hex[:10]}"
+    first = json.loads(invoice(name))
+    key = f"harinas-sur/{name}".encode()
+    async with ingest_running(cfg) as (settings, publisher):
+        await publisher.send(f"{settings.topic_prefix}erp.invoices", json.dumps(first).encode(), key=key, headers=[])
+        [original] = await read_topic(cfg.kafka_bootstrap, f"{settings.topic_prefix}invoice.created", expect=1)
+
+    reordered = json.dumps(dict(reversed(list(first.items())))).encode()
+    other = json.dumps(first | {"due_date": "2026-12-31"}).encode()
+    amended = json.dumps(first | {"due_date": "2026-12-31", "amendment": True}).encode()
+    async with ingest_running(cfg) as (settings, publisher):
+        topic = f"{settings.topic_prefix}erp.invoices"
+        for raw in (reordered, other, amended):
+            await publisher.send(topic, raw, key=key, headers=[])
+        created = await read_topic(cfg.kafka_bootstrap, f"{settings.topic_prefix}invoice.created", expect=2)
+        rejected = await read_topic(cfg.kafka_bootstrap, f"{settings.topic_prefix}invoice.rejected", expect=1)
+        dlq = await read_topic(cfg.kafka_bootstrap, f"{topic}.dlq", expect=1)
+
+    again, amendment = (parse_event(r.value or b"") for r in created)
+    assert again.event_id == parse_event(original.value or b"").event_id  # a duplicate: consumers keep one
+    assert amendment.event_id != again.event_id and str(amendment.data.due_date) == "2026-12-31"
+    [conflict] = [parse_event(r.value or b"") for r in rejected]
+    assert (conflict.schema_version, conflict.data.reason, conflict.invoice_id) == (2, "conflict", name)
+    assert [r.field for r in conflict.data.reasons] == ["invoice_number"]
+    [dead] = dlq
+    assert dead.value == other and dict(dead.headers)["dlq.reason"] == b"invalid"

@@ -62,7 +62,7 @@ async def api(cfg: StackConfig) -> AsyncIterator[Setup]:
         stack.push_async_callback(mongo.close)
         db = database(mongo, settings)
         suffix = uuid.uuid4().hex[:6]
-        versions = InvoiceVersions(db[f"ingest_invoices_{suffix}"])
+        versions = InvoiceVersions(db[f"ingest_invoices_{suffix}"], db[f"ingest_invoice_heads_{suffix}"])
         idempotency = IdempotencyStore(db[f"ingest_idempotency_{suffix}"])
         keys = ApiKeyStore(db[f"{COLLECTION}_{suffix}"])
         for store in (versions, idempotency, keys):
@@ -200,6 +200,67 @@ async def test_a_batch_answers_per_item_and_the_good_ones_go_through(api: Setup)
     assert {results[i]["event_id"] for i in (1, 2, 5)} <= rejected
 
 
+async def test_other_content_under_an_accepted_number_is_a_409_conflict_on_record(api: Setup) -> None:
+    name = number()
+    first = await api.client.post("/v1/invoices", json=invoice(name), headers=INGEST)
+    assert first.status_code == 202, first.text
+    other = await api.client.post("/v1/invoices", json=invoice(name, due_date="2026-12-31"), headers=INGEST)
+    assert other.status_code == 409, other.text
+    body = other.json()
+    assert body["status"] == "conflict"
+    [error] = body["errors"]
+    assert error["field"] == "invoice_number" and first.json()["event_id"] in error["message"]
+    assert '"amendment": true' in error["message"]
+
+    [refusal] = [e for e in await api.bus.events("invoice.rejected") if str(e.event_id) == body["event_id"]]
+    assert (refusal.schema_version, refusal.data.reason, refusal.invoice_id) == (2, "conflict", name)
+    created = [e for e in await api.bus.events("invoice.created") if e.invoice_id == name]
+    assert [str(e.event_id) for e in created] == [first.json()["event_id"]]
+
+
+async def test_an_amendment_replaces_the_version_and_a_late_copy_of_the_old_one_changes_nothing(api: Setup) -> None:
+    name = number()
+    v1 = await api.client.post("/v1/invoices", json=invoice(name), headers=INGEST)
+    v2 = await api.client.post(
+        "/v1/invoices", json=invoice(name, due_date="2026-12-31", amendment=True), headers=INGEST
+    )
+    assert (v1.status_code, v2.status_code) == (202, 202), v2.text
+    assert v2.json()["status"] == "accepted" and v2.json()["event_id"] != v1.json()["event_id"]
+    late = await api.client.post("/v1/invoices", json=invoice(name), headers=INGEST)
+    assert late.json() == {"status": "duplicate", "event_id": v1.json()["event_id"]}
+    # The amendment flag is not content: the amended version sent again without it is a duplicate.
+    again = await api.client.post("/v1/invoices", json=invoice(name, due_date="2026-12-31"), headers=INGEST)
+    assert again.json() == {"status": "duplicate", "event_id": v2.json()["event_id"]}
+    third = await api.client.post("/v1/invoices", json=invoice(name, due_date="2027-01-15"), headers=INGEST)
+    assert third.status_code == 409  # the number's current version is v2 now; other content is still a conflict
+
+    created = [str(e.event_id) for e in await api.bus.events("invoice.created") if e.invoice_id == name]
+    assert set(created) == {v1.json()["event_id"], v2.json()["event_id"]}
+    assert created.count(v1.json()["event_id"]) == 1  # the late v1 was not published again after v2
+
+
+async def test_two_requests_racing_with_different_contents_one_wins_the_number(api: Setup) -> None:
+    """The first content claims the number atomically (an insert on its _id), so two doors sending
+    different contents at the same moment cannot both be accepted."""
+    for _ in range(5):
+        name = number()
+        answers = await asyncio.gather(
+            api.client.post("/v1/invoices", json=invoice(name), headers=INGEST),
+            api.client.post("/v1/invoices", json=invoice(name, due_date="2026-12-31"), headers=INGEST),
+        )
+        assert sorted(a.status_code for a in answers) == [202, 409], [a.text for a in answers]
+
+
+async def test_a_batch_reports_a_conflict_per_item(api: Setup) -> None:
+    name = number()
+    assert (await api.client.post("/v1/invoices", json=invoice(name), headers=INGEST)).status_code == 202
+    items = [invoice(name, due_date="2026-12-31"), invoice(number())]
+    body = (await api.client.post("/v1/invoices", json={"invoices": items}, headers=INGEST)).json()
+    assert [r["status"] for r in body["results"]] == ["conflict", "accepted"]
+    assert (body["accepted"], body["conflicts"], body["rejected"]) == (1, 1, 0)
+    assert body["results"][0]["errors"][0]["field"] == "invoice_number"
+
+
 async def test_a_batch_with_a_foreign_tenant_is_refused_whole(api: Setup) -> None:
     items = [invoice(number()), invoice(number(), tenant_id=OTHER)]
     answer = await api.client.post("/v1/invoices", json={"invoices": items}, headers=INGEST)
@@ -332,8 +393,9 @@ async def test_status_is_404_alike_for_unknown_and_other_tenants_invoices(api: S
 async def test_status_lists_every_accepted_version_in_order(api: Setup) -> None:
     name = number()
     first = await api.client.post("/v1/invoices", json=invoice(name), headers=INGEST)
-    corrected = invoice(name, due_date="2026-12-31")
+    corrected = invoice(name, due_date="2026-12-31", amendment=True)
     second = await api.client.post("/v1/invoices", json=corrected, headers=INGEST)
+    assert second.status_code == 202, second.text
     assert first.json()["event_id"] != second.json()["event_id"]
     status = (await api.client.get(f"/v1/invoices/{name}/status?tenant_id={TENANT}", headers=INGEST)).json()
     assert [v["event_id"] for v in status["versions"]] == [first.json()["event_id"], second.json()["event_id"]]

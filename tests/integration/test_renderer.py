@@ -38,7 +38,7 @@ from factura.common.errors import DependencyDown
 from factura.common.events import (
     FieldError,
     InvoiceCreatedV1,
-    InvoiceRejectedV1,
+    InvoiceRejectedV2,
     InvoiceRenderedV1,
     SuppliedDocument,
     parse_event,
@@ -298,13 +298,13 @@ async def rendered_of(rig: Rig, event: Envelope[InvoiceCreatedV1]) -> InvoiceRen
     return data
 
 
-async def rejected_of(rig: Rig, event: Envelope[InvoiceCreatedV1]) -> InvoiceRejectedV1:
+async def rejected_of(rig: Rig, event: Envelope[InvoiceCreatedV1]) -> InvoiceRejectedV2:
     assert await rig.bus.events("invoice.rendered") == []
     [rejected] = await rig.bus.events("invoice.rejected")
     assert rejected.event_id == derived_event_id(event.event_id, "renderer", "invoice.rejected", "")
     assert rejected.causation_id == event.event_id
     data = rejected.data
-    assert isinstance(data, InvoiceRejectedV1)
+    assert isinstance(data, InvoiceRejectedV2)
     assert data.stage == "render"
     assert (data.source_topic, data.source_offset) == ("invoice.created", "invoice.created/0/7")
     assert data.erp_reference == event.data.invoice_number

@@ -23,7 +23,7 @@ from factura.common.schemas import EXAMPLES_DIR
 from factura.common.tenants import TenantDirectory
 from factura.ingest.api import RETRY_AFTER_S, router
 from factura.ingest.handlers import Intake
-from factura.ingest.versions import Answer, IdempotencyStore, InvoiceVersions
+from factura.ingest.versions import Answer, Claim, Head, IdempotencyStore, InvoiceVersions
 from tests.unit.test_ingest_handlers import NoHistory, Recorder
 
 INVOICE = json.loads((EXAMPLES_DIR / "erp.invoice.v1.json").read_text(encoding="utf-8"))
@@ -58,6 +58,24 @@ class Memory:
     def _check(self) -> None:
         if self.down:
             raise pymongo.errors.AutoReconnect("connection refused")
+
+    async def claim(
+        self, tenant_id: str, invoice_number: str, digest: str, event_id: uuid.UUID, *, amendment: bool
+    ) -> tuple[Claim, Head]:
+        """InvoiceVersions.claim's rule (tested on the real store in tests/integration/test_ingest_api.py)."""
+        self._check()
+        mine = Head(digest, event_id)
+        head = self.kept.setdefault(f"head/{tenant_id}/{invoice_number}", mine)
+        if head is mine:
+            return Claim.NEW, mine
+        if head.digest == digest:
+            return Claim.CURRENT, head
+        if f"{tenant_id}/{invoice_number}/{digest}" in self.kept:
+            return Claim.SUPERSEDED, head
+        if not amendment:
+            return Claim.CONFLICT, head
+        self.kept[f"head/{tenant_id}/{invoice_number}"] = mine
+        return Claim.NEW, mine
 
     async def record(self, tenant_id: str, invoice_number: str, digest: str, event_id: uuid.UUID, source: str) -> bool:
         self._check()

@@ -24,7 +24,7 @@ from factura.common.events import (
     FieldError,
     InvoiceCancelledV1,
     InvoiceCreatedV1,
-    InvoiceRejectedV1,
+    InvoiceRejectedV2,
     InvoiceRenderedV1,
     PaymentReceivedV1,
     ReceiptDueV1,
@@ -110,13 +110,13 @@ def payment_received(
     )
 
 
-def invoice_rejected(created: Envelope[InvoiceCreatedV1], stage: str = "render") -> Envelope[InvoiceRejectedV1]:
+def invoice_rejected(created: Envelope[InvoiceCreatedV1], stage: str = "render") -> Envelope[InvoiceRejectedV2]:
     """What the renderer publishes for ``created`` (caused by it, same invoice id)."""
     return child_of(
         created,
         type="invoice.rejected",
         schema_version=CURRENT_VERSION["invoice.rejected"],
-        data=InvoiceRejectedV1.model_validate(
+        data=InvoiceRejectedV2.model_validate(
             {
                 "source_topic": "invoice.created",
                 "source_offset": "invoice.created/0/1",

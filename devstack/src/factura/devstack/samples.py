@@ -75,7 +75,7 @@ def invoice_payload(
     return {
         "tenant_id": tenant_id,
         "erp_source": t["erp"],
-        "invoice_number": f"{tenant_id[:3].upper()}-{today:%Y}-{n:05d}",
+        "invoice_number": f"{tenant_id[:3].upper()}-{today:%Y%m%d}-{n:05d}",  # per day: its dates are content
         "issue_date": issued.isoformat(),
         "due_date": (issued + timedelta(days=30)).isoformat(),
         "currency": t["currency"],

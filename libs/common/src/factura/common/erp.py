@@ -319,6 +319,11 @@ class ErpInvoiceV1(_Erp):
     document: ErpDocument | None = Field(
         default=None, description="Send this ERP-produced PDF instead of rendering; every key under <tenant_id>/"
     )
+    amendment: bool = Field(
+        default=False,
+        description="true to replace the version of this invoice number accepted before; without it, "
+        "other content under an accepted number is refused as a conflict",
+    )
 
     @model_validator(mode="wrap")
     @classmethod

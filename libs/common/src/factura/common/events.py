@@ -120,6 +120,16 @@ class InvoiceRejectedV1(_Model):
     erp_reference: str | None = Field(default=None, description="Invoice number or payment id, if readable")
 
 
+class InvoiceRejectedV2(InvoiceRejectedV1):
+    """v1 plus why, in one word, so compliance can count and search refusals by kind: ``invalid``
+    (the record is wrong in itself) or ``conflict`` (an invoice number already accepted with other
+    content, sent without ``amendment``: the ERP must say it means to replace it)."""
+
+    reason: Literal["invalid", "conflict"] = Field(
+        default="invalid", description="invalid: the reasons say what is wrong; conflict: see the ERP contract"
+    )
+
+
 class DocumentRef(_Model):
     bucket: str
     key: str
@@ -430,6 +440,7 @@ class TicketFailedV1(_Model):
 EVENT_MODELS: dict[tuple[str, int], type[_Model]] = {
     ("invoice.created", 1): InvoiceCreatedV1,
     ("invoice.rejected", 1): InvoiceRejectedV1,
+    ("invoice.rejected", 2): InvoiceRejectedV2,
     ("invoice.rendered", 1): InvoiceRenderedV1,
     ("delivery.succeeded", 1): DeliverySucceededV1,
     ("delivery.succeeded", 2): DeliverySucceededV2,
@@ -476,6 +487,7 @@ UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     ("reminder.due", 1): _reminder_v1_to_v2,
     ("delivery.failed", 1): _failed_v1_to_v2,
     ("payment.unmatched", 1): lambda data: data,  # v2 only widens v1
+    ("invoice.rejected", 1): lambda data: data,  # v2 adds a reason, "invalid" by default
 }
 
 #: The version producers write today.

@@ -11,6 +11,10 @@ event id and the same field errors by either door; a refused one is published as
   ``max_batch_bytes`` for ``POST /v1/invoices`` (a batch), ``MAX_MESSAGE_BYTES`` for one record.
 * A body that is not a JSON object is a 400; a record the contract refuses is a 422 listing every
   field error (in a batch: that item's result, the others go through).
+* One idempotency rule with the Kafka door (:meth:`~factura.ingest.handlers.Intake.invoice`): an
+  invoice number accepted before, sent again with the same content (compared normalised), is a
+  ``duplicate`` (202, the same event id); with other content it is a 409 ``conflict`` unless the
+  body says ``"amendment": true``.
 * ``Idempotency-Key`` (≤ 200 printable characters): the same key and body within 24 h gets the
   first answer again, status and body; the same key with another body is a 422 naming the header.
 * Kafka or MongoDB unreachable: 503 with ``Retry-After``, nothing stored as the key's answer.
@@ -65,14 +69,17 @@ class Submitted(BaseModel):
 
 
 class Rejection(BaseModel):
-    status: Literal["rejected"] = "rejected"
+    status: Literal["rejected", "conflict"] = Field(
+        default="rejected",
+        description='`conflict`: the number was accepted before with other content; resend with "amendment": true',
+    )
     event_id: uuid.UUID = Field(description="The `invoice.rejected` event recording the refusal")
     errors: list[FieldError] = Field(description="Every problem, naming the field")
 
 
 class ItemResult(BaseModel):
     index: int = Field(description="Position in `invoices`, from 0")
-    status: Literal["accepted", "duplicate", "rejected"]
+    status: Literal["accepted", "duplicate", "rejected", "conflict"]
     event_id: uuid.UUID = Field(description="The canonical event's id, or the rejection's")
     errors: list[FieldError] | None = None
 
@@ -81,6 +88,7 @@ class BatchResult(BaseModel):
     accepted: int
     duplicates: int
     rejected: int
+    conflicts: int
     results: list[ItemResult] = Field(description="One per item, in order")
 
 
@@ -106,6 +114,10 @@ _PROBLEMS: Final = {
     422: "The Idempotency-Key was used with another body",
     503: "Kafka or MongoDB is unreachable: retry after Retry-After seconds",
 }
+_CONFLICT: Final = (
+    "The invoice number was accepted before with other content and the body is not marked "
+    '`"amendment": true` (`invoice.rejected` with reason `conflict` is published)'
+)
 _RETRY_HEADER: Final = {"Retry-After": {"description": "Seconds", "schema": {"type": "integer"}}}
 
 
@@ -162,7 +174,11 @@ def router(
         "/invoices",
         status_code=202,
         response_model=Submitted,
-        responses={**_responses(400, 413), 200: {"model": BatchResult, "description": "A batch: one result per item"}},
+        responses={
+            **_responses(400, 413),
+            200: {"model": BatchResult, "description": "A batch: one result per item"},
+            409: {"model": Rejection, "description": _CONFLICT},
+        },
         openapi_extra=_body('One erp.invoice.v1, or a batch `{"invoices": [...]}` of at most 1000'),
     )
     async def invoices(request: Request, principal: Caller, idempotency_key: IdempotencyKey = None) -> JSONResponse:
@@ -359,6 +375,8 @@ class _Door:
                 return 202, Submitted(
                     status="duplicate" if outcome.duplicate else "accepted", event_id=outcome.event_id
                 )
+            if outcome.conflict:
+                return 409, Rejection(status="conflict", event_id=outcome.event_id, errors=outcome.reasons)
             return 422, Rejection(event_id=outcome.event_id, errors=outcome.reasons)
 
         return await self._idempotent(tenant, key, raw, answer)
@@ -381,11 +399,12 @@ class _Door:
 
         async def answer() -> tuple[int, BaseModel]:
             results = await self._items(items, decoded, _door_name(request), batch_id)
-            counts = {s: sum(r.status == s for r in results) for s in ("accepted", "duplicate", "rejected")}
+            counts = {s: sum(r.status == s for r in results) for s in ("accepted", "duplicate", "rejected", "conflict")}
             return 200, BatchResult(
                 accepted=counts["accepted"],
                 duplicates=counts["duplicate"],
                 rejected=counts["rejected"],
+                conflicts=counts["conflict"],
                 results=results,
             )
 
@@ -455,4 +474,5 @@ def _item(index: int, outcome: Outcome) -> ItemResult:
     if isinstance(outcome, Accepted):
         status: Literal["accepted", "duplicate"] = "duplicate" if outcome.duplicate else "accepted"
         return ItemResult(index=index, status=status, event_id=outcome.event_id)
-    return ItemResult(index=index, status="rejected", event_id=outcome.event_id, errors=outcome.reasons)
+    refused: Literal["rejected", "conflict"] = "conflict" if outcome.conflict else "rejected"
+    return ItemResult(index=index, status=refused, event_id=outcome.event_id, errors=outcome.reasons)

@@ -36,7 +36,7 @@ from factura.common.events import (
     Channel,
     FieldError,
     InvoiceCreatedV1,
-    InvoiceRejectedV1,
+    InvoiceRejectedV2,
     as_datetime,
 )
 from factura.common.kafka.consumer import Message
@@ -51,6 +51,7 @@ from factura.ingest.normalise import (
     invoice_from_erp,
     payment_from_erp,
 )
+from factura.ingest.versions import Claim, Head
 
 PRODUCER = "ingest"
 REJECTED = counter("ingest_rejected_total", "ERP messages refused by ingest.", ("topic",))
@@ -78,7 +79,13 @@ class ChannelHistory(Protocol):
 
 
 class Versions(Protocol):
-    """Where accepted invoice versions are kept (:class:`~factura.ingest.versions.InvoiceVersions`)."""
+    """Where invoice numbers and their versions are kept (:class:`~factura.ingest.versions.InvoiceVersions`)."""
+
+    async def claim(
+        self, tenant_id: str, invoice_number: str, digest: str, event_id: uuid.UUID, *, amendment: bool
+    ) -> tuple[Claim, Head]:
+        """What this content is to the number: new (now current), current, superseded or a conflict."""
+        ...
 
     async def record(self, tenant_id: str, invoice_number: str, digest: str, event_id: uuid.UUID, source: str) -> bool:
         """Keep one accepted version; ``False`` when it was already kept (a duplicate)."""
@@ -107,10 +114,12 @@ class Accepted:
 
 @dataclass(frozen=True)
 class Rejected:
-    """Refused: ``invoice.rejected`` (``event_id``) was published with ``reasons``."""
+    """Refused: ``invoice.rejected`` (``event_id``) was published with ``reasons``; ``conflict`` when
+    the number was accepted before with other content (the API answers 409 for it)."""
 
     event_id: uuid.UUID
     reasons: list[FieldError]
+    conflict: bool = False
 
 
 Outcome = Accepted | Rejected
@@ -195,9 +204,17 @@ class Intake:
             return await self.reject(e, payload, kind="invoice", correlation=correlation, source=source)
         # The content is part of the id, compared canonically (the normalised invoice, not the
         # bytes): the same invoice again, whatever its key order, spacing or number spelling, is
-        # a duplicate; a corrected one is not.
+        # a duplicate; other content under the number is a conflict unless it is an amendment.
         content = _content(invoice)
         event_id = stable_id(erp.tenant_id, "invoice.created", invoice.invoice_number, content)
+        if self._versions is not None:
+            claim, head = await self._versions.claim(
+                erp.tenant_id, invoice.invoice_number, content, event_id, amendment=erp.amendment
+            )
+            if claim is Claim.SUPERSEDED:
+                return Accepted(event_id, duplicate=True)
+            if claim is Claim.CONFLICT:
+                return await self._conflict(payload, head, invoice.invoice_number, correlation, source)
         invoice = await self._with_effective_channel(erp.tenant_id, invoice)
         await self._publish(
             "invoice.created",
@@ -213,6 +230,18 @@ class Intake:
             erp.tenant_id, invoice.invoice_number, content, event_id, source.topic
         )
         return Accepted(event_id, duplicate=not new)
+
+    async def _conflict(
+        self, payload: Mapping[str, Any], head: Head, number: str, correlation: str | None, source: Source
+    ) -> Rejected:
+        reason = FieldError(
+            field="invoice_number",
+            message=f"conflict: {number} was accepted before with other content (event {head.event_id}); "
+            'send the corrected invoice with "amendment": true to replace it',
+        )
+        return await self.reject(
+            InvalidMessage([reason]), payload, kind="invoice", correlation=correlation, source=source, conflict=True
+        )
 
     async def payment(self, payload: dict[str, Any], *, correlation: str | None, source: Source) -> Outcome:
         try:
@@ -258,6 +287,7 @@ class Intake:
         kind: str,
         correlation: str | None,
         source: Source,
+        conflict: bool = False,
     ) -> Rejected:
         """Record the refusal as an event (what compliance sees), naming the tenant, invoice and
         reference the payload gives where they are readable."""
@@ -265,12 +295,13 @@ class Intake:
         tenant = tenant_of(payload)
         tenant_id = tenant or "unknown"
         reference, pattern = _REFERENCES[kind]
-        data = InvoiceRejectedV1(
+        data = InvoiceRejectedV2(
             source_topic=source.topic,
             source_offset=source.offset,
             stage="ingest",
             reasons=error.reasons,
             erp_reference=identifier(payload, reference, pattern),
+            reason="conflict" if conflict else "invalid",
         )
         event_id = stable_id(tenant_id, "invoice.rejected", source.digest)
         await self._publish(
@@ -283,7 +314,7 @@ class Intake:
         )
         with log_context(correlation or str(event_id), tenant):
             log.warning("rejected ERP message", extra={"source": source.offset, "reasons": str(error)[:2000]})
-        return Rejected(event_id, error.reasons)
+        return Rejected(event_id, error.reasons, conflict)
 
     async def _with_effective_channel(self, tenant_id: str, invoice: InvoiceCreatedV1) -> InvoiceCreatedV1:
         """The invoice with the customer's most effective channel, where the tenant asks for it and

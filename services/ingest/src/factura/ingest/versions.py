@@ -1,4 +1,11 @@
-"""What ingest keeps in MongoDB for its doors: accepted invoice versions and idempotent HTTP answers.
+"""What ingest keeps in MongoDB for its doors: invoice numbers, accepted versions, idempotent HTTP answers.
+
+``ingest_invoice_heads``: one document per tenant and invoice number, ``_id = tenant/number``, naming
+the content (digest) and event id of its current version. It is how one rule holds for every door:
+the first content under a number claims it with an insert (atomic on ``_id``, so two doors racing
+with different contents cannot both win); the same content again is a duplicate; other content is a
+conflict unless the ERP marks it an amendment, which moves the head by compare-and-set on the digest
+it replaces (two amendments racing: one wins, the other re-reads and tries again).
 
 ``ingest_invoices``: one document per accepted invoice version, ``_id = tenant/number/digest``
 (the digest of the normalised content), inserted once and never updated; a second insert of the
@@ -17,15 +24,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from factura.common.envelope import utcnow
+from factura.common.errors import DependencyDown
 from factura.common.mongo import Document, exact
 
 INVOICES = "ingest_invoices"
+HEADS = "ingest_invoice_heads"
 IDEMPOTENCY = "ingest_idempotency"
 IDEMPOTENCY_TTL_S = 24 * 3600
 
@@ -38,17 +48,105 @@ class Version:
     source: str
 
 
+class Claim(Enum):
+    """What an invoice's content is to the number it names (:meth:`InvoiceVersions.claim`)."""
+
+    #: The number's first content, or an amendment now current: publish it.
+    NEW = "new"
+    #: The number's current content again (a redelivery, or a retry after a failed publish):
+    #: publish again (same event id, so consumers keep one) and report a duplicate if on record.
+    CURRENT = "current"
+    #: A version accepted before and since amended: a late redelivery, answered as a duplicate
+    #: without publishing, so it cannot overtake its amendment.
+    SUPERSEDED = "superseded"
+    #: Other content under an accepted number, not marked as an amendment: refused.
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True)
+class Head:
+    """The current version of an invoice number."""
+
+    digest: str
+    event_id: uuid.UUID
+
+
+#: Compare-and-set rounds an amendment tries before the loop retries the message (only when other
+#: amendments of the same number keep winning, which a key-ordered topic does not produce).
+_CAS_ROUNDS = 5
+
+
+class HeadMoving(DependencyDown):
+    """Amendments of one number keep replacing each other: like an outage, retried (the loop pauses
+    the partition; the API answers 503), never refused."""
+
+    def __init__(self, head_id: str) -> None:
+        super().__init__("mongo", f"{head_id}: its current version changed {_CAS_ROUNDS} times while amending")
+
+
 class InvoiceVersions:
-    def __init__(self, collection: AsyncCollection[Document], *, now: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        collection: AsyncCollection[Document],
+        heads: AsyncCollection[Document],
+        *,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
         self._docs = collection
+        self._heads = heads
         self._now = now
 
     @classmethod
     def of(cls, db: AsyncDatabase[Document]) -> InvoiceVersions:
-        return cls(db[INVOICES])
+        return cls(db[INVOICES], db[HEADS])
 
     async def ensure_indexes(self) -> None:
         await self._docs.create_index([("tenant_id", 1), ("invoice_number", 1)])
+
+    async def claim(
+        self, tenant_id: str, invoice_number: str, digest: str, event_id: uuid.UUID, *, amendment: bool
+    ) -> tuple[Claim, Head]:
+        """Decide what ``digest`` is to the number and, for a first version or an amendment, make it
+        current. Returns the decision and the head it was taken against (the one in conflict, for a
+        conflict). Made before publishing: a publish that then fails leaves the content current, and
+        its retry finds :attr:`Claim.CURRENT` and publishes it."""
+        head_id = f"{tenant_id}/{invoice_number}"
+        mine = Head(digest, event_id)
+        for _ in range(_CAS_ROUNDS):
+            head = await self._head(head_id)
+            if head is None:
+                try:
+                    await self._heads.insert_one(self._head_doc(head_id, tenant_id, invoice_number, mine))
+                except DuplicateKeyError:
+                    continue  # another door claimed it first: judge against theirs
+                return Claim.NEW, mine
+            if head.digest == digest:
+                return Claim.CURRENT, head
+            if await self._docs.find_one({"_id": {"$eq": f"{head_id}/{digest}"}}, projection={"_id": 1}):
+                return Claim.SUPERSEDED, head
+            if not amendment:
+                return Claim.CONFLICT, head
+            moved = await self._heads.update_one(
+                {"_id": {"$eq": head_id}, "digest": {"$eq": head.digest}},
+                {"$set": {"digest": digest, "event_id": str(event_id), "updated_at": self._now()}},
+            )
+            if moved.modified_count == 1:
+                return Claim.NEW, mine
+        raise HeadMoving(head_id)
+
+    async def _head(self, head_id: str) -> Head | None:
+        doc = await self._heads.find_one({"_id": {"$eq": head_id}})
+        return None if doc is None else Head(doc["digest"], uuid.UUID(doc["event_id"]))
+
+    def _head_doc(self, head_id: str, tenant_id: str, invoice_number: str, head: Head) -> Document:
+        return {
+            "_id": head_id,
+            "tenant_id": tenant_id,
+            "invoice_number": invoice_number,
+            "digest": head.digest,
+            "event_id": str(head.event_id),
+            "updated_at": self._now(),
+        }
 
     async def record(self, tenant_id: str, invoice_number: str, digest: str, event_id: uuid.UUID, source: str) -> bool:
         doc = {

@@ -26,7 +26,7 @@ from factura.common.events import (
     DocumentRef,
     FieldError,
     InvoiceCreatedV1,
-    InvoiceRejectedV1,
+    InvoiceRejectedV2,
     InvoiceRenderedV1,
     parse_event,
     summary_of,
@@ -284,7 +284,7 @@ class RenderHandlers:
             event,
             type="invoice.rejected",
             schema_version=CURRENT_VERSION["invoice.rejected"],
-            data=InvoiceRejectedV1(
+            data=InvoiceRejectedV2(
                 source_topic=message.topic.name,
                 source_offset=message.source,
                 stage="render",

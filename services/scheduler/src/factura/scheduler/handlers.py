@@ -23,7 +23,7 @@ from factura.common.events import (
     FieldError,
     InvoiceCancelledV1,
     InvoiceCreatedV1,
-    InvoiceRejectedV1,
+    InvoiceRejectedV2,
     InvoiceRenderedV1,
     PaymentReceivedV1,
 )
@@ -190,7 +190,7 @@ class SchedulerHandlers:
         await self._schedules.close(state.tenant_id, state.invoice_id)
         await self._refuse(state, refusals(state))
 
-    async def on_invoice_rejected(self, message: Message[Envelope[InvoiceRejectedV1]]) -> None:
+    async def on_invoice_rejected(self, message: Message[Envelope[InvoiceRejectedV2]]) -> None:
         """A render rejection: no document went out, so no reminder may follow. Ingest rejections
         never became an invoice (and may name the invoice a refused *payment* pointed at): ignored."""
         event = message.value

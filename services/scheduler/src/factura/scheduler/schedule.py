@@ -26,7 +26,7 @@ from factura.common.events import (
     DocumentRef,
     InvoiceCancelledV1,
     InvoiceCreatedV1,
-    InvoiceRejectedV1,
+    InvoiceRejectedV2,
     InvoiceRenderedV1,
     InvoiceSummary,
     PaymentReceivedV1,
@@ -161,7 +161,7 @@ class Schedules:
             {"$addToSet": {"payments": entry}, "$setOnInsert": {"rejections": []}},
         )
 
-    async def record_rejection(self, event: Envelope[InvoiceRejectedV1], invoice_id: str) -> ScheduleState:
+    async def record_rejection(self, event: Envelope[InvoiceRejectedV2], invoice_id: str) -> ScheduleState:
         entry = {
             "event_id": str(event.event_id),
             "cause": str(event.causation_id) if event.causation_id else None,

@@ -51,6 +51,7 @@ FIELDS: dict[str, Kind] = {
     "currency": Kind.TEXT,
     "seller_name": Kind.TEXT,
     "total": Kind.DECIMAL,
+    "amendment": Kind.TEXT,
     "customer.id": Kind.TEXT,
     "customer.name": Kind.TEXT,
     "customer.country": Kind.TEXT,
