@@ -113,13 +113,16 @@ class InvoiceVersions:
         head_id = f"{tenant_id}/{invoice_number}"
         mine = Head(digest, event_id)
         for _ in range(_CAS_ROUNDS):
+            # Insert first: most numbers arrive once, and then one round trip decides.
+            try:
+                await self._heads.insert_one(self._head_doc(head_id, tenant_id, invoice_number, mine))
+            except DuplicateKeyError:
+                pass  # claimed before (or by another door just now): judge against that head
+            else:
+                return Claim.NEW, mine
             head = await self._head(head_id)
             if head is None:
-                try:
-                    await self._heads.insert_one(self._head_doc(head_id, tenant_id, invoice_number, mine))
-                except DuplicateKeyError:
-                    continue  # another door claimed it first: judge against theirs
-                return Claim.NEW, mine
+                continue
             if head.digest == digest:
                 return Claim.CURRENT, head
             if await self._docs.find_one({"_id": {"$eq": f"{head_id}/{digest}"}}, projection={"_id": 1}):
