@@ -191,10 +191,10 @@ def test_description_may_span_lines_but_holds_no_other_control_characters() -> N
 @pytest.mark.parametrize(
     ("document", "field"),
     [
-        ({"s3_key": "harinas-sur/a.pdf", "xml_s3_key": ""}, "document.xml_s3_key"),
-        ({"s3_key": "harinas-sur/a.pdf", "annex_s3_keys": [""]}, "document.annex_s3_keys.0"),
-        ({"s3_key": "harinas-sur/a.pdf", "annex_s3_keys": ["x" * 1025]}, "document.annex_s3_keys.0"),
-        ({"s3_key": "harinas-sur/a\n.pdf"}, "document.s3_key"),
+        ({"s3_key": "harinas-sur/erp/a.pdf", "xml_s3_key": ""}, "document.xml_s3_key"),
+        ({"s3_key": "harinas-sur/erp/a.pdf", "annex_s3_keys": [""]}, "document.annex_s3_keys.0"),
+        ({"s3_key": "harinas-sur/erp/a.pdf", "annex_s3_keys": ["x" * 1025]}, "document.annex_s3_keys.0"),
+        ({"s3_key": "harinas-sur/erp/a\n.pdf"}, "document.s3_key"),
     ],
 )
 def test_document_keys(document: dict[str, Any], field: str) -> None:

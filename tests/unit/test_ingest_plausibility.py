@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from factura.common.erp import MAX_MESSAGE_BYTES, decode_erp, forbidden_character, owned_key
+from factura.common.erp import MAX_MESSAGE_BYTES, decode_erp, forbidden_character, owned_key, upload_prefix
 from factura.common.errors import InvalidMessage
 from factura.common.schemas import EXAMPLES_DIR, SCHEMA_DIR
 from factura.ingest.normalise import DateWindow, add_years, invoice_from_erp
@@ -220,11 +220,11 @@ def test_keys_under_the_tenants_prefix_pass() -> None:
     accept(
         _with_document(
             xml_s3_key=f"{TENANT}/erp/F-2026-000123.xml",
-            annex_s3_keys=[f"{TENANT}/annex.pdf", f" {TENANT}/x/y.pdf "],
+            annex_s3_keys=[f"{TENANT}/erp/annex.pdf", f" {TENANT}/erp/x/y.pdf "],
         )
     )
     _, created = invoice_from_erp(_with_document(), today=TODAY)
-    assert created.supplied_document is not None and created.supplied_document.key.startswith(f"{TENANT}/")
+    assert created.supplied_document is not None and created.supplied_document.key.startswith(f"{TENANT}/erp/")
 
 
 @pytest.mark.parametrize(
@@ -233,14 +233,18 @@ def test_keys_under_the_tenants_prefix_pass() -> None:
         ({"s3_key": "other-tenant/F-1.pdf"}, "document.s3_key"),
         ({"s3_key": f"{TENANT}x/F-1.pdf"}, "document.s3_key"),
         ({"s3_key": f"{TENANT}"}, "document.s3_key"),
-        ({"s3_key": f"/{TENANT}/F-1.pdf"}, "document.s3_key"),
-        ({"xml_s3_key": f"{TENANT}/../other-tenant/F-1.xml"}, "document.xml_s3_key"),
-        ({"annex_s3_keys": [f"{TENANT}/a.pdf", "other-tenant/b.pdf"]}, "document.annex_s3_keys.1"),
+        ({"s3_key": f"/{TENANT}/erp/F-1.pdf"}, "document.s3_key"),
+        ({"s3_key": f"{TENANT}/F-1.pdf"}, "document.s3_key"),
+        ({"s3_key": f"{TENANT}/2026/11/F-1/0123456789abcdef/F-1.pdf"}, "document.s3_key"),  # one of our renders
+        ({"s3_key": f"{TENANT}/erpx/F-1.pdf"}, "document.s3_key"),
+        ({"s3_key": "other-tenant/erp/F-1.pdf"}, "document.s3_key"),
+        ({"xml_s3_key": f"{TENANT}/erp/../other-tenant/erp/F-1.xml"}, "document.xml_s3_key"),
+        ({"annex_s3_keys": [f"{TENANT}/erp/a.pdf", "other-tenant/erp/b.pdf"]}, "document.annex_s3_keys.1"),
     ],
 )
-def test_a_key_outside_the_tenants_prefix_is_refused_naming_it(document: dict[str, Any], field: str) -> None:
+def test_a_key_outside_the_tenants_upload_prefix_is_refused_naming_it(document: dict[str, Any], field: str) -> None:
     found = refusals(_with_document(**document))
-    assert list(found) == [field] and f"{TENANT}/" in found[field]
+    assert list(found) == [field] and f"upload prefix {TENANT}/erp/" in found[field]
 
 
 def test_a_foreign_key_is_reported_with_the_messages_other_problems() -> None:
@@ -253,10 +257,12 @@ def test_without_a_valid_tenant_only_the_tenant_is_refused() -> None:
     assert "tenant_id" in found and "document.s3_key" not in found
 
 
-def test_owned_key_is_the_tenant_prefix_without_climbing_out() -> None:
-    assert owned_key("t1", "t1/a/b.pdf")
-    assert not owned_key("t1", "t10/a.pdf")
-    assert not owned_key("t1", "t1/../t2/a.pdf")
+def test_owned_key_is_the_tenants_upload_prefix_without_climbing_out() -> None:
+    assert upload_prefix("t1") == "t1/erp/"
+    assert owned_key("t1", "t1/erp/a/b.pdf")
+    assert not owned_key("t1", "t1/a/b.pdf")
+    assert not owned_key("t1", "t10/erp/a.pdf")
+    assert not owned_key("t1", "t1/erp/../../t2/erp/a.pdf")
 
 
 def test_ingest_settings_carry_the_cap_and_the_window(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,7 @@ HOST = "127.0.0.1"
 TENANTS_DIR = Path(__file__).resolve().parents[3] / "tenants"
 
 _USES_MONGO = frozenset({"ingest", "renderer", "email-sender", "sms-sender", "scheduler", "audit"})
-_USES_S3 = frozenset({"renderer", "email-sender"})
+_USES_S3 = frozenset({"ingest", "renderer", "email-sender"})
 
 
 def _attr(name: str) -> str:

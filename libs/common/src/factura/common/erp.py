@@ -292,9 +292,10 @@ class ErpLine(_Erp):
 
 
 class ErpDocument(_Erp):
-    """A document the ERP produced itself, already uploaded to the documents bucket under its tenant's prefix.
+    """A document the ERP produced itself, already uploaded to the documents bucket under its tenant's upload prefix.
 
-    Every key starts with ``<tenant_id>/`` and has no ``..`` part; any other key is refused.
+    Every key starts with ``<tenant_id>/erp/`` (where ``POST /v1/documents`` stores uploads) and has
+    no ``..`` part; any other key is refused.
     """
 
     s3_key: Key
@@ -317,7 +318,7 @@ class ErpInvoiceV1(_Erp):
         description="If given, must match the computed total (±0.01); 0 or more (a credit note is an erp.cancellation)",
     )
     document: ErpDocument | None = Field(
-        default=None, description="Send this ERP-produced PDF instead of rendering; every key under <tenant_id>/"
+        default=None, description="Send this ERP-produced PDF instead of rendering; every key under <tenant_id>/erp/"
     )
     amendment: bool = Field(
         default=False,
@@ -429,17 +430,29 @@ def _also_refuse(
     raise ValidationError.from_exception_data(cls.__name__, refusals)
 
 
-def owned_key(tenant_id: str, key: str) -> bool:
-    """Whether ``key`` is one of the tenant's files: under ``<tenant_id>/``, with no ``..`` to climb out.
+#: The folder under a tenant's prefix that holds what its ERP uploaded. Everything else under the
+#: tenant (rendered PDFs, manifests) is ours: were any tenant key allowed, one customer's invoice
+#: could carry another customer's rendered PDF of the same tenant.
+UPLOAD_FOLDER = "erp"
 
-    The same rule as the renderer's when it fetches the file, applied at the door so a key of
-    another tenant is refused with the invoice, not after it was accepted.
+
+def upload_prefix(tenant_id: str) -> str:
+    """``<tenant_id>/erp/``: where the tenant's own documents are uploaded, and the only place an
+    invoice's ``document`` keys may point to."""
+    return f"{tenant_id}/{UPLOAD_FOLDER}/"
+
+
+def owned_key(tenant_id: str, key: str) -> bool:
+    """Whether ``key`` is one of the tenant's uploads: under :func:`upload_prefix`, with no ``..`` to climb out.
+
+    Stricter than the renderer's rule (any key under ``<tenant_id>/``), applied at the door so a key
+    of another tenant, or one of our own renders, is refused with the invoice, not after it was accepted.
     """
-    return key.startswith(f"{tenant_id}/") and ".." not in key.split("/")
+    return key.startswith(upload_prefix(tenant_id)) and ".." not in key.split("/")
 
 
 def _foreign_keys(data: Any) -> list[InitErrorDetails]:
-    """The document keys of a raw invoice that are not its tenant's, named by field.
+    """The document keys of a raw invoice that are not under its tenant's upload prefix, named by field.
 
     Read before validation (stripped, as the model does), so the refusal comes with the message's
     other problems. Values of the wrong type are left to the model; without a valid tenant there is
@@ -459,7 +472,13 @@ def _foreign_keys(data: Any) -> list[InitErrorDetails]:
         (("document", "annex_s3_keys", i), key) for i, key in enumerate(annexes if isinstance(annexes, list) else [])
     ]
     return [
-        _error("foreign_document", f"{key.strip()!r} is not under this tenant's prefix {tenant}/", loc, key)
+        _error(
+            "foreign_document",
+            f"{key.strip()!r} is not under this tenant's upload prefix {upload_prefix(tenant)} "
+            "(where POST /v1/documents stores the ERP's files)",
+            loc,
+            key,
+        )
         for loc, key in keys
         if isinstance(key, str) and key.strip() and not owned_key(tenant, key.strip())
     ]

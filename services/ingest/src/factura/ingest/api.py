@@ -183,7 +183,7 @@ def router(
     )
     async def invoices(request: Request, principal: Caller, idempotency_key: IdempotencyKey = None) -> JSONResponse:
         """One invoice (202), or a batch (200, a result per item: the valid ones go through)."""
-        raw = await _read(request, max_batch_bytes)
+        raw = await read_body(request, max_batch_bytes)
         items = _batch_items(raw)
         if items is None:
             payload = _single(raw)
@@ -201,7 +201,7 @@ def router(
     )
     async def payments(request: Request, principal: Caller, idempotency_key: IdempotencyKey = None) -> JSONResponse:
         """One payment → `payment.received`."""
-        raw = await _read(request, MAX_MESSAGE_BYTES)
+        raw = await read_body(request, MAX_MESSAGE_BYTES)
         return await door.one(
             raw, _single(raw), principal=principal, key=idempotency_key, accept=door.intake.payment, request=request
         )
@@ -218,7 +218,7 @@ def router(
     ) -> JSONResponse:
         """Cancel or fully credit an invoice → `invoice.cancelled`. The path names the invoice; a body's
         `invoice_number` must be the same."""
-        raw = await _read(request, MAX_MESSAGE_BYTES)
+        raw = await read_body(request, MAX_MESSAGE_BYTES)
         payload = _single(raw)
         given = payload.setdefault("invoice_number", invoice_id)
         mismatch = given.strip() != invoice_id if isinstance(given, str) else False
@@ -247,7 +247,7 @@ def router(
         Read within the tenant only, so another tenant's invoice of that number is as absent (404)
         as one never sent."""
         require_tenant(principal, tenant_id)
-        found = await _available(versions.of_invoice(tenant_id, invoice_id))
+        found = await available(versions.of_invoice(tenant_id, invoice_id))
         if not found:
             raise HTTPException(404, detail="no accepted version of this invoice")
         return InvoiceStatus(
@@ -262,7 +262,7 @@ def router(
 # --- reading bodies ------------------------------------------------------------------------------
 
 
-async def _read(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it passes ``limit`` (a declared length is checked first,
     but a body is never trusted to be as long as it says)."""
     declared = request.headers.get("content-length", "")
@@ -335,7 +335,7 @@ def _skip_space(text: str, at: int) -> int:
 # --- answering -----------------------------------------------------------------------------------
 
 
-async def _available(work: Awaitable[T]) -> T:
+async def available(work: Awaitable[T]) -> T:
     """``work``'s result; 503 with Retry-After when Kafka or MongoDB cannot serve now."""
     try:
         return await work
@@ -451,16 +451,16 @@ class _Door:
             raise HTTPException(400, detail=f"Idempotency-Key: 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters")
         body_digest = digest(raw)
         if key is not None and tenant is not None:
-            stored = await _available(self._idempotency.find(tenant, key))
+            stored = await available(self._idempotency.find(tenant, key))
             if stored is not None:
                 if stored.body_digest != body_digest:
                     raise HTTPException(422, detail="Idempotency-Key: already used with another body")
                 return JSONResponse(json.loads(stored.body), stored.status, headers={"Idempotent-Replayed": "true"})
-        status, model = await _available(answer())
+        status, model = await available(answer())
         body = model.model_dump(mode="json", exclude_none=True)
         if key is not None and tenant is not None:
             text = json.dumps(body)
-            await _available(self._idempotency.save(tenant, key, Answer(body_digest, status, text)))
+            await available(self._idempotency.save(tenant, key, Answer(body_digest, status, text)))
         return JSONResponse(body, status)
 
 

@@ -1,9 +1,12 @@
 """Wire ingest: its handlers on the ERP topics and its HTTP API, both through one intake; tenant
-configs, the channel history, accepted versions, idempotent answers and API keys in MongoDB.
+configs, the channel history, accepted versions, idempotent answers and API keys in MongoDB; the
+ERP's own documents in S3.
 
 Startup does not touch MongoDB, so ingest starts while it is down (accepting an invoice waits for
 it: each accepted version is recorded there). Indexes are created by a background task once
 MongoDB answers; nothing needs them to be correct (ids are unique by ``_id``), only to be fast.
+S3 is no readiness check: only document uploads need it, and they answer 503 themselves, while
+invoices keep flowing through the same pods.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from factura.common.errors import ErrorKind, classify
 from factura.common.kafka.producer import Publisher
 from factura.common.mongo import create_client, database, ping
 from factura.common.runtime import Wiring
+from factura.common.storage import DocumentStore
 from factura.common.tenants import TenantDirectory
+from factura.ingest import documents
 from factura.ingest.api import router
 from factura.ingest.handlers import IngestHandlers
 from factura.ingest.settings import Settings
@@ -46,9 +51,10 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
         dates=settings.dates,
         max_message_bytes=settings.max_message_bytes,
     )
-    api = router(
-        handlers.intake, versions, idempotency, auth=authenticator(keys), max_batch_bytes=settings.api_max_batch_bytes
-    )
+    auth = authenticator(keys)
+    api = router(handlers.intake, versions, idempotency, auth=auth, max_batch_bytes=settings.api_max_batch_bytes)
+    store = await DocumentStore.connect(settings.s3, stack)
+    uploads = documents.router(store, auth=auth, max_bytes=settings.documents_max_bytes)
 
     async def indexes(stopping: asyncio.Event) -> None:
         """Create the indexes once MongoDB answers, then idle until stop (a task that ends stops the service)."""
@@ -78,6 +84,6 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
             "erp.cancellations": handlers.on_erp_cancellation,
         },
         checks={"mongo": mongo_ok},
-        routers=[api],
+        routers=[api, uploads],
         tasks=[indexes],
     )

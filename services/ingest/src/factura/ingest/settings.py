@@ -4,7 +4,8 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from factura.common.erp import MAX_MESSAGE_BYTES
-from factura.common.settings import MongoSettings, ServiceSettings
+from factura.common.settings import MongoSettings, S3Settings, ServiceSettings
+from factura.ingest.documents import DEFAULT_MAX_BYTES as DOCUMENTS_MAX_BYTES
 from factura.ingest.normalise import DEFAULT_DATES, DateWindow
 
 
@@ -12,6 +13,7 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FACTURA_INGEST_", env_nested_delimiter="__", extra="ignore")
 
     mongo: MongoSettings = MongoSettings()
+    s3: S3Settings = S3Settings()
     tenants_dir: Path | None = Field(
         default=None, description="Per-tenant configs (whether to learn the most effective channel)"
     )
@@ -29,4 +31,9 @@ class Settings(ServiceSettings):
     )
     dates: DateWindow = Field(
         default=DEFAULT_DATES, description="Plausible issue and due dates, around the day an invoice arrives."
+    )
+    documents_max_bytes: int = Field(
+        default=DOCUMENTS_MAX_BYTES,
+        ge=1024,
+        description="Largest file POST /v1/documents (and the SFTP drop) stores; 413 past it.",
     )
