@@ -1,6 +1,6 @@
 """Wire ingest: its handlers on the ERP topics and its HTTP API, both through one intake; tenant
 configs, the channel history, accepted versions, idempotent answers and API keys in MongoDB; the
-ERP's own documents in S3.
+ERP's own documents in S3; and, where turned on, the SFTP drop (a background task).
 
 Startup does not touch MongoDB, so ingest starts while it is down (accepting an invoice waits for
 it: each accepted version is recorded there). Indexes are created by a background task once
@@ -20,13 +20,15 @@ from factura.common.delivery.effectiveness import ChannelEffectiveness
 from factura.common.errors import ErrorKind, classify
 from factura.common.kafka.producer import Publisher
 from factura.common.mongo import create_client, database, ping
-from factura.common.runtime import Wiring
+from factura.common.runtime import BackgroundTask, Wiring
 from factura.common.storage import DocumentStore
 from factura.common.tenants import TenantDirectory
+from factura.common.topics import ERP_INVOICES
 from factura.ingest import documents
 from factura.ingest.api import router
 from factura.ingest.handlers import IngestHandlers
 from factura.ingest.settings import Settings
+from factura.ingest.sftp import sftp_task
 from factura.ingest.versions import IdempotencyStore, InvoiceVersions
 
 INDEX_RETRY_MAX_S = 30.0
@@ -77,6 +79,18 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     async def mongo_ok() -> None:
         await ping(mongo)
 
+    tasks: list[BackgroundTask] = [indexes]
+    if settings.sftp.enabled:
+        tasks.append(
+            sftp_task(
+                settings.sftp,
+                sender=publisher,
+                topic=ERP_INVOICES.physical(settings.kafka.topic_prefix),
+                store=store,
+                allow_test_domains=settings.allow_test_email_domains,
+                max_document_bytes=settings.documents_max_bytes,
+            )
+        )
     return Wiring(
         routes={
             "erp.invoices": handlers.on_erp_invoice,
@@ -85,5 +99,5 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
         },
         checks={"mongo": mongo_ok},
         routers=[api, uploads],
-        tasks=[indexes],
+        tasks=tasks,
     )

@@ -7,6 +7,7 @@ from factura.common.erp import MAX_MESSAGE_BYTES
 from factura.common.settings import MongoSettings, S3Settings, ServiceSettings
 from factura.ingest.documents import DEFAULT_MAX_BYTES as DOCUMENTS_MAX_BYTES
 from factura.ingest.normalise import DEFAULT_DATES, DateWindow
+from factura.ingest.sftp import SftpSettings
 
 
 class Settings(ServiceSettings):
@@ -14,6 +15,9 @@ class Settings(ServiceSettings):
 
     mongo: MongoSettings = MongoSettings()
     s3: S3Settings = S3Settings()
+    sftp: SftpSettings = Field(
+        default=SftpSettings(), description="The SFTP drop (off by default; on in exactly one replica)"
+    )
     tenants_dir: Path | None = Field(
         default=None, description="Per-tenant configs (whether to learn the most effective channel)"
     )
