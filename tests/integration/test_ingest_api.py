@@ -25,9 +25,10 @@ from factura.devstack.stack import Stack
 from factura.ingest.api import router
 from factura.ingest.bootstrap import bootstrap
 from factura.ingest.handlers import Intake
+from factura.ingest.imports.store import IMPORTS
 from factura.ingest.settings import Settings
 from factura.ingest.versions import IDEMPOTENCY, INVOICES, IdempotencyStore, InvoiceVersions
-from tests.conftest import mongo_settings
+from tests.conftest import mongo_settings, s3_settings
 from tests.kafka_helpers import Bus, isolated
 from tests.unit.test_ingest_handlers import NoHistory
 from tests.waiting import until_async
@@ -407,23 +408,31 @@ async def test_status_lists_every_accepted_version_in_order(api: Setup) -> None:
 async def test_bootstrap_serves_the_api_and_creates_indexes_in_the_background(cfg: StackConfig) -> None:
     settings = mongo_settings(cfg)
     async with isolated(cfg, client_id="test-ingest-wiring") as bus, AsyncExitStack() as stack:
-        wiring = await bootstrap(Settings(kafka=bus.settings, mongo=settings), bus.publisher, stack)
+        service = Settings(kafka=bus.settings, mongo=settings, s3=s3_settings(cfg))
+        wiring = await bootstrap(service, bus.publisher, stack)
         paths = {getattr(route, "path", "") for api_router in wiring.routers for route in api_router.routes}
-        assert {"/v1/invoices", "/v1/payments", "/v1/invoices/{invoice_id:path}/status"} <= paths
+        assert {
+            "/v1/invoices",
+            "/v1/payments",
+            "/v1/invoices/{invoice_id:path}/status",
+            "/v1/documents",
+            "/v1/imports",
+            "/v1/imports/{import_id}",
+        } <= paths
         db = database(create_client(settings), settings)
         stack.push_async_callback(db.client.close)
 
         async def indexed() -> bool:
-            names = [set(await db[c].index_information()) for c in (INVOICES, IDEMPOTENCY, COLLECTION)]
+            names = [set(await db[c].index_information()) for c in (INVOICES, IDEMPOTENCY, COLLECTION, IMPORTS)]
             return all(len(n) > 1 for n in names)
 
         stopping = asyncio.Event()
-        [task] = wiring.tasks
-        running = asyncio.create_task(task(stopping))
+        assert len(wiring.tasks) == 2  # the indexes and the import worker; the SFTP drop is off by default
+        running = [asyncio.create_task(task(stopping)) for task in wiring.tasks]
         await until_async(indexed)
-        assert not running.done()  # a background task that ended would stop the service
+        assert not any(t.done() for t in running)  # a background task that ended would stop the service
         stopping.set()
-        await asyncio.wait_for(running, 5)
+        await asyncio.wait_for(asyncio.gather(*running), 10)
 
 
 async def test_mongodb_down_answers_503_and_the_retried_call_goes_through_once(api: Setup, infra: Stack) -> None:

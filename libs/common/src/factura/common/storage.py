@@ -75,7 +75,7 @@ def is_outage(error: ClientError) -> bool:
 
 
 @contextmanager
-def _outages(operation: str) -> Iterator[None]:
+def outages(operation: str) -> Iterator[None]:
     """Turn "S3 is down/slow/throttling" into :class:`DependencyDown`; leave client errors as they are."""
     try:
         yield
@@ -147,14 +147,14 @@ class DocumentStore:
         return cls(client, settings.bucket)
 
     async def ensure_bucket(self) -> None:
-        with _outages("head_bucket"):
+        with outages("head_bucket"):
             try:
                 await self._s3.head_bucket(Bucket=self.bucket)
                 return
             except ClientError as e:
                 if is_outage(e):
                     raise
-        with _outages("create_bucket"):
+        with outages("create_bucket"):
             try:
                 await self._s3.create_bucket(Bucket=self.bucket)
             except ClientError as e:  # another service created it first
@@ -162,7 +162,7 @@ class DocumentStore:
                     raise
 
     async def ping(self) -> None:
-        with _outages("head_bucket"):
+        with outages("head_bucket"):
             await self._s3.head_bucket(Bucket=self.bucket)
 
     async def put(
@@ -185,7 +185,7 @@ class DocumentStore:
         extra: dict[str, str] = {"Tagging": f"{RETENTION_TAG}={retention_days}"} if retention_days else {}
         if not replace:
             extra["IfNoneMatch"] = "*"
-        with _outages("put_object"):
+        with outages("put_object"):
             try:
                 await self._s3.put_object(
                     Bucket=self.bucket,
@@ -226,31 +226,31 @@ class DocumentStore:
         ]
         if len(rules) == len(existing):
             return
-        with _outages("put_bucket_lifecycle_configuration"):
+        with outages("put_bucket_lifecycle_configuration"):
             await self._s3.put_bucket_lifecycle_configuration(
                 Bucket=self.bucket, LifecycleConfiguration={"Rules": rules}
             )
 
     async def lifecycle_rules(self) -> list[dict[str, Any]]:
-        with _outages("get_bucket_lifecycle_configuration"):
+        with outages("get_bucket_lifecycle_configuration"):
             response = await self._s3.get_bucket_lifecycle_configuration(Bucket=self.bucket)
         rules: list[dict[str, Any]] = response["Rules"]
         return rules
 
     async def tags(self, key: str) -> dict[str, str]:
-        with _outages("get_object_tagging"):
+        with outages("get_object_tagging"):
             response = await self._s3.get_object_tagging(Bucket=self.bucket, Key=key)
         return {t["Key"]: t["Value"] for t in response["TagSet"]}
 
     async def size(self, key: str) -> int:
-        with _outages("head_object"):
+        with outages("head_object"):
             response = await self._s3.head_object(Bucket=self.bucket, Key=key)
         length: int = response["ContentLength"]
         return length
 
     async def stored_sha256(self, key: str) -> str | None:
         """The sha256 recorded in an object's metadata when it was stored (``None`` if absent)."""
-        with _outages("head_object"):
+        with outages("head_object"):
             response = await self._s3.head_object(Bucket=self.bucket, Key=key)
         sha: str | None = response.get("Metadata", {}).get("sha256")
         return sha
@@ -264,7 +264,7 @@ class DocumentStore:
             raise
 
     async def get(self, key: str, bucket: str | None = None) -> bytes:
-        with _outages("get_object"):
+        with outages("get_object"):
             response = await self._s3.get_object(Bucket=bucket or self.bucket, Key=key)
             async with response["Body"] as stream:
                 data: bytes = await stream.read()

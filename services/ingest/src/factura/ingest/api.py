@@ -341,10 +341,15 @@ async def available(work: Awaitable[T]) -> T:
         return await work
     except Exception as e:
         if classify(e)[0] is ErrorKind.TRANSIENT:
-            raise HTTPException(
-                503, detail="a dependency is unavailable; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}
-            ) from e
+            raise unavailable() from e
         raise
+
+
+def unavailable() -> HTTPException:
+    """The 503 every ingest route answers while a dependency cannot serve: retry, nothing was kept."""
+    return HTTPException(
+        503, detail="a dependency is unavailable; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
 
 
 class _Door:

@@ -1,6 +1,7 @@
 """Wire ingest: its handlers on the ERP topics and its HTTP API, both through one intake; tenant
 configs, the channel history, accepted versions, idempotent answers and API keys in MongoDB; the
-ERP's own documents in S3; and, where turned on, the SFTP drop (a background task).
+ERP's own documents and uploaded imports in S3; the import worker and, where turned on, the SFTP
+drop as background tasks.
 
 Startup does not touch MongoDB, so ingest starts while it is down (accepting an invoice waits for
 it: each accepted version is recorded there). Indexes are created by a background task once
@@ -24,7 +25,7 @@ from factura.common.runtime import BackgroundTask, Wiring
 from factura.common.storage import DocumentStore
 from factura.common.tenants import TenantDirectory
 from factura.common.topics import ERP_INVOICES
-from factura.ingest import documents
+from factura.ingest import documents, imports
 from factura.ingest.api import router
 from factura.ingest.handlers import IngestHandlers
 from factura.ingest.settings import Settings
@@ -57,14 +58,18 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     api = router(handlers.intake, versions, idempotency, auth=auth, max_batch_bytes=settings.api_max_batch_bytes)
     store = await DocumentStore.connect(settings.s3, stack)
     uploads = documents.router(store, auth=auth, max_bytes=settings.documents_max_bytes)
+    import_store = imports.ImportStore.of(db)
+    import_files = await imports.ImportFiles.connect(settings.s3, stack, part_bytes=settings.imports.part_bytes)
+    imports_api = imports.router(import_store, import_files, idempotency, auth=auth, settings=settings.imports)
+    erp_invoices = ERP_INVOICES.physical(settings.kafka.topic_prefix)
 
     async def indexes(stopping: asyncio.Event) -> None:
         """Create the indexes once MongoDB answers, then idle until stop (a task that ends stops the service)."""
         delay = 1.0
         while not stopping.is_set():
             try:
-                for store in (versions, idempotency, keys):
-                    await store.ensure_indexes()
+                for indexed in (versions, idempotency, keys, import_store):
+                    await indexed.ensure_indexes()
                 break
             except Exception as e:
                 if classify(e)[0] is not ErrorKind.TRANSIENT:
@@ -79,13 +84,21 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     async def mongo_ok() -> None:
         await ping(mongo)
 
-    tasks: list[BackgroundTask] = [indexes]
+    import_worker = imports.import_worker(
+        import_store,
+        import_files,
+        publisher,
+        topic=erp_invoices,
+        settings=settings.imports,
+        allow_test_domains=settings.allow_test_email_domains,
+    )
+    tasks: list[BackgroundTask] = [indexes, import_worker]
     if settings.sftp.enabled:
         tasks.append(
             sftp_task(
                 settings.sftp,
                 sender=publisher,
-                topic=ERP_INVOICES.physical(settings.kafka.topic_prefix),
+                topic=erp_invoices,
                 store=store,
                 allow_test_domains=settings.allow_test_email_domains,
                 max_document_bytes=settings.documents_max_bytes,
@@ -98,6 +111,6 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
             "erp.cancellations": handlers.on_erp_cancellation,
         },
         checks={"mongo": mongo_ok},
-        routers=[api, uploads],
+        routers=[api, uploads, imports_api],
         tasks=tasks,
     )

@@ -6,6 +6,7 @@ from pydantic_settings import SettingsConfigDict
 from factura.common.erp import MAX_MESSAGE_BYTES
 from factura.common.settings import MongoSettings, S3Settings, ServiceSettings
 from factura.ingest.documents import DEFAULT_MAX_BYTES as DOCUMENTS_MAX_BYTES
+from factura.ingest.imports import ImportSettings
 from factura.ingest.normalise import DEFAULT_DATES, DateWindow
 from factura.ingest.sftp import SftpSettings
 
@@ -15,6 +16,7 @@ class Settings(ServiceSettings):
 
     mongo: MongoSettings = MongoSettings()
     s3: S3Settings = S3Settings()
+    imports: ImportSettings = Field(default=ImportSettings(), description="POST /v1/imports and its worker")
     sftp: SftpSettings = Field(
         default=SftpSettings(), description="The SFTP drop (off by default; on in exactly one replica)"
     )
