@@ -286,6 +286,7 @@ async def load(
     finally:
         for task in in_flight:
             task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
     return summary
 
 
@@ -295,6 +296,8 @@ async def _settle(in_flight: set[asyncio.Task[None]], when: str) -> int:
         return 0
     done, _ = await asyncio.wait(in_flight, return_when=when)
     in_flight.difference_update(done)
-    for task in done:
-        task.result()
+    # Every failure is retrieved (asyncio would log the others as never seen); the first is raised.
+    failures = [e for task in done if (e := task.exception()) is not None]
+    if failures:
+        raise failures[0]
     return len(done)
