@@ -840,7 +840,7 @@ async def test_bootstrap_wires_the_tenants_plans_and_the_topics(cfg: StackConfig
                 "delivery.succeeded",
                 "ticket.due",
             }
-            assert set(wiring.checks) == {"mongo"} and len(wiring.tasks) == 1
+            assert set(wiring.checks) == {"mongo"} and len(wiring.tasks) == 2  # the sweep, the campaign runner
             await wiring.checks["mongo"]()
 
             # The handlers read the tenant's plan: the always-open window starts at 00:00, not 09:00.

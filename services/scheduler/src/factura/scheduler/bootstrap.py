@@ -1,5 +1,5 @@
 """Wire the scheduler: MongoDB schedules, channel credits and sweep lease, the handlers, the periodic
-sweep, and (when configured) the helpdesk client for tickets."""
+sweep, (when configured) the helpdesk client for tickets, and the campaigns API with its runner."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import httpx
 
+from factura.common.apikeys import COLLECTION, ApiKeyStore, authenticator
 from factura.common.delivery.effectiveness import ChannelEffectiveness
 from factura.common.kafka.consumer import Handler
 from factura.common.kafka.producer import Publisher
@@ -16,6 +17,12 @@ from factura.common.ledger import DeliveryLedger
 from factura.common.mongo import create_client, database, ping, process_owner
 from factura.common.runtime import Wiring
 from factura.common.tenants import TenantDirectory
+from factura.scheduler.campaigns import api as campaigns_api
+from factura.scheduler.campaigns.runner import LEASE as CAMPAIGNS_LEASE
+from factura.scheduler.campaigns.runner import LEASES as CAMPAIGNS_LEASES
+from factura.scheduler.campaigns.runner import CampaignRunner
+from factura.scheduler.campaigns.store import COLLECTION as CAMPAIGNS
+from factura.scheduler.campaigns.store import Campaigns
 from factura.scheduler.handlers import SchedulerHandlers
 from factura.scheduler.lease import Lease
 from factura.scheduler.schedule import Schedules
@@ -34,7 +41,8 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     await schedules.ensure_indexes()
     effectiveness = ChannelEffectiveness.in_database(db)
     await effectiveness.ensure_indexes()
-    lease = Lease(db["leases"], SWEEP_LEASE, owner=settings.replica_id or process_owner(), ttl=settings.lease_ttl)
+    owner = settings.replica_id or process_owner()
+    lease = Lease(db["leases"], SWEEP_LEASE, owner=owner, ttl=settings.lease_ttl)
     handlers = SchedulerHandlers(
         publisher,
         schedules,
@@ -63,8 +71,31 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
         tickets = TicketHandlers(HelpdeskClient(settings.helpdesk, http), ticket_ledger, publisher.publish, ticket_url)
         routes["ticket.due"] = tickets.on_ticket_due
 
+    campaigns = Campaigns(db[CAMPAIGNS])
+    await campaigns.ensure_indexes()
+    keys = ApiKeyStore(db[COLLECTION])
+    await keys.ensure_indexes()
+    runner = CampaignRunner(
+        campaigns,
+        schedules,
+        publisher,
+        tenants,
+        Lease(db[CAMPAIGNS_LEASES], CAMPAIGNS_LEASE, owner=owner, ttl=settings.lease_ttl),
+    )
+    api = campaigns_api.router(
+        schedules,
+        campaigns,
+        tenants,
+        auth=authenticator(keys),
+        wake=runner.wake,
+        cap=settings.campaign_max_invoices,
+    )
+
     async def sweeps(stopping: asyncio.Event) -> None:
         await handlers.run_sweeps(stopping, settings.tick_seconds)
+
+    async def campaign_runs(stopping: asyncio.Event) -> None:
+        await runner.run(stopping, settings.tick_seconds)
 
     async def mongo_ok() -> None:
         await ping(mongo)
@@ -72,5 +103,6 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     return Wiring(
         routes=routes,
         checks={"mongo": mongo_ok},
-        tasks=[sweeps],
+        routers=[api],
+        tasks=[sweeps, campaign_runs],
     )

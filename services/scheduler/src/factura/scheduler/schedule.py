@@ -17,6 +17,7 @@ document creates both arrays (``payments``, ``rejections``) empty.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from datetime import date
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -33,7 +34,7 @@ from factura.common.events import (
     as_datetime,
     summary_of,
 )
-from factura.common.mongo import Document
+from factura.common.mongo import Document, exact
 from factura.common.reminders import Cursor
 from factura.scheduler.decisions import InvoiceInfo, ScheduleState, payment_from_document
 
@@ -77,6 +78,8 @@ class Schedules:
         # The timer: a tick asks only for what is due, so an idle tick costs one index lookup
         # however many invoices are open.
         await self._c.create_index("next_due_ms")
+        # Campaigns: a tenant's invoices by due date (how many days overdue they are).
+        await self._c.create_index([("tenant_id", 1), ("due_date", 1)])
 
     async def _upsert(self, tenant_id: str, invoice_id: str, update: Document) -> ScheduleState:
         key = _id(tenant_id, invoice_id)
@@ -177,6 +180,17 @@ class Schedules:
         """The schedules whose timer fired by ``now_ms``, earliest first (at most ``limit``)."""
         cursor = self._c.find({"next_due_ms": {"$lte": now_ms}}).sort("next_due_ms", 1).limit(limit)
         return [state_from_document(doc) async for doc in cursor]
+
+    async def due_between(self, tenant_id: str, first: date, last: date) -> AsyncIterator[ScheduleState]:
+        """The tenant's invoices due from ``first`` to ``last`` (both included), in no set order."""
+        query = exact({"tenant_id": tenant_id}) | {"due_date": {"$gte": as_datetime(first), "$lte": as_datetime(last)}}
+        async for doc in self._c.find(query):
+            yield state_from_document(doc)
+
+    async def states(self, tenant_id: str, invoice_ids: Sequence[str]) -> dict[str, ScheduleState]:
+        """The schedules of these invoices of one tenant that exist, by invoice id (one query)."""
+        cursor = self._c.find({"_id": {"$in": [_id(tenant_id, i) for i in invoice_ids]}})
+        return {doc["invoice_id"]: state_from_document(doc) async for doc in cursor}
 
     async def state(self, tenant_id: str, invoice_id: str) -> ScheduleState | None:
         doc = await self._c.find_one({"_id": _id(tenant_id, invoice_id)})

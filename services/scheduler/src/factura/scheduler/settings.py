@@ -7,6 +7,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from factura.common.settings import MongoSettings, ServiceSettings
+from factura.scheduler.campaigns.model import MAX_INVOICES
 from factura.scheduler.tickets import HelpdeskSettings
 
 
@@ -29,6 +30,9 @@ class Settings(ServiceSettings):
     )
     helpdesk: HelpdeskSettings | None = Field(
         default=None, description="Helpdesk tickets (signing secret); none: ticket steps are not routed"
+    )
+    campaign_max_invoices: int = Field(
+        default=MAX_INVOICES, ge=1, le=MAX_INVOICES, description="A campaign matching more is refused (422)"
     )
     replica_id: str | None = Field(
         default=None, min_length=1, max_length=200, description="Owner name in the lease; default host-pid-random."
