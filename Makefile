@@ -6,7 +6,7 @@ UV ?= python3 -m uv
 STAMP := $(VENV)/.installed
 SRC := libs/common/src services/*/src devstack/src
 
-.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer bench-sigkill bench-delivery bench-scheduler bench-audit clean
+.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer bench-sigkill bench-delivery bench-scheduler bench-audit bench-ingest clean
 
 install: $(STAMP)
 
@@ -73,6 +73,9 @@ bench-scheduler: install  ## 100k open invoices: RSS per invoice, idle tick at 1
 
 bench-audit: install  ## audit: raw insert_many vs the chained consumer, timeline/search p95 and verify/s at 1 M records (~11 min)
 	$(PY) -m benchmarks.bench_audit
+
+bench-ingest: install  ## ingest: 100k-row CSV and API batches to invoice.created vs raw produce, loader peak RSS (~8-11 min)
+	$(PY) -m benchmarks.bench_ingest
 
 clean: down
 	rm -rf .data
