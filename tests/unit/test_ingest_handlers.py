@@ -236,3 +236,63 @@ def test_the_same_invoice_reserialised_is_the_same_event_and_a_corrected_one_is_
     assert again.event_id == original.event_id
     corrected = handle(changed(due_date="2026-12-15"))
     assert corrected.event_id != original.event_id
+
+
+# --- batches ---------------------------------------------------------------------------------------
+
+
+class Gated(Recorder):
+    """Holds every publish until ``open``: shows which messages are in the intake at once."""
+
+    def __init__(self, expect: int) -> None:
+        super().__init__()
+        self.waiting = 0
+        self.expect = expect
+        self.all_waiting = asyncio.Event()
+        self.open = asyncio.Event()
+
+    async def publish(self, event: Envelope[Any]) -> None:
+        self.waiting += 1
+        if self.waiting == self.expect:
+            self.all_waiting.set()
+        await self.open.wait()
+        await super().publish(event)
+
+
+def keyed(raw: bytes, key: bytes, offset: int) -> Message[bytes]:
+    return Message(ERP_INVOICES, 0, offset, key, {}, raw, raw)
+
+
+def test_a_batch_runs_invoices_of_different_keys_at_once_and_one_keys_in_order() -> None:
+    async def scenario() -> tuple[Gated, Sequence[tuple[Message[Any], InvalidMessage]]]:
+        recorder = Gated(expect=3)
+        handlers = ingest_handlers(recorder, allow_test_email_domains=True)
+        first, second = changed(invoice_number="F-1"), changed(invoice_number="F-1", due_date="2026-12-30")
+        batch = [
+            keyed(first, b"t/F-1", 0),
+            keyed(changed(invoice_number="F-2"), b"t/F-2", 1),
+            keyed(b"not json", b"t/F-3", 2),
+            keyed(second, b"t/F-1", 3),
+        ]
+        running = asyncio.create_task(handlers.on_erp_invoices(batch))
+        # F-1 (first of its key), F-2 and the rejection of F-3 wait at once; F-1's second waits its turn.
+        await asyncio.wait_for(recorder.all_waiting.wait(), 5)
+        recorder.open.set()
+        return recorder, await running
+
+    recorder, refused = asyncio.run(scenario())
+    assert [(m.offset, e.reasons[0].field) for m, e in refused] == [(2, "$")]
+    created = [e.data.invoice_number for e in recorder.events if e.type == "invoice.created"]
+    assert sorted(created) == ["F-1", "F-1", "F-2"]
+    due_dates = [str(e.data.due_date) for e in recorder.events if e.type == "invoice.created" and e.invoice_id == "F-1"]
+    assert due_dates[1] == "2026-12-30"  # the later message of a key is handled after the earlier one
+
+
+def test_an_outage_in_a_batch_stops_it_and_is_raised_for_the_loop_to_retry() -> None:
+    class Down(Recorder):
+        async def publish(self, event: Envelope[Any]) -> None:
+            raise ConnectionError("broker unreachable")
+
+    batch = [keyed(changed(invoice_number=f"F-{n}"), f"t/F-{n}".encode(), n) for n in range(5)]
+    with pytest.raises(ConnectionError):
+        asyncio.run(ingest_handlers(Down(), allow_test_email_domains=True).on_erp_invoices(batch))

@@ -40,7 +40,7 @@ from factura.common.envelope import TENANT_PATTERN
 from factura.common.erp import MAX_MESSAGE_BYTES, decode_erp
 from factura.common.errors import ErrorKind, InvalidMessage, classify
 from factura.common.events import FieldError
-from factura.ingest.handlers import Accepted, Intake, Outcome, Source, digest, tenant_of
+from factura.ingest.handlers import BATCH_CONCURRENCY, Accepted, Intake, Outcome, Source, digest, tenant_of
 from factura.ingest.versions import Answer, IdempotencyStore, InvoiceVersions
 
 INGEST_ROLES: Final = (Role.INGEST, Role.ADMIN)
@@ -48,8 +48,6 @@ MAX_BATCH_ITEMS: Final = 1000
 DEFAULT_MAX_BATCH_BYTES: Final = 5 * 1024 * 1024
 MAX_IDEMPOTENCY_KEY: Final = 200
 RETRY_AFTER_S: Final = 5
-#: Items of one batch handled at once (each waits for the broker's ack).
-BATCH_CONCURRENCY: Final = 64
 _PRINTABLE = re.compile(r"^[\x21-\x7e][\x20-\x7e]*$")
 _BATCH_START = re.compile(r'\A\s*\{\s*"invoices"\s*:\s*\[')
 _JSON = json.JSONDecoder()

@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack
 from factura.common.apikeys import COLLECTION, ApiKeyStore, authenticator
 from factura.common.delivery.effectiveness import ChannelEffectiveness
 from factura.common.errors import ErrorKind, classify
+from factura.common.kafka.consumer import Batched
 from factura.common.kafka.producer import Publisher
 from factura.common.mongo import create_client, database, ping
 from factura.common.runtime import BackgroundTask, Wiring
@@ -106,9 +107,9 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
         )
     return Wiring(
         routes={
-            "erp.invoices": handlers.on_erp_invoice,
-            "erp.payments": handlers.on_erp_payment,
-            "erp.cancellations": handlers.on_erp_cancellation,
+            "erp.invoices": Batched(handlers.on_erp_invoices),
+            "erp.payments": Batched(handlers.on_erp_payments),
+            "erp.cancellations": Batched(handlers.on_erp_cancellations),
         },
         checks={"mongo": mongo_ok},
         routers=[api, uploads, imports_api],

@@ -16,6 +16,7 @@ transient), it is never rejected for it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -39,7 +40,7 @@ from factura.common.events import (
     InvoiceRejectedV2,
     as_datetime,
 )
-from factura.common.kafka.consumer import Message
+from factura.common.kafka.consumer import Message, Refused
 from factura.common.kafka.producer import Publisher
 from factura.common.logging import log_context
 from factura.common.metrics import counter
@@ -67,6 +68,8 @@ _REFERENCES: Final = {
     "payment": ("payment_id", r"^.{1,100}$"),
     "cancellation": ("invoice_number", _INVOICE_NUMBER),
 }
+#: Messages of one fetched batch in the intake at once (each waits for MongoDB and the broker).
+BATCH_CONCURRENCY: Final = 64
 log = logging.getLogger(__name__)
 
 
@@ -395,6 +398,48 @@ class IngestHandlers:
 
     async def on_erp_cancellation(self, message: Message[bytes]) -> None:
         await self._ingest(message, self.intake.cancellation, kind="cancellation")
+
+    async def on_erp_invoices(self, messages: Sequence[Message[bytes]]) -> Refused:
+        return await self._batch(messages, self.on_erp_invoice)
+
+    async def on_erp_payments(self, messages: Sequence[Message[bytes]]) -> Refused:
+        return await self._batch(messages, self.on_erp_payment)
+
+    async def on_erp_cancellations(self, messages: Sequence[Message[bytes]]) -> Refused:
+        return await self._batch(messages, self.on_erp_cancellation)
+
+    async def _batch(
+        self, messages: Sequence[Message[bytes]], one: Callable[[Message[bytes]], Awaitable[None]]
+    ) -> Refused:
+        """A fetched run of one partition, as the loop's :class:`~factura.common.kafka.consumer.Batched`
+        route hands it over: messages of one key (one invoice) in order, different keys at once.
+
+        Each message waits for MongoDB twice and for the broker's ack once; one by one, a partition
+        moved at the pace of those round trips, not of the CPU. The refused messages (already
+        rejected on record) are returned for the loop to dead-letter; an outage or a bug cancels
+        the rest and is raised, and the loop retries the batch (every step is idempotent).
+        """
+        refused: list[tuple[Message[Any], InvalidMessage]] = []
+        gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+        async def in_order(run: list[Message[bytes]]) -> None:
+            for message in run:
+                async with gate:
+                    try:
+                        await one(message)
+                    except InvalidMessage as e:
+                        refused.append((message, e))
+
+        runs: dict[object, list[Message[bytes]]] = {}
+        for message in messages:
+            runs.setdefault(message.key if message.key is not None else id(message), []).append(message)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for run in runs.values():
+                    group.create_task(in_order(run))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return refused
 
     async def _ingest(self, message: Message[bytes], accept: Accept, *, kind: str) -> None:
         """Decode, then ``accept``; anything wrong with the message is rejected, then raised for the DLQ.

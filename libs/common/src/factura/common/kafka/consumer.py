@@ -43,6 +43,7 @@ from factura.common.kafka.partition import (
     Message,
     Outages,
     PartitionWorker,
+    Refused,
     Route,
     decode,
 )
@@ -52,7 +53,7 @@ from factura.common.settings import KafkaSettings
 from factura.common.topics import Topic, resolve
 
 #: Services import what a handler needs from here: the loop, its handler type and message.
-__all__ = ["BatchHandler", "Batched", "ConsumerLoop", "Handler", "Message", "Route", "decode"]
+__all__ = ["BatchHandler", "Batched", "ConsumerLoop", "Handler", "Message", "Refused", "Route", "decode"]
 log = logging.getLogger(__name__)
 
 

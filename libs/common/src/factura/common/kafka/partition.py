@@ -17,7 +17,9 @@ A route may instead be :class:`Batched`: the worker then hands its handler up to
 consecutive messages at once (what was fetched, never waiting for more), for stores that write
 in bulk. Invalid records are dead-lettered before the call; a transient error retries the whole
 batch (handlers are idempotent); a batch that keeps failing as a bug, or is refused as invalid,
-is split and retried one message at a time, so only the poison message reaches the DLQ.
+is split and retried one message at a time, so only the poison message reaches the DLQ. A
+handler that judges messages one by one (ingest) returns the ones it refused, with why: those are
+dead-lettered as invalid and the rest of the batch is done, with no retry of the good ones.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ class Message(NamedTuple, Generic[T]):
 
 
 Handler = Callable[[Message[Any]], Awaitable[None]]
-BatchHandler = Callable[[Sequence[Message[Any]]], Awaitable[None]]
+#: What a batch handler refused of the batch it was given: each message and why.
+Refused = Sequence[tuple[Message[Any], InvalidMessage]]
+BatchHandler = Callable[[Sequence[Message[Any]]], Awaitable[Refused | None]]
 
 
 @dataclass(frozen=True)
@@ -238,12 +242,22 @@ class PartitionWorker:
             pairs.append((self._message(record, raw, value), record))
         if pairs:
             messages = [m for m, _ in pairs]
+            refused: list[tuple[Message[Any], InvalidMessage]] = []
+
+            async def call() -> None:
+                refused[:] = await route.handler(messages) or ()
 
             def split(kind: ErrorKind, error: str, attempts: int) -> Awaitable[bool]:
                 return self._one_by_one(route, pairs)
 
-            if not await self._attempts(lambda: route.handler(messages), messages[0].source, split):
+            if not await self._attempts(call, messages[0].source, split):
                 return False
+            records_of = {id(m): r for m, r in pairs}
+            for message, error in refused:
+                MESSAGES_FAILED.labels(topic=self._topic.name, error=type(error).__name__).inc()
+                log.warning("invalid message", extra={"source": message.source, "error": str(error)})
+                if not await self._dead_letter(records_of[id(message)], ErrorKind.INVALID, str(error), attempts=1):
+                    return False
         self._done(records[-1], len(records))
         return True
 
@@ -252,12 +266,16 @@ class PartitionWorker:
         log.warning("batch keeps failing; retrying its messages one by one", extra={"size": len(pairs)})
         for message, record in pairs:
             if self._halt.is_set() or not await self._attempts(
-                lambda m=message: route.handler([m]),  # type: ignore[misc]
-                message.source,
-                partial(self._give_up, record),
+                partial(self._alone, route, message), message.source, partial(self._give_up, record)
             ):
                 return False
         return True
+
+    @staticmethod
+    async def _alone(route: Batched, message: Message[Any]) -> None:
+        """``message`` as a batch of one; refused, it raises, so the retry rules dead-letter it."""
+        for _, error in await route.handler([message]) or ():
+            raise error
 
     def _message(self, record: Record, raw: bytes, value: Any) -> Message[Any]:
         return Message(self._topic, record.partition, record.offset, record.key, dict(record.headers), raw, value)
