@@ -99,13 +99,26 @@ class _Invoices:
 
     def __iter__(self) -> Iterator[Accepted | Rejected]:
         group: list[_Row] = []
+        try:
+            yield from self._groups(group)
+        except BulkFileError:
+            # The file turned unreadable: a row read before is a whole invoice unless rows are
+            # grouped (then more lines of it may lie beyond the failure, so it is not sent).
+            if group and not self.mapping.group_by_invoice:
+                yield self._invoice(group)
+            raise
+        if group:
+            yield self._invoice(group)
+
+    def _groups(self, group: list[_Row]) -> Iterator[Accepted | Rejected]:
+        """Every invoice but the last, whose rows stay in ``group`` (more may belong to it)."""
         for row in self._rows():
             number = row.values.get("invoice_number", "")
             if group and not (
                 self.mapping.group_by_invoice and number and number == group[0].values.get("invoice_number")
             ):
                 yield self._invoice(group)
-                group = []
+                group.clear()
             if number in self.seen and not group:
                 row.problems.append(
                     self._problem(
@@ -119,21 +132,33 @@ class _Invoices:
                 self.seen[number] = row.number
             if len(group) <= _MAX_LINES:
                 group.append(row)
-        if group:
-            yield self._invoice(group)
 
     def _rows(self) -> Iterator[_Row]:
-        """Parsed rows, the last one held back until it is known not to be a total row."""
+        """Parsed rows, the last one held back until it is known not to be a total row (a row read
+        before the file turned unreadable is not the last: it is parsed, then the error raised)."""
         pending: tuple[int, list[Cell]] | None = None
-        for number, cells in self.table.rows():
+        try:
+            for number, cells in self.table.rows():
+                if pending is not None:
+                    yield self._parse(*pending)
+                pending = (number, cells)
+        except BulkFileError:
             if pending is not None:
                 yield self._parse(*pending)
-            pending = (number, cells)
+            raise
         if pending is not None:
-            if any(isinstance(c, str) and _TOTAL_LABEL.match(c.strip()) for c in pending[1]):
+            if self._is_total(pending[1]):
                 self.total_row = pending[0]
             else:
                 yield self._parse(*pending)
+
+    def _is_total(self, cells: list[Cell]) -> bool:
+        """A total row: some cell says so (``Total``, ``Suma``...) and it names no invoice (a last
+        invoice to customer "Total Foods S.L." is an invoice)."""
+        at = self.index["invoice_number"]
+        number = cells[at] if at < len(cells) else None
+        names_invoice = not is_blank(number) and not (isinstance(number, str) and _TOTAL_LABEL.match(number.strip()))
+        return not names_invoice and any(isinstance(c, str) and _TOTAL_LABEL.match(c.strip()) for c in cells)
 
     def _parse(self, number: int, cells: list[Cell]) -> _Row:
         self.rows += 1
@@ -250,9 +275,10 @@ async def load(
     ``report`` receives each problem as found; ``progress`` gets ``(done, total)`` after each
     invoice. Raises :class:`MappingError` or :class:`BulkFileError` before publishing anything
     when the mapping, the header or the file's format is wrong. A file that turns unreadable
-    midway (an encoding forced by the mapping that does not fit, a CSV cell over 128 KiB) or a
-    broker error stops the load there: the invoices before it are published, and ingest
-    deduplicates them when the corrected file is loaded again.
+    midway (an encoding forced by the mapping that does not fit, a CSV cell over 128 KiB) stops
+    the load there with :class:`BulkFileError`: the invoices before it are published (with
+    ``group_by_invoice``, all but the last, whose further lines may lie past the failure), and
+    ingest deduplicates them when the corrected file is loaded again. A broker error stops it too.
     """
     check_tenant(tenant_id, mapping)
     summary = LoadSummary(dry_run=sender is None)
@@ -283,6 +309,9 @@ async def load(
                     progress(*table.progress())
             summary.rows, summary.total_row = invoices.rows, invoices.total_row
         summary.published += await _settle(in_flight, asyncio.ALL_COMPLETED)
+    except BulkFileError:
+        summary.published += await _settle(in_flight, asyncio.ALL_COMPLETED)  # what was read goes out
+        raise
     finally:
         for task in in_flight:
             task.cancel()

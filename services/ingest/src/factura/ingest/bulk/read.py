@@ -87,12 +87,20 @@ class CsvTable:
     _raw: BinaryIO
     _size: int
     _line: int
+    _encoding: str
 
     def rows(self) -> Iterator[tuple[int, list[Cell]]]:
-        for cells in self._reader:
-            self._line += 1
-            if any(not is_blank(c) for c in cells):
-                yield self._line, list(cells)
+        """The rows; a file that turns unreadable raises :class:`BulkFileError` here, once the rows
+        before it were handed over (the loader publishes those)."""
+        try:
+            for cells in self._reader:
+                self._line += 1
+                if any(not is_blank(c) for c in cells):
+                    yield self._line, list(cells)
+        except UnicodeDecodeError as e:
+            raise BulkFileError(f"not {self._encoding} text: {e}") from e
+        except csv.Error as e:
+            raise BulkFileError(f"not a readable CSV file: {e}") from e
 
     def progress(self) -> tuple[int, int]:
         return self._raw.tell(), self._size
@@ -145,7 +153,7 @@ def _open_csv(path: Path, mapping: Mapping) -> Iterator[CsvTable]:
             delimiter = mapping.delimiter or sniff_delimiter(first)
             header = next(csv.reader([first], delimiter=delimiter), [])
             reader = csv.reader(text, delimiter=delimiter)
-            yield CsvTable([h.strip() for h in header], reader, raw, path.stat().st_size, line)
+            yield CsvTable([h.strip() for h in header], reader, raw, path.stat().st_size, line, encoding)
         except UnicodeDecodeError as e:
             raise BulkFileError(f"not {encoding} text: {e}") from e
         except csv.Error as e:
