@@ -28,6 +28,7 @@ from factura.ingest.handlers import Intake
 from factura.ingest.imports.store import IMPORTS
 from factura.ingest.settings import Settings
 from factura.ingest.versions import IDEMPOTENCY, INVOICES, IdempotencyStore, InvoiceVersions
+from tests.api_keys import grant
 from tests.conftest import mongo_settings, s3_settings
 from tests.kafka_helpers import Bus, isolated
 from tests.unit.test_ingest_handlers import NoHistory
@@ -68,14 +69,15 @@ async def api(cfg: StackConfig) -> AsyncIterator[Setup]:
         keys = ApiKeyStore(db[f"{COLLECTION}_{suffix}"])
         for store in (versions, idempotency, keys):
             await store.ensure_indexes()
-        for headers, role, tenants in (
-            (INGEST, Role.INGEST, [TENANT]),
-            (ADMIN, Role.ADMIN, ["*"]),
-            (READER, Role.COMPLIANCE_READER, [TENANT]),
-            (FOREIGN, Role.INGEST, [OTHER]),
-        ):
-            plaintext, _ = await keys.create(role, tenants, "test key", "test")
-            headers["Authorization"] = f"Bearer {plaintext}"
+        await grant(
+            keys,
+            (
+                (INGEST, Role.INGEST, [TENANT]),
+                (ADMIN, Role.ADMIN, ["*"]),
+                (READER, Role.COMPLIANCE_READER, [TENANT]),
+                (FOREIGN, Role.INGEST, [OTHER]),
+            ),
+        )
         intake = Intake(bus.publisher, TenantDirectory(None), NoHistory(), versions=versions)
         routes = router(intake, versions, idempotency, auth=authenticator(keys), max_batch_bytes=MAX_BATCH_BYTES)
         app = create_app("ingest", Health(), [routes])

@@ -31,6 +31,7 @@ from factura.devstack.stack import Stack
 from factura.ingest.documents import router
 from factura.ingest.normalise import invoice_from_erp
 from factura.renderer.supplied import fetch_supplied
+from tests.api_keys import grant
 from tests.conftest import mongo_settings
 
 pytestmark = pytest.mark.integration
@@ -63,14 +64,15 @@ async def api(cfg: StackConfig, store: DocumentStore) -> AsyncIterator[Setup]:
         stack.push_async_callback(mongo.close)
         keys = ApiKeyStore(database(mongo, settings)[f"{COLLECTION}_{uuid.uuid4().hex[:6]}"])
         await keys.ensure_indexes()
-        for headers, role, tenants in (
-            (INGEST, Role.INGEST, [TENANT]),
-            (ADMIN, Role.ADMIN, ["*"]),
-            (READER, Role.COMPLIANCE_READER, [TENANT]),
-            (FOREIGN, Role.INGEST, [OTHER]),
-        ):
-            plaintext, _ = await keys.create(role, tenants, "test key", "test")
-            headers["Authorization"] = f"Bearer {plaintext}"
+        await grant(
+            keys,
+            (
+                (INGEST, Role.INGEST, [TENANT]),
+                (ADMIN, Role.ADMIN, ["*"]),
+                (READER, Role.COMPLIANCE_READER, [TENANT]),
+                (FOREIGN, Role.INGEST, [OTHER]),
+            ),
+        )
         app = create_app("ingest", Health(), [router(store, auth=authenticator(keys), max_bytes=MAX_BYTES)])
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as client:
             yield Setup(client, store)

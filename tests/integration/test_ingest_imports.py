@@ -32,6 +32,7 @@ from factura.devstack.stack import Stack
 from factura.ingest.imports import ImportFiles, ImportSettings, ImportStore, import_worker, router
 from factura.ingest.imports.settings import MIB
 from factura.ingest.versions import IdempotencyStore
+from tests.api_keys import grant
 from tests.conftest import mongo_settings, s3_settings
 from tests.integration.test_ingest_bulk import SAMPLE_CSV, SAMPLES, spanish_xlsx
 from tests.kafka_helpers import Bus, isolated, read_all
@@ -142,14 +143,15 @@ async def setup(cfg: StackConfig) -> AsyncIterator[Setup]:
         await files.ensure_bucket()
         keys = ApiKeyStore(db[f"{COLLECTION}_{uuid.uuid4().hex[:6]}"])
         await keys.ensure_indexes()
-        for headers, role, tenants in (
-            (INGEST, Role.INGEST, [TENANT]),
-            (ADMIN, Role.ADMIN, ["*"]),
-            (READER, Role.COMPLIANCE_READER, [TENANT]),
-            (FOREIGN, Role.INGEST, [OTHER]),
-        ):
-            plaintext, _ = await keys.create(role, tenants, "test key", "test")
-            headers["Authorization"] = f"Bearer {plaintext}"
+        await grant(
+            keys,
+            (
+                (INGEST, Role.INGEST, [TENANT]),
+                (ADMIN, Role.ADMIN, ["*"]),
+                (READER, Role.COMPLIANCE_READER, [TENANT]),
+                (FOREIGN, Role.INGEST, [OTHER]),
+            ),
+        )
         yield Setup(cfg, db, files, bus, keys)
 
 
