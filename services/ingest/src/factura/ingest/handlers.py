@@ -416,8 +416,9 @@ class IngestHandlers:
 
         Each message waits for MongoDB twice and for the broker's ack once; one by one, a partition
         moved at the pace of those round trips, not of the CPU. The refused messages (already
-        rejected on record) are returned for the loop to dead-letter; an outage or a bug cancels
-        the rest and is raised, and the loop retries the batch (every step is idempotent).
+        rejected on record) are returned for the loop to dead-letter; an outage or a bug ends its
+        own run and is raised once all runs ended, and the loop retries the batch (every step is
+        idempotent).
         """
         refused: list[tuple[Message[Any], InvalidMessage]] = []
         gate = asyncio.Semaphore(BATCH_CONCURRENCY)
@@ -433,12 +434,12 @@ class IngestHandlers:
         runs: dict[object, list[Message[bytes]]] = {}
         for message in messages:
             runs.setdefault(message.key if message.key is not None else id(message), []).append(message)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for run in runs.values():
-                    group.create_task(in_order(run))
-        except BaseExceptionGroup as failed:
-            raise failed.exceptions[0] from None
+        # Every run ends on its own (an outage ends each soon enough): cancelling runs in the middle
+        # of a PyMongo call can leave the client's topology lock broken, and later calls hang.
+        ended = await asyncio.gather(*(in_order(run) for run in runs.values()), return_exceptions=True)
+        failures = [e for e in ended if isinstance(e, BaseException)]
+        if failures:
+            raise failures[0]
         return refused
 
     async def _ingest(self, message: Message[bytes], accept: Accept, *, kind: str) -> None:
