@@ -22,7 +22,8 @@ MongoDB-wire server (nx-27017) and S3 (moto), started for the run, in one run:
   it the two ``InvoiceVersions`` calls (MongoDB) and the ``invoice.created`` send (timed by
   wrapping them for the run), with this process's CPU per invoice. Ingest takes each partition's
   fetched messages as a batch and runs different invoices at once, so the rate x the time per
-  invoice is how many invoices are in flight on average, and CPU per invoice bounds the rate.
+  invoice is how many invoices are in flight on average; CPU per invoice bounds the rate, and so
+  do MongoDB's two writes per invoice (their mean time shows how long they queue).
 * **peak RSS**: the loader subprocess's own peak (``VmHWM``, sampled until it exits; see
   :func:`_loader` for why not ``ru_maxrss``), target <= 200 MB, in MiB; beside it the same CLI on
   a one-row file: what the interpreter and imports take before any data.
@@ -555,7 +556,8 @@ def report(
     print(
         f"  ({args.rows} one-line invoices, cp1252, ';', decimal comma, dd/mm/yyyy. csv runs from spawning the loader"
         " to the last invoice.created acked; ingest runs each partition's fetched invoices at once (one invoice's"
-        " messages in order), so its CPU per invoice, not its round trips, bounds the rate."
+        " messages in order): the rate is bounded by its CPU per invoice and by how fast MongoDB takes the two"
+        " writes of each invoice (claim, record), whose time per call shows their queue."
         " api: the ingest service on TCP, every item"
         " accepted. RSS: the loader process's VmHWM, in MiB.)"
     )
