@@ -42,7 +42,7 @@ from factura.audit.queries import (
 )
 from factura.audit.store import AuditDb
 from factura.audit.verify import Verification
-from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, Role, require_role, require_tenant
+from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, Role, require_tenant, with_role
 from factura.common.envelope import TENANT_PATTERN
 from factura.common.mongo import Document
 
@@ -266,9 +266,7 @@ def router(
     """The ``/v1`` compliance routes over ``db``."""
     reads = _Reads(AuditQueries(db.records), Cursors(cursor_key))
 
-    async def reader(principal: Annotated[Principal, Depends(auth)]) -> Principal:
-        require_role(principal, *READ_ROLES)
-        return principal
+    reader = with_role(auth, *READ_ROLES)
 
     async def tenant(tenant_id: TenantParam, principal: Annotated[Principal, Depends(reader)]) -> str:
         require_tenant(principal, tenant_id)

@@ -60,7 +60,7 @@ from fastapi.routing import APIRoute
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, Role, require_role, require_tenant
+from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, Role, require_tenant, with_role
 from factura.common.apikeys.http import ErrorBody
 from factura.common.envelope import TENANT_PATTERN, Envelope, make_event, stable_id, utcnow
 from factura.common.events import (
@@ -426,9 +426,7 @@ def daily_router(
     """``GET /v1/reports/daily``; ``route_class`` and ``dependencies`` let the audit API record the
     call and refuse repeated or unknown query parameters as its other routes do."""
 
-    async def reader(principal: Annotated[Principal, Depends(auth)]) -> Principal:
-        require_role(principal, *READ_ROLES)
-        return principal
+    reader = with_role(auth, *READ_ROLES)
 
     api = APIRouter(prefix="/v1", tags=["audit"], route_class=route_class, dependencies=list(dependencies))
 

@@ -35,7 +35,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, Role, require_role, require_tenant
+from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, Role, require_tenant, with_role
 from factura.common.envelope import TENANT_PATTERN
 from factura.common.erp import MAX_MESSAGE_BYTES, decode_erp
 from factura.common.errors import ErrorKind, InvalidMessage, classify
@@ -161,9 +161,7 @@ def router(
     """The ``/v1`` ingest routes."""
     door = _Door(intake, idempotency)
 
-    async def ingester(principal: Annotated[Principal, Depends(auth)]) -> Principal:
-        require_role(principal, *INGEST_ROLES)
-        return principal
+    ingester = with_role(auth, *INGEST_ROLES)
 
     Caller = Annotated[Principal, Depends(ingester)]  # noqa: N806 (a type alias, local because it closes over auth)
     api = APIRouter(prefix="/v1", tags=["ingest"])

@@ -32,7 +32,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, require_role, require_tenant
+from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, require_tenant, with_role
 from factura.common.envelope import TENANT_PATTERN
 from factura.common.erp import upload_prefix
 from factura.common.errors import InvalidMessage
@@ -175,9 +175,7 @@ _BODY: Final = {
 def router(store: DocumentStore, *, auth: Authenticate, max_bytes: int = DEFAULT_MAX_BYTES) -> APIRouter:
     """The ``POST /v1/documents`` route."""
 
-    async def uploader(principal: Annotated[Principal, Depends(auth)]) -> Principal:
-        require_role(principal, *INGEST_ROLES)
-        return principal
+    uploader = with_role(auth, *INGEST_ROLES)
 
     api = APIRouter(prefix="/v1", tags=["ingest"])
 

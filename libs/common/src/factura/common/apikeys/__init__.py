@@ -5,7 +5,7 @@
 * :mod:`~factura.common.apikeys.store`: :class:`ApiKeyStore`, keys in MongoDB ``api_keys``,
   verified with a few seconds' in-process cache (so a revocation takes up to that long elsewhere).
 * :mod:`~factura.common.apikeys.http`: the FastAPI dependency (401) and the role and tenant
-  checks (403), with ``AUTH_RESPONSES`` for the OpenAPI schema.
+  checks (403), ``with_role`` (a dependency for both), with ``AUTH_RESPONSES`` for the OpenAPI schema.
 * :mod:`~factura.common.apikeys.cli`: ``keys create|revoke|list`` for a service's ``__main__``.
 """
 
@@ -15,6 +15,7 @@ from factura.common.apikeys.http import (
     authenticator,
     require_role,
     require_tenant,
+    with_role,
 )
 from factura.common.apikeys.keys import ALL_TENANTS, KeyRecord, Principal, Role
 from factura.common.apikeys.store import COLLECTION, ApiKeyStore
@@ -31,4 +32,5 @@ __all__ = [
     "authenticator",
     "require_role",
     "require_tenant",
+    "with_role",
 ]

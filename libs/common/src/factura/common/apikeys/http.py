@@ -19,6 +19,7 @@ a missing one, so ids cannot be probed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Final, Protocol
 
 from fastapi import Depends, HTTPException, Request
@@ -113,6 +114,21 @@ class Authenticate:
 def authenticator(verifier: Verifier) -> Authenticate:
     """The dependency for an app whose keys live in ``verifier`` (an :class:`ApiKeyStore`)."""
     return Authenticate(verifier)
+
+
+def with_role(auth: Authenticate, *roles: str) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency: the caller ``auth`` found, 403 unless its key has one of ``roles``.
+
+    The parameter's annotation is set as an object, not written in the signature: it names this
+    call's ``auth``, which a string annotation (this module's ``from __future__``) cannot reach.
+    """
+
+    async def caller(principal: Principal) -> Principal:
+        require_role(principal, *roles)
+        return principal
+
+    caller.__annotations__["principal"] = Annotated[Principal, Depends(auth)]
+    return caller
 
 
 def require_role(principal: Principal, *roles: str) -> None:

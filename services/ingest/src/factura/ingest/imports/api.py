@@ -32,7 +32,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, require_role
+from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, with_role
 from factura.common.envelope import TENANT_PATTERN
 from factura.common.errors import ErrorKind, classify
 from factura.ingest.api import INGEST_ROLES, MAX_IDEMPOTENCY_KEY, Problem, available, unavailable
@@ -159,9 +159,7 @@ def router(
 ) -> APIRouter:
     """The ``/v1/imports`` routes."""
 
-    async def ingester(principal: Annotated[Principal, Depends(auth)]) -> Principal:
-        require_role(principal, *INGEST_ROLES)
-        return principal
+    ingester = with_role(auth, *INGEST_ROLES)
 
     Caller = Annotated[Principal, Depends(ingester)]  # noqa: N806 (a type alias closing over auth)
     api = APIRouter(prefix="/v1", tags=["imports"])

@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, Role, require_role, require_tenant
+from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, Role, require_tenant, with_role
 from factura.common.envelope import TENANT_PATTERN, stable_id, utcnow
 from factura.common.errors import ErrorKind, classify
 from factura.common.metrics import counter
@@ -138,9 +138,7 @@ def router(
 ) -> APIRouter:
     """The ``/v1/campaigns`` routes; ``wake`` tells the runner a campaign was stored."""
 
-    async def caller(principal: Annotated[Principal, Depends(auth)]) -> Principal:
-        require_role(principal, *ROLES)
-        return principal
+    caller = with_role(auth, *ROLES)
 
     Caller = Annotated[Principal, Depends(caller)]  # noqa: N806 (a type alias, local because it closes over auth)
     api = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
