@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from factura.common.apikeys import Principal, Role, authenticator
 from factura.common.envelope import Envelope
-from factura.common.http import Health, create_app
+from factura.common.http import RETRY_AFTER_S, Health, create_app
 from factura.common.schemas import EXAMPLES_DIR
 from factura.common.tenants import TenantDirectory
-from factura.ingest.api import RETRY_AFTER_S, router
+from factura.ingest.api import router
 from factura.ingest.handlers import Intake
 from factura.ingest.versions import Answer, Claim, Head, IdempotencyStore, InvoiceVersions
 from tests.unit.test_ingest_handlers import NoHistory, Recorder

@@ -15,12 +15,14 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import uvicorn
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
+from factura.common.errors import ErrorKind, classify
 from factura.common.metrics import DEPENDENCY_UP, exposition
 
 HealthCheck = Callable[[], Awaitable[None]]
@@ -127,3 +129,25 @@ class Server(uvicorn.Server):
 
 def server(app: FastAPI, host: str, port: int) -> Server:
     return Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="off"))
+
+
+#: How long an API's caller is asked to wait while a dependency cannot serve.
+RETRY_AFTER_S = 5
+T = TypeVar("T")
+
+
+async def available(work: Awaitable[T]) -> T:
+    """``work``'s result; 503 with Retry-After when a dependency (Kafka, MongoDB, S3) cannot serve now."""
+    try:
+        return await work
+    except Exception as e:
+        if classify(e)[0] is ErrorKind.TRANSIENT:
+            raise unavailable() from e
+        raise
+
+
+def unavailable() -> HTTPException:
+    """The 503 an API answers while a dependency cannot serve: retry, nothing was kept."""
+    return HTTPException(
+        503, detail="a dependency is unavailable; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}
+    )

@@ -29,7 +29,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -38,8 +38,9 @@ from pydantic import BaseModel, Field
 from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, Role, require_tenant, with_role
 from factura.common.envelope import TENANT_PATTERN
 from factura.common.erp import MAX_MESSAGE_BYTES, decode_erp
-from factura.common.errors import ErrorKind, InvalidMessage, classify
+from factura.common.errors import InvalidMessage
 from factura.common.events import FieldError
+from factura.common.http import available
 from factura.ingest.handlers import BATCH_CONCURRENCY, Accepted, Intake, Outcome, Source, digest, tenant_of
 from factura.ingest.versions import Answer, IdempotencyStore, InvoiceVersions
 
@@ -47,11 +48,9 @@ INGEST_ROLES: Final = (Role.INGEST, Role.ADMIN)
 MAX_BATCH_ITEMS: Final = 1000
 DEFAULT_MAX_BATCH_BYTES: Final = 5 * 1024 * 1024
 MAX_IDEMPOTENCY_KEY: Final = 200
-RETRY_AFTER_S: Final = 5
 _PRINTABLE = re.compile(r"^[\x21-\x7e][\x20-\x7e]*$")
 _BATCH_START = re.compile(r'\A\s*\{\s*"invoices"\s*:\s*\[')
 _JSON = json.JSONDecoder()
-T = TypeVar("T")
 
 
 # --- response models ---------------------------------------------------------------------------
@@ -329,23 +328,6 @@ def _skip_space(text: str, at: int) -> int:
 
 
 # --- answering -----------------------------------------------------------------------------------
-
-
-async def available(work: Awaitable[T]) -> T:
-    """``work``'s result; 503 with Retry-After when Kafka or MongoDB cannot serve now."""
-    try:
-        return await work
-    except Exception as e:
-        if classify(e)[0] is ErrorKind.TRANSIENT:
-            raise unavailable() from e
-        raise
-
-
-def unavailable() -> HTTPException:
-    """The 503 every ingest route answers while a dependency cannot serve: retry, nothing was kept."""
-    return HTTPException(
-        503, detail="a dependency is unavailable; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}
-    )
 
 
 class _Door:

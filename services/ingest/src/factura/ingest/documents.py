@@ -37,9 +37,10 @@ from factura.common.envelope import TENANT_PATTERN
 from factura.common.erp import upload_prefix
 from factura.common.errors import InvalidMessage
 from factura.common.events import FieldError
+from factura.common.http import available
 from factura.common.metrics import counter
 from factura.common.storage import DocumentStore, ObjectExists, safe_name
-from factura.ingest.api import INGEST_ROLES, Problem, available, read_body
+from factura.ingest.api import INGEST_ROLES, Problem, read_body
 
 #: Largest document accepted by default: far above a real invoice PDF with its annexes, well below
 #: what would strain a pod holding a few uploads in memory at once.

@@ -35,7 +35,8 @@ from pydantic import BaseModel, Field
 from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, with_role
 from factura.common.envelope import TENANT_PATTERN
 from factura.common.errors import ErrorKind, classify
-from factura.ingest.api import INGEST_ROLES, MAX_IDEMPOTENCY_KEY, Problem, available, unavailable
+from factura.common.http import available, unavailable
+from factura.ingest.api import INGEST_ROLES, MAX_IDEMPOTENCY_KEY, Problem
 from factura.ingest.bulk.mapping import MappingError
 from factura.ingest.imports.files import REPORT_TYPE, ImportFiles, report_key, source_key
 from factura.ingest.imports.form import FormError

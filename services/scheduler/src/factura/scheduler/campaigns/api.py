@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, Role, require_tenant, with_role
 from factura.common.envelope import TENANT_PATTERN, stable_id, utcnow
-from factura.common.errors import ErrorKind, classify
+from factura.common.http import available
 from factura.common.metrics import counter
 from factura.common.reminders import local_date, next_window_start
 from factura.common.tenants import TenantDirectory
@@ -39,7 +39,6 @@ from factura.scheduler.campaigns.store import Campaign, Campaigns, State
 from factura.scheduler.schedule import NEVER
 
 ROLES: Final = (Role.ADMIN, Role.INGEST)
-RETRY_AFTER_S: Final = 5
 MAX_IDEMPOTENCY_KEY: Final = 200
 REQUESTS = counter("campaign_requests_total", "Campaign requests answered, by outcome.", ("outcome",))
 T = TypeVar("T")
@@ -249,13 +248,10 @@ def _repeated(existing: Campaign, request: CampaignRequest) -> JSONResponse:
 
 
 async def _available(work: Awaitable[T]) -> T:
-    """``work``'s result; 503 with Retry-After when MongoDB cannot serve now."""
+    """:func:`~factura.common.http.available`, counting the 503s among the campaign requests."""
     try:
-        return await work
-    except Exception as e:
-        if classify(e)[0] is ErrorKind.TRANSIENT:
+        return await available(work)
+    except HTTPException as e:
+        if e.status_code == 503:
             REQUESTS.labels("unavailable").inc()
-            raise HTTPException(
-                503, detail="MongoDB is unavailable; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}
-            ) from e
         raise
