@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the renderer needs: Pango for WeasyPrint, HarfBuzz's subsetter (without it
 # WeasyPrint falls back to fontTools, ~5x slower per invoice) and a font with wide coverage;
-# Chromium for the email layout test (Playwright drives /usr/bin/chromium, never its own download).
+# Chromium for the email layout test (Playwright drives /usr/bin/chromium, never its own download);
+# Prometheus and promtool for the scrape test, the dashboards' query check and the alert rule tests.
 set -euo pipefail
-packages=(libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core chromium)
+packages=(libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core chromium prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
