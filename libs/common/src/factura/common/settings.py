@@ -8,7 +8,9 @@ what its local servers cannot do.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr
+from typing import Literal, Self
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,6 +45,30 @@ class KafkaSettings(BaseModel):
     dlq_limit_consecutive: int | None = Field(
         default=50, description="Consecutive dead-letters that stop the consumer (arroyo's DlqLimit); None: no limit."
     )
+    # Connection security (every client gets it from factura.common.kafka.connection.client_kwargs).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="SASL_SSL against Strimzi's TLS listener; PLAINTEXT only for a local broker."
+    )
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    sasl_username: str | None = Field(default=None, description="The service's KafkaUser (e.g. factura-ingest).")
+    sasl_password: SecretStr | None = Field(
+        default=None, description="The KafkaUser Secret's `password` key (env or a file in FACTURA_SECRETS_DIR)."
+    )
+    ssl_ca_file: str | None = Field(
+        default=None, description="CA bundle to trust (Strimzi: <cluster>-cluster-ca-cert, ca.crt); none: system CAs."
+    )
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Self:
+        protocol = self.security_protocol
+        sasl = protocol.startswith("SASL_")
+        if sasl and (not self.sasl_username or self.sasl_password is None):
+            raise ValueError(f"kafka.security_protocol {protocol} needs sasl_username and sasl_password")
+        if not sasl and (self.sasl_username or self.sasl_password is not None):
+            raise ValueError(f"kafka.sasl_* is set but kafka.security_protocol {protocol} does not use SASL")
+        if self.ssl_ca_file is not None and not protocol.endswith("SSL"):
+            raise ValueError(f"kafka.ssl_ca_file is set but kafka.security_protocol {protocol} has no TLS")
+        return self
 
 
 class MongoSettings(BaseModel):

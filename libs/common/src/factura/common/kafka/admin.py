@@ -11,12 +11,13 @@ import contextlib
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from factura.common.kafka.connection import client_kwargs
 from factura.common.settings import KafkaSettings
 from factura.common.topics import REGISTRY
 
 
 async def ensure_topics(settings: KafkaSettings, replication_factor: int = 1) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="factura-admin")
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), client_id="factura-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())

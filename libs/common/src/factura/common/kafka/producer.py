@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from factura.common.envelope import Envelope
+from factura.common.kafka.connection import client_kwargs
 from factura.common.metrics import EVENTS_PUBLISHED
 from factura.common.settings import KafkaSettings
 from factura.common.topics import topic_for_event
@@ -22,7 +23,7 @@ class Publisher:
     def __init__(self, settings: KafkaSettings, client_id: str) -> None:
         self._settings = settings
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **client_kwargs(settings),
             client_id=client_id,
             acks="all",
             enable_idempotence=settings.idempotence,
