@@ -4,6 +4,9 @@
 # Chromium for the email layout test (Playwright drives /usr/bin/chromium, never its own download);
 # Prometheus and promtool for the scrape test, the dashboards' query check and the alert rule tests.
 set -euo pipefail
+# The manifest tests render the overlays with `kubectl kustomize` (kustomize v5 syntax). This machine
+# image ships kubectl 1.32; Debian's own `kubernetes-client` (1.20, kustomize v2) cannot render them.
+command -v kubectl >/dev/null || echo "warning: no kubectl on PATH; tests/unit/test_k8s_manifests.py will fail" >&2
 packages=(libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core chromium prometheus)
 missing=()
 for p in "${packages[@]}"; do

@@ -16,12 +16,14 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
+from pymongo.asynchronous.database import AsyncDatabase
+
 from factura.common.apikeys import COLLECTION, ApiKeyStore, authenticator
 from factura.common.delivery.effectiveness import ChannelEffectiveness
 from factura.common.errors import ErrorKind, classify
 from factura.common.kafka.consumer import Batched
 from factura.common.kafka.producer import Publisher
-from factura.common.mongo import create_client, database, ping
+from factura.common.mongo import Document, create_client, database, ping
 from factura.common.runtime import BackgroundTask, Wiring
 from factura.common.storage import DocumentStore
 from factura.common.tenants import TenantDirectory
@@ -35,6 +37,18 @@ from factura.ingest.versions import IdempotencyStore, InvoiceVersions
 
 INDEX_RETRY_MAX_S = 30.0
 log = logging.getLogger(__name__)
+
+
+async def ensure_indexes(db: AsyncDatabase[Document]) -> None:
+    """Ingest's indexes: created in the background at start, and by ``python -m factura.ingest
+    indexes`` (the Kubernetes index Job) so a new deployment does not start on unindexed collections."""
+    for indexed in (
+        InvoiceVersions.of(db),
+        IdempotencyStore.of(db),
+        ApiKeyStore(db[COLLECTION]),
+        imports.ImportStore.of(db),
+    ):
+        await indexed.ensure_indexes()
 
 
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
@@ -69,8 +83,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
         delay = 1.0
         while not stopping.is_set():
             try:
-                for indexed in (versions, idempotency, keys, import_store):
-                    await indexed.ensure_indexes()
+                await ensure_indexes(db)
                 break
             except Exception as e:
                 if classify(e)[0] is not ErrorKind.TRANSIENT:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
+from pymongo.asynchronous.database import AsyncDatabase
+
 from factura.common.kafka.producer import Publisher
 from factura.common.links import LinkSigner
-from factura.common.mongo import create_client, database, ping
+from factura.common.mongo import Document, create_client, database, ping
 from factura.common.runtime import Wiring
 from factura.common.shortlinks import ShortLinks
 from factura.common.storage import DocumentStore
@@ -18,6 +20,19 @@ from factura.renderer.pages import LinkPages
 from factura.renderer.pool import RenderPool
 from factura.renderer.settings import Settings
 from factura.renderer.tracking import HitGuard, Tracker, tracking_router
+
+
+def link_stores(settings: Settings, db: AsyncDatabase[Document]) -> tuple[ShortLinks, HitGuard]:
+    """The link host's MongoDB stores: short links and hit de-duplication."""
+    shortlinks = ShortLinks(db["short_links"], settings.links.secret.get_secret_value().encode())
+    return shortlinks, HitGuard(db["link_hits"], settings.tracking)
+
+
+async def ensure_indexes(settings: Settings, db: AsyncDatabase[Document]) -> None:
+    """The renderer's indexes: at start, and by ``python -m factura.renderer indexes`` (the
+    Kubernetes index Job, before a rollout)."""
+    for indexed in link_stores(settings, db):
+        await indexed.ensure_indexes()
 
 
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
@@ -31,10 +46,8 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     mongo = create_client(settings.mongo)
     stack.push_async_callback(mongo.close)
     db = database(mongo, settings.mongo)
-    shortlinks = ShortLinks(db["short_links"], settings.links.secret.get_secret_value().encode())
-    guard = HitGuard(db["link_hits"], settings.tracking)
-    for indexed in (shortlinks, guard):
-        await indexed.ensure_indexes()
+    await ensure_indexes(settings, db)
+    shortlinks, guard = link_stores(settings, db)
     pool = RenderPool(settings.workers)
     stack.callback(pool.close)
     await pool.warm_up()

@@ -8,13 +8,14 @@ from contextlib import AsyncExitStack
 from datetime import timedelta
 
 import httpx
+from pymongo.asynchronous.database import AsyncDatabase
 
 from factura.common.apikeys import COLLECTION, ApiKeyStore, authenticator
 from factura.common.delivery.effectiveness import ChannelEffectiveness
 from factura.common.kafka.consumer import Handler
 from factura.common.kafka.producer import Publisher
 from factura.common.ledger import DeliveryLedger
-from factura.common.mongo import create_client, database, ping, process_owner
+from factura.common.mongo import Document, create_client, database, ping, process_owner
 from factura.common.runtime import Wiring
 from factura.common.tenants import TenantDirectory
 from factura.scheduler.campaigns import api as campaigns_api
@@ -30,6 +31,19 @@ from factura.scheduler.settings import Settings
 from factura.scheduler.tickets import HelpdeskClient, TicketHandlers
 
 SWEEP_LEASE = "reminder-sweep"
+SCHEDULES = "schedules"
+TICKET_DELIVERIES = "ticket_deliveries"
+
+
+async def ensure_indexes(settings: Settings, db: AsyncDatabase[Document]) -> None:
+    """The scheduler's indexes: at start, and by ``python -m factura.scheduler indexes`` (the
+    Kubernetes index Job, before a rollout)."""
+    await Schedules(db[SCHEDULES]).ensure_indexes()
+    await ChannelEffectiveness.in_database(db).ensure_indexes()
+    await Campaigns(db[CAMPAIGNS]).ensure_indexes()
+    await ApiKeyStore(db[COLLECTION]).ensure_indexes()
+    if settings.helpdesk is not None:
+        await DeliveryLedger(db[TICKET_DELIVERIES]).ensure_indexes()
 
 
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
@@ -37,10 +51,9 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     mongo = create_client(settings.mongo)
     stack.push_async_callback(mongo.close)
     db = database(mongo, settings.mongo)
-    schedules = Schedules(db["schedules"])
-    await schedules.ensure_indexes()
+    await ensure_indexes(settings, db)
+    schedules = Schedules(db[SCHEDULES])
     effectiveness = ChannelEffectiveness.in_database(db)
-    await effectiveness.ensure_indexes()
     owner = settings.replica_id or process_owner()
     lease = Lease(db["leases"], SWEEP_LEASE, owner=owner, ttl=settings.lease_ttl)
     handlers = SchedulerHandlers(
@@ -61,8 +74,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     }
     if settings.helpdesk is not None:
         http = await stack.enter_async_context(httpx.AsyncClient())
-        ticket_ledger = DeliveryLedger(db["ticket_deliveries"])
-        await ticket_ledger.ensure_indexes()
+        ticket_ledger = DeliveryLedger(db[TICKET_DELIVERIES])
 
         def ticket_url(tenant_id: str) -> str | None:
             ticket = tenants.get(tenant_id).reminders.ticket
@@ -72,9 +84,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
         routes["ticket.due"] = tickets.on_ticket_due
 
     campaigns = Campaigns(db[CAMPAIGNS])
-    await campaigns.ensure_indexes()
     keys = ApiKeyStore(db[COLLECTION])
-    await keys.ensure_indexes()
     runner = CampaignRunner(
         campaigns,
         schedules,
