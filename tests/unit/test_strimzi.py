@@ -12,6 +12,7 @@ import yaml
 
 from factura.common.kafka import strimzi
 from factura.common.kafka.access import SERVICES, writers_of
+from factura.common.kafka.strimzi import LAG_READER
 from factura.common.topics import REGISTRY, event_topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ def users() -> dict[str, Doc]:
 
 def test_each_principal_gets_exactly_the_access_table() -> None:
     by_name = users()
-    assert set(by_name) == {a.principal for a in SERVICES.values()}
+    assert set(by_name) == {a.principal for a in SERVICES.values()} | {LAG_READER}
     for access in SERVICES.values():
         doc = by_name[access.principal]
         assert doc["spec"]["authentication"]["type"] == "scram-sha-512"
@@ -102,6 +103,15 @@ def test_each_principal_gets_exactly_the_access_table() -> None:
         assert all(set(acl["operations"]) <= allowed for acl in doc["spec"]["authorization"]["acls"])
         assert all(acl["resource"]["patternType"] == "literal" for acl in doc["spec"]["authorization"]["acls"])
         assert {acl["resource"]["type"] for acl in doc["spec"]["authorization"]["acls"]} == {"topic", "group"}
+
+
+def test_the_lag_reader_can_describe_but_never_read_or_write() -> None:
+    keda = users()[LAG_READER]
+    acls = keda["spec"]["authorization"]["acls"]
+    assert all(acl["operations"] == ["Describe"] for acl in acls)
+    consumed = {name for a in SERVICES.values() for name in a.reads}
+    assert grants(keda, "Describe") == consumed
+    assert grants(keda, "Describe", "group") == {a.group for a in SERVICES.values()}
 
 
 def writers(topic: str) -> set[str]:

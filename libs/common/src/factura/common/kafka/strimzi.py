@@ -210,18 +210,36 @@ def acls(access: ServiceAccess, prefix: str = "") -> list[Doc]:
     return [*rules, _acl("group", f"{prefix}{access.group}", {"Read", "Describe"})]
 
 
+#: KEDA's principal: it reads consumer-group lag to scale the consumers, and may do nothing else.
+LAG_READER = "factura-keda"
+
+
+def lag_reader_acls(prefix: str = "") -> list[Doc]:
+    """Describe on every consumed topic and every service's group: enough for OffsetFetch and
+    ListOffsets (what KEDA's Kafka scaler calls), not enough to read a record or commit."""
+    topics = sorted({name for access in SERVICES.values() for name in access.reads})
+    groups = sorted({access.group for access in SERVICES.values()})
+    return [_acl("topic", f"{prefix}{t}", {"Describe"}) for t in topics] + [
+        _acl("group", f"{prefix}{g}", {"Describe"}) for g in groups
+    ]
+
+
+def _user(name: str, acl_list: list[Doc]) -> Doc:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "KafkaUser",
+        "metadata": {"name": name, "labels": _labels()},
+        "spec": {
+            "authentication": {"type": "scram-sha-512"},
+            "authorization": {"type": "simple", "acls": acl_list},
+        },
+    }
+
+
 def users(prefix: str = "") -> list[Doc]:
-    return [
-        {
-            "apiVersion": API_VERSION,
-            "kind": "KafkaUser",
-            "metadata": {"name": access.principal, "labels": _labels()},
-            "spec": {
-                "authentication": {"type": "scram-sha-512"},
-                "authorization": {"type": "simple", "acls": acls(access, prefix)},
-            },
-        }
-        for access in SERVICES.values()
+    """One user per service, then KEDA's lag reader."""
+    return [_user(access.principal, acls(access, prefix)) for access in SERVICES.values()] + [
+        _user(LAG_READER, lag_reader_acls(prefix))
     ]
 
 
@@ -262,8 +280,10 @@ def render(prefix: str = "") -> dict[str, str]:
         + USERS_NOTE
         + "".join(
             "---\n" + _comment(access) + yaml.safe_dump(doc, sort_keys=False, width=120)
-            for access, doc in zip(SERVICES.values(), user_docs, strict=True)
+            for access, doc in zip(SERVICES.values(), user_docs, strict=False)
         )
+        + "---\n# factura-keda: KEDA's Kafka scaler reads consumer-group lag (Describe only)\n"
+        + yaml.safe_dump(user_docs[-1], sort_keys=False, width=120)
     )
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
