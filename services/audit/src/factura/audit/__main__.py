@@ -4,6 +4,7 @@ python -m factura.audit                         run the service
 python -m factura.audit verify --tenant T       check T's chain; exit 1 and name the first broken link
 python -m factura.audit export --tenant T       the chain as NDJSON, to verify offline
 python -m factura.audit keygen --out FILE       a new Ed25519 checkpoint-signing key
+python -m factura.audit indexes                 create audit's indexes (the Kubernetes index Job), exit
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from factura.audit.bootstrap import bootstrap
+from factura.audit.bootstrap import bootstrap, ensure_indexes
 from factura.audit.checkpoints import Signer, generate_key
 from factura.audit.retention import apply_retention
 from factura.audit.settings import Settings
@@ -49,7 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     retention.add_argument("--dry-run", action="store_true", help="count what would be removed, remove nothing")
     keygen = commands.add_parser("keygen", help="write a new Ed25519 signing key (PKCS#8 PEM, mode 0600)")
     keygen.add_argument("--out", type=Path, required=True)
+    commands.add_parser("indexes", help="create audit's MongoDB indexes and exit (needs no signing key)")
     return parser
+
+
+async def _indexes(settings: Settings) -> int:
+    client = create_client(settings.mongo)
+    try:
+        await ensure_indexes(database(client, settings.mongo))
+    finally:
+        await client.close()
+    print(f"audit: indexes created in database {settings.mongo.database!r}")
+    return 0
 
 
 async def _verify(settings: Settings, tenant: str, as_json: bool, public_key: Path | None) -> int:
@@ -114,6 +126,8 @@ def cli(argv: list[str]) -> int:
         return asyncio.run(_verify(settings, args.tenant, args.json, args.public_key))
     if args.command == "retention":
         return asyncio.run(_retention(settings, args.dry_run))
+    if args.command == "indexes":
+        return asyncio.run(_indexes(settings))
     return asyncio.run(_export(settings, args.tenant, args.out, args.public_key))
 
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 from fastapi import APIRouter, Depends, Request
+from pymongo.asynchronous.database import AsyncDatabase
 
 from factura.audit import web
 from factura.audit.api import READ_ROLES, AccessHook, ExportChain, VerifyChain, audited_route, plain_query, router
@@ -21,12 +22,13 @@ from factura.audit.retention import RetentionTask
 from factura.audit.settings import Settings
 from factura.audit.store import AuditDb
 from factura.audit.verify import CachedVerifier, export_chain
+from factura.audit.watch import ChainWatch
 from factura.common.apikeys import COLLECTION, ApiKeyStore, Principal
 from factura.common.apikeys.http import authenticator
 from factura.common.envelope import TENANT_PATTERN
 from factura.common.kafka.consumer import Batched, Route
 from factura.common.kafka.producer import Publisher
-from factura.common.mongo import create_client, database, ping
+from factura.common.mongo import Document, create_client, database, ping
 from factura.common.runtime import Wiring
 from factura.common.tenants import TenantDirectory
 from factura.common.topics import dead_letter_topics, event_topics
@@ -61,15 +63,21 @@ def access_recorder(writer: ChainWriter) -> AccessHook:
     return on_access
 
 
+async def ensure_indexes(db: AsyncDatabase[Document]) -> None:
+    """Audit's indexes: at start, and by ``python -m factura.audit indexes`` (the Kubernetes index
+    Job, before a rollout; it needs no signing key)."""
+    await AuditDb.of(db).ensure_indexes()
+    await ApiKeyStore(db[COLLECTION]).ensure_indexes()
+
+
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
     signer = Signer.from_file(settings.signer_path())  # first: no key, no start
     mongo = create_client(settings.mongo)
     stack.push_async_callback(mongo.close)
     mongo_db = database(mongo, settings.mongo)
+    await ensure_indexes(mongo_db)
     db = AuditDb.of(mongo_db)
-    await db.ensure_indexes()
     keys = ApiKeyStore(mongo_db[COLLECTION])
-    await keys.ensure_indexes()
     writer = ChainWriter(db.records, db.tombstones)
     handlers = AuditHandlers(writer)
     checkpointer = Checkpointer(db, writer, signer, settings.checkpoint_interval_s)
@@ -83,6 +91,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
 
     keyring = settings.keyring()
     verify = CachedVerifier(db, keyring, settings.verify_cache_s)
+    watch = ChainWatch(db, keyring, settings.verify_interval_s, settings.verify_full_interval_s)
 
     def export(tenant: str, from_seq: int, to_seq: int | None) -> AsyncIterator[bytes]:
         return export_chain(db, tenant, keyring, from_seq, to_seq)
@@ -103,7 +112,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
             verify=verify,
             export=export,
         ),
-        tasks=[checkpointer.run, retention.run, reports.run],
+        tasks=[checkpointer.run, retention.run, reports.run, watch.run],
     )
 
 

@@ -36,4 +36,10 @@ class Settings(ServiceSettings):
     checkpoint_interval_s: float = Field(default=60.0, gt=0, description="How often changed chain heads are signed")
     tenants_dir: Path | None = Field(default=None, description="Per-tenant configs ([audit] retention and summary)")
     retention_interval_s: float = Field(default=3600.0, gt=0, description="How often expired records are removed")
+    verify_interval_s: float = Field(
+        default=3600.0, gt=0, description="How often every chain is verified in the background (from its last seal)"
+    )
+    verify_full_interval_s: float = Field(
+        default=86400.0, gt=0, description="How often that background verification walks each whole chain instead"
+    )
     batch_max_records: int = Field(default=1000, ge=1, le=10_000, description="Records per chain insert")

@@ -6,6 +6,13 @@ is there, exactly once; its ``prev`` is the hash of the position before; its has
 checkpoint's Ed25519 signature is checked against the key it names (current or retired), and the
 hash it signed against the chain, so a chain rebuilt after tampering, or cut short, fails too.
 The first problem found is named with its position and record id.
+
+An incremental walk (``since``, an :class:`Anchor`) starts after a signed checkpoint an earlier
+walk found the chain to match, so a periodic check costs the records written since, not the
+whole chain (:mod:`factura.audit.watch`). It re-checks the anchor's own record and walks the full
+chain instead when that record no longer matches or retention removed positions after it (their
+signed digests cover whole batches, which only the full walk reads). What it cannot see is a
+change before the anchor: that is what the periodic full walk is for.
 """
 
 from __future__ import annotations
@@ -33,6 +40,14 @@ BATCH = 2000
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """A position whose hash a signed checkpoint fixed and a walk found the chain to match."""
+
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True)
 class Break:
     seq: int
     record_id: str | None
@@ -49,6 +64,9 @@ class Verification:
     head_hash: str = GENESIS
     checkpoints: int = 0
     last_checkpoint_seq: int = 0
+    last_checkpoint_hash: str = GENESIS
+    #: First position walked: 1, or the one after the anchor of an incremental walk.
+    from_seq: int = 1
     #: Records after the last signed checkpoint: linked, but not yet sealed by a signature.
     unsealed: int = 0
     first_break: Break | None = None
@@ -89,13 +107,26 @@ class CachedVerifier:
         return result
 
 
-async def verify_chain(db: AuditDb, tenant: str, keys: Keyring | Ed25519PublicKey) -> Verification:
+async def verify_chain(
+    db: AuditDb, tenant: str, keys: Keyring | Ed25519PublicKey, since: Anchor | None = None
+) -> Verification:
+    """Walk ``tenant``'s chain from the genesis, or from ``since`` when that is sound (module docstring)."""
     ring = Keyring.of(keys)
-    result = Verification(tenant_id=tenant, key_id=key_id(ring.current))
-    retained = await _retained(db, tenant, ring, result)
-    checkpoints = await _head_checkpoints(db, tenant, ring, result)
-    expected, prev = 1, GENESIS
-    async for doc in db.records.find(exact({"tenant_id": tenant})).sort("seq", ASCENDING).batch_size(BATCH):
+    if since is not None and not await _resumable(db, tenant, since):
+        since = None
+    start = since or Anchor(0, GENESIS)
+    result = Verification(
+        tenant_id=tenant,
+        key_id=key_id(ring.current),
+        last_checkpoint_seq=start.seq,
+        last_checkpoint_hash=start.hash,
+        from_seq=start.seq + 1,
+    )
+    retained = await _retained(db, tenant, ring, result) if since is None else {}
+    checkpoints = await _head_checkpoints(db, tenant, ring, result, after=start.seq)
+    expected, prev = start.seq + 1, start.hash
+    query = exact({"tenant_id": tenant} | ({"seq": {"$gt": start.seq}} if since else {}))
+    async for doc in db.records.find(query).sort("seq", ASCENDING).batch_size(BATCH):
         seq = doc.get("seq")
         if not isinstance(seq, int) or seq < expected:
             result.broken(expected - 1, str(doc.get("_id")), f"a second record claims position {seq}")
@@ -147,6 +178,8 @@ def check_record(doc: Document, prev: str, tomb: Document | None) -> str | None:
         body = json.loads(record)
     except ValueError:
         return "hashed record is not JSON"
+    if not isinstance(body, dict):
+        return "hashed record is not a JSON object"
     if body.get("seq") != doc["seq"] or body.get("id") != doc["_id"] or body.get("tenant_id") != doc["tenant_id"]:
         return "position, id or tenant differ from the hashed record"
     for name in FIELDS:
@@ -162,10 +195,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
-async def _head_checkpoints(db: AuditDb, tenant: str, ring: Keyring, result: Verification) -> dict[int, str]:
-    """seq → signed hash of every valid head checkpoint; an invalid signature breaks verification."""
+async def _resumable(db: AuditDb, tenant: str, since: Anchor) -> bool:
+    """Whether an incremental walk from ``since`` is sound: its record is still the one that was
+    signed, and no position after it was removed by retention."""
+    doc = await db.records.find_one(exact({"tenant_id": tenant, "seq": since.seq}))
+    if doc is None or doc.get("hash") != since.hash or check_record(doc, str(doc.get("prev")), None):
+        return False
+    removed = await db.tombstones.find_one(exact({"tenant_id": tenant, "seq": {"$gt": since.seq}}), {"_id": 1})
+    return removed is None
+
+
+async def _head_checkpoints(
+    db: AuditDb, tenant: str, ring: Keyring, result: Verification, after: int = 0
+) -> dict[int, str]:
+    """seq → signed hash of every valid head checkpoint after position ``after``; an invalid
+    signature breaks verification."""
     signed: dict[int, str] = {}
-    async for cp in db.checkpoints.find(exact({"tenant_id": tenant, "kind": "head"})).sort("seq", ASCENDING):
+    query = exact({"tenant_id": tenant, "kind": "head"} | ({"seq": {"$gt": after}} if after else {}))
+    async for cp in db.checkpoints.find(query).sort("seq", ASCENDING):
         if not ring.valid(cp):
             result.broken(int(cp.get("seq", 0)), None, f"checkpoint {cp.get('_id')} has an invalid signature")
             continue
@@ -175,7 +222,8 @@ async def _head_checkpoints(db: AuditDb, tenant: str, ring: Keyring, result: Ver
             continue
         signed[payload["seq"]] = payload["hash"]
         result.checkpoints += 1
-        result.last_checkpoint_seq = max(result.last_checkpoint_seq, payload["seq"])
+        if payload["seq"] >= result.last_checkpoint_seq:
+            result.last_checkpoint_seq, result.last_checkpoint_hash = payload["seq"], payload["hash"]
     return signed
 
 
