@@ -67,7 +67,14 @@ from factura.common.logging import configure_logging
 from factura.common.mongo import create_client, database
 from factura.common.runtime import Bootstrap
 from factura.common.schemas import EXAMPLES_DIR
-from factura.common.settings import KafkaSettings, LinkSettings, MongoSettings, S3Settings, ServiceSettings
+from factura.common.settings import (
+    DEVSTACK_ENV,
+    KafkaSettings,
+    LinkSettings,
+    MongoSettings,
+    S3Settings,
+    ServiceSettings,
+)
 from factura.common.shortlinks import ShortLinks
 from factura.common.storage import DocumentStore
 from factura.common.tenants import TenantDirectory
@@ -145,6 +152,15 @@ def kafka(cfg: StackConfig, phase: str) -> KafkaSettings:
     )
 
 
+def s3_settings(cfg: StackConfig) -> S3Settings:
+    return S3Settings(
+        endpoint_url=cfg.s3_url,
+        bucket=cfg.s3_bucket,
+        access_key_id=cfg.s3_access_key_id,
+        secret_access_key=SecretStr(cfg.s3_secret_access_key),
+    )
+
+
 def links(cfg: StackConfig) -> LinkSettings:
     return LinkSettings(
         secret=SecretStr(cfg.link_secret),
@@ -157,7 +173,7 @@ def email_settings(cfg: StackConfig, bus: KafkaSettings) -> EmailSettings:
     return EmailSettings(
         kafka=bus,
         smtp=SmtpSettings(host=HOST, port=cfg.smtp_port, security="none"),
-        s3=S3Settings(endpoint_url=cfg.s3_url, bucket=cfg.s3_bucket),
+        s3=s3_settings(cfg),
         mongo=MongoSettings(url=cfg.mongo_url, database=cfg.mongo_database),
         links=links(cfg),
         tenants_dir=cfg.tenants_dir,
@@ -469,6 +485,7 @@ def logs_to(path: Path) -> Iterator[None]:
 
 
 async def main() -> None:
+    os.environ[DEVSTACK_ENV] = "1"  # the senders run in-process on the devstack, with its secrets
     run = uuid.uuid4().hex[:6]
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp, logs_to(Path(tmp) / "senders.log"):
@@ -477,7 +494,7 @@ async def main() -> None:
         try:
             stack.start_infra()
             async with AsyncExitStack() as clients:
-                store = await DocumentStore.connect(S3Settings(endpoint_url=cfg.s3_url, bucket=cfg.s3_bucket), clients)
+                store = await DocumentStore.connect(s3_settings(cfg), clients)
                 started = time.monotonic()
                 documents = await store_documents(store, run, EMAILS)
                 print(f"{EMAILS} PDFs of {PDF_BYTES // 1024} KB stored in S3 in {time.monotonic() - started:.1f} s")

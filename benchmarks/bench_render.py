@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import weasyprint
+from pydantic import SecretStr
 from weasyprint.text import ffi
 
 from factura.common.envelope import Envelope, make_event
@@ -280,7 +281,12 @@ def kafka_settings(cfg: StackConfig) -> KafkaSettings:
 
 
 def s3_settings(cfg: StackConfig) -> S3Settings:
-    return S3Settings(endpoint_url=cfg.s3_url, bucket=cfg.s3_bucket)
+    return S3Settings(
+        endpoint_url=cfg.s3_url,
+        bucket=cfg.s3_bucket,
+        access_key_id=cfg.s3_access_key_id,
+        secret_access_key=SecretStr(cfg.s3_secret_access_key),
+    )
 
 
 def created(invoice: InvoiceCreatedV1, offset: int) -> Message[Envelope[InvoiceCreatedV1]]:

@@ -6,17 +6,27 @@ database, so concurrent runs on one machine never see each other's messages.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
-from factura.common.settings import KafkaSettings, MongoSettings, S3Settings
+from factura.common.settings import DEVSTACK_ENV, KafkaSettings, MongoSettings, S3Settings
 from factura.common.storage import DocumentStore
 from factura.devstack.config import StackConfig
 from factura.devstack.stack import Stack
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests run on the devstack, so settings built in-process may carry its secrets.
+
+    Unit tests of the refusal itself clear this variable (tests/unit/test_settings_secrets.py).
+    """
+    os.environ[DEVSTACK_ENV] = "1"
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +79,12 @@ def mongo_settings(cfg: StackConfig) -> MongoSettings:
 
 
 def s3_settings(cfg: StackConfig) -> S3Settings:
-    return S3Settings(endpoint_url=cfg.s3_url, bucket=cfg.s3_bucket)
+    return S3Settings(
+        endpoint_url=cfg.s3_url,
+        bucket=cfg.s3_bucket,
+        access_key_id=cfg.s3_access_key_id,
+        secret_access_key=SecretStr(cfg.s3_secret_access_key),
+    )
 
 
 @pytest.fixture(scope="module")

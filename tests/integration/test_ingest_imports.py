@@ -431,7 +431,7 @@ async def test_a_worker_killed_mid_import_is_taken_over_after_its_lease(imports:
     setup = imports.setup
     config = {
         "mongo": mongo_settings(setup.cfg).model_dump(mode="json"),
-        "s3": s3_settings(setup.cfg).model_dump(mode="json") | {"secret_access_key": "factura"},
+        "s3": s3_settings(setup.cfg).model_dump(mode="json") | {"secret_access_key": setup.cfg.s3_secret_access_key},
         "kafka": setup.bus.settings.model_dump(mode="json"),
         "collection": imports.collection,
         "topic": imports.topic,

@@ -26,7 +26,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aioboto3
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -48,7 +47,7 @@ from factura.common.kafka.consumer import Message
 from factura.common.links import LinkSigner
 from factura.common.mongo import create_client
 from factura.common.schemas import EXAMPLES_DIR
-from factura.common.storage import DocumentStore, invoice_prefix, manifest_key
+from factura.common.storage import DocumentStore, invoice_prefix, manifest_key, s3_session
 from factura.common.tenants import TenantDirectory
 from factura.common.topics import INVOICE_CREATED
 from factura.devstack.config import StackConfig
@@ -121,12 +120,7 @@ async def s3(cfg: StackConfig) -> AsyncIterator[S3]:
     async with AsyncExitStack() as stack:
         store = await DocumentStore.connect(settings, stack)
         await store.ensure_bucket()
-        session = aioboto3.Session(
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key.get_secret_value(),
-            region_name=settings.region,
-        )
-        client = await stack.enter_async_context(session.client("s3", endpoint_url=settings.endpoint_url))
+        client = await stack.enter_async_context(s3_session(settings).client("s3", endpoint_url=settings.endpoint_url))
         yield S3(store, client)
 
 

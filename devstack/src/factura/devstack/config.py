@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from factura.common.settings import DEVSTACK_ENV
+
 INFRA = ("kafka", "mongo", "s3", "smtp", "sms")
 SERVICES = ("ingest", "renderer", "email-sender", "sms-sender", "scheduler", "audit")
 ALL = INFRA + SERVICES
+#: Processes a stack may also run (started on request, not by ``up``'s default set): ports, pid files.
+EXTRAS = ("prometheus",)
 HOST = "127.0.0.1"
 #: Sample tenant configs (branding, e-invoice, packaging) shipped with the devstack.
 TENANTS_DIR = Path(__file__).resolve().parents[3] / "tenants"
@@ -46,9 +50,14 @@ class StackConfig:
     sms_sender_port: int = 8104
     scheduler_port: int = 8105
     audit_port: int = 8106
+    prometheus_port: int = 9090
     sms_account_sid: str = "AC" + "factura".ljust(32, "0")
-    sms_auth_token: str = "devtoken"
+    # Every fixed secret carries the devstack marker (factura.common.settings.DEVSTACK_MARKER): the
+    # services refuse such values unless FACTURA_DEVSTACK=1, which only service_env sets.
+    sms_auth_token: str = "devstack-only-sms-auth-token"
     s3_bucket: str = "factura-documents"
+    s3_access_key_id: str = "devstack-only-s3-access-key"
+    s3_secret_access_key: str = "devstack-only-s3-secret-key"
     bounce_domain: str = "bounce.test"
     link_secret: str = "devstack-only-link-secret"
     pseudonym_secret: str = "devstack-only-pseudonym-secret"
@@ -66,10 +75,10 @@ class StackConfig:
         """A config on ports that are free right now, so parallel test runs never collide."""
         with ExitStack() as held:
             # Keep every socket bound until all are picked so no port is handed out twice.
-            socks = [held.enter_context(socket.socket()) for _ in ALL]
+            socks = [held.enter_context(socket.socket()) for _ in ALL + EXTRAS]
             for s in socks:
                 s.bind((HOST, 0))
-            ports = {_attr(name): s.getsockname()[1] for name, s in zip(ALL, socks, strict=True)}
+            ports = {_attr(name): s.getsockname()[1] for name, s in zip(ALL + EXTRAS, socks, strict=True)}
         return cls(data_dir=data_dir, topic_prefix=topic_prefix, mongo_database=mongo_database, **ports)
 
     def port(self, name: str) -> int:
@@ -165,11 +174,18 @@ def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
         p + "KAFKA__RETRY_MAX_S": "2",
         p + "HTTP__PORT": str(cfg.port(name)),
         p + "LOG_LEVEL": "INFO",
+        DEVSTACK_ENV: "1",  # allows the devstack-only secrets below; nothing else sets it
     }
     if name in _USES_MONGO:
         env |= {p + "MONGO__URL": cfg.mongo_url, p + "MONGO__DATABASE": cfg.mongo_database}
     if name in _USES_S3:
-        env |= {p + "S3__ENDPOINT_URL": cfg.s3_url, p + "S3__BUCKET": cfg.s3_bucket}
+        env |= {
+            p + "S3__ENDPOINT_URL": cfg.s3_url,
+            p + "S3__BUCKET": cfg.s3_bucket,
+            # moto takes any key; production leaves these unset and uses the AWS credential chain
+            p + "S3__ACCESS_KEY_ID": cfg.s3_access_key_id,
+            p + "S3__SECRET_ACCESS_KEY": cfg.s3_secret_access_key,
+        }
     if name == "email-sender":
         env |= {
             p + "SMTP__HOST": HOST,

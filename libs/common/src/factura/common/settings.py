@@ -8,10 +8,20 @@ what its local servers cannot do.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from typing import Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretBytes, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NestedSecretsSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+#: Directory of mounted secret files, one file per setting named like its environment variable
+#: (``/run/secrets/FACTURA_RENDERER_S3__SECRET_ACCESS_KEY``). The environment wins over a file.
+SECRETS_DIR_ENV = "FACTURA_SECRETS_DIR"
+#: Every secret the devstack hands out carries this marker, so a copied devstack value is caught.
+DEVSTACK_MARKER = "devstack-only-"
+#: Set to ``1`` by the devstack's environment builder only: the one place devstack secrets are allowed.
+DEVSTACK_ENV = "FACTURA_DEVSTACK"
 
 
 class KafkaSettings(BaseModel):
@@ -83,11 +93,20 @@ class HttpSettings(BaseModel):
 
 
 class S3Settings(BaseModel):
+    """Where documents live. No keys by default: unset, the AWS credential chain applies (environment,
+    web identity / IRSA, ECS or instance profile), so production needs no long-lived key at all."""
+
     endpoint_url: str | None = None
     region: str = "us-east-1"
     bucket: str = "factura-documents"
-    access_key_id: str = "factura"
-    secret_access_key: SecretStr = SecretStr("factura")
+    access_key_id: str | None = Field(default=None, description="Static key id; none: the AWS credential chain")
+    secret_access_key: SecretStr | None = Field(default=None, description="Set together with access_key_id")
+
+    @model_validator(mode="after")
+    def _keys_in_pairs(self) -> Self:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("s3.access_key_id and s3.secret_access_key are set together or not at all")
+        return self
 
 
 class LinkSettings(BaseModel):
@@ -105,11 +124,77 @@ class LinkSettings(BaseModel):
     )
 
 
+def secret_values(value: object, path: str = "") -> Iterator[tuple[str, str]]:
+    """``(field path, secret value)`` for every secret inside a settings value, however deeply nested."""
+    if isinstance(value, SecretStr):
+        yield path, value.get_secret_value()
+    elif isinstance(value, SecretBytes):
+        yield path, value.get_secret_value().decode("utf-8", "replace")
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from secret_values(getattr(value, name), f"{path}.{name}" if path else name)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from secret_values(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from secret_values(item, f"{path}[{key!r}]")
+
+
+class MetricsSettings(BaseModel):
+    """What ``/metrics`` exposes beyond the fixed catalogue (docs/operations.md)."""
+
+    tenant_labels: list[str] = Field(
+        default=[],
+        description="Tenants that get their own `tenant` label value; every other tenant is counted as `other`. "
+        "Keep it small: each tenant listed multiplies the series of every tenant-labelled metric.",
+    )
+
+
 class ServiceSettings(BaseSettings):
-    """Fields every service has; subclasses set ``env_prefix`` and add their own."""
+    """Fields every service has; subclasses set ``env_prefix`` and add their own.
+
+    Every setting, secrets included, comes from the environment or from a file in the directory
+    named by ``FACTURA_SECRETS_DIR`` (a mounted Kubernetes Secret): the file is named like the
+    variable, nested groups included (``FACTURA_SMS_SENDER_PROVIDER__AUTH_TOKEN``). A secret carrying
+    the devstack's marker is refused unless ``FACTURA_DEVSTACK=1``, so no devstack value reaches
+    production by copy and paste.
+    """
 
     model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
 
     log_level: str = "INFO"
     kafka: KafkaSettings = KafkaSettings()
     http: HttpSettings = HttpSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The stock secrets source reads only top-level fields; the nested one reads ``S3__...`` files too.
+
+        A ``FACTURA_SECRETS_DIR`` that does not exist stops the start: a missing mount must not
+        silently leave every secret unset.
+        """
+        secrets = NestedSecretsSettingsSource(
+            file_secret_settings, secrets_dir=os.environ.get(SECRETS_DIR_ENV) or None, secrets_dir_missing="error"
+        )
+        return init_settings, env_settings, dotenv_settings, secrets
+
+    @model_validator(mode="after")
+    def _no_devstack_secrets(self) -> Self:
+        if os.environ.get(DEVSTACK_ENV) == "1":
+            return self
+        for path, secret in secret_values(self):
+            if DEVSTACK_MARKER in secret:
+                raise ValueError(
+                    f"{path} holds a devstack secret (it contains {DEVSTACK_MARKER!r}); set a real one, "
+                    f"or {DEVSTACK_ENV}=1 if this really is the devstack"
+                )
+        return self

@@ -58,6 +58,20 @@ VERSION_CHARS = 16
 CLIENT_CONFIG = AioConfig(connect_timeout=5, read_timeout=20, retries={"mode": "standard", "total_max_attempts": 3})
 
 
+def s3_session(settings: S3Settings) -> aioboto3.Session:
+    """A session with the configured keys, or, without keys, AWS's default credential chain.
+
+    The chain (environment, web identity / IRSA, ECS or instance profile) is what production
+    uses; ``None`` keys make the session fall back to it (S3Settings sets both keys or neither).
+    """
+    secret = settings.secret_access_key
+    return aioboto3.Session(
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=secret.get_secret_value() if secret is not None else None,
+        region_name=settings.region,
+    )
+
+
 def error_code(error: ClientError) -> str:
     """The S3 error code of a botocore error ("NoSuchKey", "404", "SlowDown", ...)."""
     return str(error.response.get("Error", {}).get("Code", ""))
@@ -136,13 +150,8 @@ class DocumentStore:
 
     @classmethod
     async def connect(cls, settings: S3Settings, stack: AsyncExitStack) -> DocumentStore:
-        session = aioboto3.Session(
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key.get_secret_value(),
-            region_name=settings.region,
-        )
         client = await stack.enter_async_context(
-            session.client("s3", endpoint_url=settings.endpoint_url, config=CLIENT_CONFIG)
+            s3_session(settings).client("s3", endpoint_url=settings.endpoint_url, config=CLIENT_CONFIG)
         )
         return cls(client, settings.bucket)
 

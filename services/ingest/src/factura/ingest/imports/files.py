@@ -15,11 +15,10 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import aioboto3
 from botocore.exceptions import ClientError
 
 from factura.common.settings import S3Settings
-from factura.common.storage import CLIENT_CONFIG, MISSING_CODES, DocumentStore, error_code, outages
+from factura.common.storage import CLIENT_CONFIG, MISSING_CODES, DocumentStore, error_code, outages, s3_session
 from factura.ingest.imports.settings import MIB
 from factura.ingest.imports.store import Format
 
@@ -109,13 +108,8 @@ class ImportFiles:
 
     @classmethod
     async def connect(cls, settings: S3Settings, stack: AsyncExitStack, *, part_bytes: int = 8 * MIB) -> ImportFiles:
-        session = aioboto3.Session(
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key.get_secret_value(),
-            region_name=settings.region,
-        )
         client = await stack.enter_async_context(
-            session.client("s3", endpoint_url=settings.endpoint_url, config=CLIENT_CONFIG)
+            s3_session(settings).client("s3", endpoint_url=settings.endpoint_url, config=CLIENT_CONFIG)
         )
         return cls(client, settings.bucket, part_bytes=part_bytes)
 
