@@ -54,6 +54,7 @@ from factura.common.delivery.effectiveness import ChannelEffectiveness
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.partition import decode
 from factura.common.kafka.producer import Publisher
+from factura.common.lease import Lease
 from factura.common.mongo import Document, create_client, database, process_owner
 from factura.common.schemas import EXAMPLES_DIR
 from factura.common.settings import KafkaSettings, MongoSettings
@@ -63,7 +64,6 @@ from factura.devstack.config import StackConfig
 from factura.devstack.stack import Stack
 from factura.scheduler.bootstrap import SWEEP_LEASE
 from factura.scheduler.handlers import SchedulerHandlers
-from factura.scheduler.lease import Lease
 from factura.scheduler.schedule import Schedules
 from factura.scheduler.settings import Settings
 

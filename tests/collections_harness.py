@@ -51,6 +51,7 @@ from factura.common.events import (
 )
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
+from factura.common.lease import Lease
 from factura.common.mongo import Document, create_client
 from factura.common.reminders import Cursor
 from factura.common.tenants import TenantDirectory
@@ -59,7 +60,6 @@ from factura.devstack.config import StackConfig
 from factura.scheduler.bootstrap import SWEEP_LEASE
 from factura.scheduler.decisions import ScheduleState
 from factura.scheduler.handlers import SchedulerHandlers
-from factura.scheduler.lease import Lease
 from factura.scheduler.schedule import Schedules
 from tests.conftest import mongo_settings
 from tests.kafka_helpers import Bus, isolated, read_topic

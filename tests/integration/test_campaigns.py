@@ -26,6 +26,7 @@ from factura.common.delivery.effectiveness import ChannelEffectiveness
 from factura.common.envelope import Envelope
 from factura.common.events import ReminderDueV2
 from factura.common.http import Health, create_app
+from factura.common.lease import Lease
 from factura.common.mongo import Document, create_client, database
 from factura.common.settings import MongoSettings
 from factura.common.tenants import TenantDirectory
@@ -38,7 +39,6 @@ from factura.scheduler.campaigns.model import MAX_INVOICES
 from factura.scheduler.campaigns.runner import LEASE, LEASES, CampaignRunner
 from factura.scheduler.campaigns.store import Campaigns
 from factura.scheduler.handlers import SchedulerHandlers
-from factura.scheduler.lease import Lease
 from factura.scheduler.schedule import Schedules
 from factura.scheduler.settings import Settings
 from tests.conftest import mongo_settings

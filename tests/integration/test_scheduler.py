@@ -26,6 +26,7 @@ from factura.common.delivery.effectiveness import ChannelEffectiveness
 from factura.common.envelope import Envelope, utcnow
 from factura.common.kafka.consumer import Batched, Message
 from factura.common.kafka.producer import Publisher
+from factura.common.lease import Lease
 from factura.common.mongo import Document, create_client, database
 from factura.common.reminders import Cursor
 from factura.common.settings import MongoSettings
@@ -35,7 +36,6 @@ from factura.devstack.config import StackConfig
 from factura.scheduler.bootstrap import bootstrap
 from factura.scheduler.decisions import ScheduleState, refusals
 from factura.scheduler.handlers import SchedulerHandlers
-from factura.scheduler.lease import Lease
 from factura.scheduler.schedule import NEVER, Schedules
 from factura.scheduler.settings import Settings
 from factura.scheduler.tickets import HelpdeskSettings

@@ -7,6 +7,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from datetime import timedelta
 
 from fastapi import APIRouter, Depends, Request
 from pymongo.asynchronous.database import AsyncDatabase
@@ -28,7 +29,8 @@ from factura.common.apikeys.http import authenticator
 from factura.common.envelope import TENANT_PATTERN
 from factura.common.kafka.consumer import Batched, Route
 from factura.common.kafka.producer import Publisher
-from factura.common.mongo import Document, create_client, database, ping
+from factura.common.lease import Lease
+from factura.common.mongo import Document, create_client, database, ping, process_owner
 from factura.common.runtime import Wiring
 from factura.common.tenants import TenantDirectory
 from factura.common.topics import dead_letter_topics, event_topics
@@ -63,6 +65,11 @@ def access_recorder(writer: ChainWriter) -> AccessHook:
     return on_access
 
 
+#: The verifier's lease, in a collection of its own (as the scheduler's campaign lease).
+VERIFY_LEASES = "audit_leases"
+VERIFY_LEASE = "audit-chain-verify"
+
+
 async def ensure_indexes(db: AsyncDatabase[Document]) -> None:
     """Audit's indexes: at start, and by ``python -m factura.audit indexes`` (the Kubernetes index
     Job, before a rollout; it needs no signing key)."""
@@ -91,7 +98,9 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
 
     keyring = settings.keyring()
     verify = CachedVerifier(db, keyring, settings.verify_cache_s)
-    watch = ChainWatch(db, keyring, settings.verify_interval_s, settings.verify_full_interval_s)
+    # One verifier among the replicas; the term outlasts a tenant's walk (~70 s per million records).
+    verifier_lease = Lease(mongo_db[VERIFY_LEASES], VERIFY_LEASE, owner=process_owner(), ttl=timedelta(minutes=15))
+    watch = ChainWatch(db, keyring, settings.verify_interval_s, settings.verify_full_interval_s, lease=verifier_lease)
 
     def export(tenant: str, from_seq: int, to_seq: int | None) -> AsyncIterator[bytes]:
         return export_chain(db, tenant, keyring, from_seq, to_seq)

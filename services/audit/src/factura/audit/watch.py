@@ -21,9 +21,9 @@ run that MongoDB interrupts updates neither gauge and is retried after ``retry_s
 shows as a stale timestamp, never as a broken chain. Each break is logged at ERROR with its
 tenant, position, record id and problem.
 
-**Several replicas:** with a ``lease`` (the interface of the scheduler's MongoDB lease) only its
-holder verifies. The service runs without one until that lease moves to ``factura.common``: every
-replica verifies, with the same results at the cost times the replicas (query with ``max()``).
+**Several replicas:** the service passes a MongoDB lease (:mod:`factura.common.lease`), so only
+its holder verifies; a replica that stops renewing is replaced after the lease's term. Replicas
+without the lease leave their gauges as they were: query them with ``max()``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ OUTCOMES = ("ok", "broken")
 
 
 class Lease(Protocol):
-    """One replica at a time (``factura.scheduler.lease.Lease`` has this shape)."""
+    """One replica at a time (``factura.common.lease.Lease`` has this shape)."""
 
     async def acquire(self) -> bool: ...
 

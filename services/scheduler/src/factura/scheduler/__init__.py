@@ -15,7 +15,7 @@ so a clock is the only other input (and tests inject one). See docs/scheduler.md
 * ``invoice.cancelled`` and a rejection at ``render`` close the plan.
 * ``ticket.due`` is posted to the tenant's helpdesk (:mod:`factura.scheduler.tickets`).
 * **One sweeper.** Every replica consumes (Kafka shares the partitions), but only the holder of
-  the ``reminder-sweep`` lease in MongoDB (:mod:`factura.scheduler.lease`) sweeps. Each tick
+  the ``reminder-sweep`` lease in MongoDB (:mod:`factura.common.lease`) sweeps. Each tick
   renews it; a clean stop releases it; if the holder dies, another replica takes it after
   ``lease_seconds`` (default 3 ticks). Event ids are deterministic, so even a paused holder
   yields a duplicate event that consumers ignore, not a second reminder.

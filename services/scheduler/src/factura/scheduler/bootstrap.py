@@ -14,6 +14,7 @@ from factura.common.apikeys import COLLECTION, ApiKeyStore, authenticator
 from factura.common.delivery.effectiveness import ChannelEffectiveness
 from factura.common.kafka.consumer import Handler
 from factura.common.kafka.producer import Publisher
+from factura.common.lease import Lease
 from factura.common.ledger import DeliveryLedger
 from factura.common.mongo import Document, create_client, database, ping, process_owner
 from factura.common.runtime import Wiring
@@ -25,7 +26,6 @@ from factura.scheduler.campaigns.runner import CampaignRunner
 from factura.scheduler.campaigns.store import COLLECTION as CAMPAIGNS
 from factura.scheduler.campaigns.store import Campaigns
 from factura.scheduler.handlers import SchedulerHandlers
-from factura.scheduler.lease import Lease
 from factura.scheduler.schedule import Schedules
 from factura.scheduler.settings import Settings
 from factura.scheduler.tickets import HelpdeskClient, TicketHandlers

@@ -22,12 +22,12 @@ from datetime import datetime
 
 from factura.common.envelope import utcnow
 from factura.common.kafka.producer import Publisher
+from factura.common.lease import Lease
 from factura.common.metrics import counter
 from factura.common.reminders import local_date, next_window_start, window_open
 from factura.common.tenants import TenantDirectory
 from factura.scheduler.campaigns.matching import campaign_event, exclusion
 from factura.scheduler.campaigns.store import Campaign, Campaigns
-from factura.scheduler.lease import Lease
 from factura.scheduler.schedule import Schedules
 
 LEASE = "campaigns"
