@@ -184,7 +184,11 @@ async def test_message_is_the_erp_contract_keyed_by_tenant_and_number(tmp_path: 
         path, tenant_id="harinas-sur", mapping=MAPPING, sender=sender, topic="p.erp.invoices", allow_test_domains=True
     )
     topic, value, key, headers = sender.sent[0]
-    assert (topic, key, headers) == ("p.erp.invoices", b"harinas-sur/F-7", [("tenant_id", b"harinas-sur")])
+    assert (topic, key, headers) == (
+        "p.erp.invoices",
+        b"harinas-sur/F-7",
+        [("tenant_id", b"harinas-sur"), ("factura-door", b"bulk")],
+    )
     payload = json.loads(value)
     assert payload["tenant_id"] == "harinas-sur"
     assert payload["due_date"] == "2026-02-04"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -21,9 +22,10 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from factura.common.errors import ErrorKind, classify
-from factura.common.metrics import DEPENDENCY_UP, exposition
+from factura.common.metrics import DEPENDENCY_UP, HTTP_REQUESTS, HTTP_SECONDS, exposition
 
 HealthCheck = Callable[[], Awaitable[None]]
 log = logging.getLogger(__name__)
@@ -76,8 +78,49 @@ async def readiness(health: Health) -> dict[str, str]:
     return results
 
 
+#: The ``route`` label of a request no route matched (a scan, a typo): never the raw path, whose
+#: values are unbounded.
+UNMATCHED = "unmatched"
+#: Methods counted under their own name; anything else a client invents is ``other``.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RedMetrics:
+    """Pure ASGI middleware counting every request (rate, errors, duration) by route template.
+
+    The router stores the matched route in the request's scope, which is the dict this middleware
+    passed down, so the template (``/v1/invoices/{invoice_id}``) is read once the app answered.
+    A request that raised counts as 500, which is what the server then answers.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_see(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_see)
+        finally:
+            route = getattr(scope.get("route"), "path_format", None) or UNMATCHED
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            HTTP_REQUESTS.labels(route, method, str(status)).inc()
+            HTTP_SECONDS.labels(route, method).observe(time.perf_counter() - started)
+
+
 def create_app(service: str, health: Health, routers: Sequence[APIRouter] = ()) -> FastAPI:
     app = FastAPI(title=f"Factura {service}", version="1")
+    app.add_middleware(RedMetrics)
 
     # The models and ``responses`` only document the answers (OpenAPI clients and schemathesis read
     # them); the handlers build their JSONResponse themselves, so behaviour is unchanged.

@@ -21,11 +21,12 @@ from factura.common.events import (
     FailureReason,
     Notice,
 )
-from factura.common.metrics import counter
+from factura.common.metrics import counter, tenant_label
 
 DELIVERIES = counter(
     "deliveries_total",
-    "Delivery outcomes by tenant, channel, purpose family (invoice, reminder, receipt), outcome and reason.",
+    "Delivery outcomes by tenant (allow-listed, else `other`), channel, purpose family (invoice, reminder, "
+    "receipt), outcome and reason.",
     ("tenant", "channel", "purpose", "outcome", "reason"),
 )
 FALLBACKS = counter("delivery_fallbacks_total", "Messages handed from one channel to another.", ("from_channel", "to"))
@@ -55,7 +56,7 @@ def delivered(
     segments: int | None = None,
     encoding: Literal["gsm7", "ucs2"] | None = None,
 ) -> Envelope[DeliverySucceededV2]:
-    tenant = cause.tenant_id
+    tenant = tenant_label(cause.tenant_id)
     DELIVERIES.labels(tenant, channel, family(notice.purpose), "delivered", "").inc()
     COST.labels(tenant, channel, currency).inc(float(cost))
     if segments is not None and encoding is not None:
@@ -97,11 +98,12 @@ def undelivered(
     discriminator: str = "",
 ) -> Envelope[DeliveryFailedV2]:
     """``delivery.failed`` for ``cause``; ``chain`` is the earlier failures, not this one."""
-    DELIVERIES.labels(cause.tenant_id, channel, family(notice.purpose), "failed", reason).inc()
+    tenant = tenant_label(cause.tenant_id)
+    DELIVERIES.labels(tenant, channel, family(notice.purpose), "failed", reason).inc()
     if next_channel is not None:
         FALLBACKS.labels(channel, next_channel).inc()
     else:  # counted here, once per failure built, not when a recorded failure is re-published
-        EXHAUSTED.labels(cause.tenant_id, family(notice.purpose)).inc()
+        EXHAUSTED.labels(tenant, family(notice.purpose)).inc()
     return child_of(
         cause,
         type="delivery.failed",

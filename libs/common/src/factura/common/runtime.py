@@ -1,6 +1,7 @@
 """The one way a service process starts, runs and stops.
 
-``main(name, Settings, bootstrap)`` loads settings, sets up logging, builds clients through the
+``main(name, Settings, bootstrap)`` loads settings, sets up logging and the metrics' tenant
+allow-list (:func:`factura.common.metrics.configure`), builds clients through the
 service's ``bootstrap`` (the only place that knows concrete adapters), then runs the consumer
 loop, the HTTP server and any background tasks until SIGTERM/SIGINT, and drains in that order:
 stop consuming (commit what was handled), stop background tasks, stop HTTP, close clients.
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter
 
+from factura.common import metrics
 from factura.common.http import Health, HealthCheck, create_app, server
 from factura.common.kafka.consumer import ConsumerLoop, Route
 from factura.common.kafka.producer import Publisher
@@ -47,6 +49,7 @@ async def serve(name: str, settings: S, bootstrap: Bootstrap[S]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
 
+    metrics.configure(settings.metrics.tenant_labels)
     async with AsyncExitStack() as stack:
         publisher = Publisher(settings.kafka, client_id=name)
         await publisher.start()

@@ -72,7 +72,7 @@ from factura.common.events import (
     ReportDueV1,
 )
 from factura.common.kafka.producer import Publisher
-from factura.common.metrics import counter
+from factura.common.metrics import counter, tenant_label
 from factura.common.mongo import Document, exact, process_owner
 from factura.common.outcomes import family
 from factura.common.tenants import TenantConfig, TenantDirectory
@@ -370,7 +370,7 @@ class DailyReports:
             await self._runs.update_one({"_id": event_id, "owner": self.owner}, {"$set": {"claimed_ms": 0}})
             raise
         await self._runs.update_one({"_id": event_id}, {"$set": {"state": "published", "published_ms": _now_ms()}})
-        PUBLISHED.labels(tenant.tenant_id).inc()
+        PUBLISHED.labels(tenant_label(tenant.tenant_id)).inc()
         return event is not None
 
     async def _claim(self, event_id: str, tenant_id: str, day: date) -> bool:

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -59,6 +59,20 @@ REJECTED = counter("ingest_rejected_total", "ERP messages refused by ingest.", (
 IGNORED_HEADERS = counter(
     "ingest_correlation_header_ignored_total", "ERP correlation_id headers ignored as unusable.", ("topic",)
 )
+INVOICES = counter(
+    "invoices_received_total",
+    "ERP invoices through the intake, by door (kafka, api, bulk) and outcome (accepted, duplicate, "
+    "amended, invalid, conflict). A redelivered message counts again (as a duplicate).",
+    ("door", "outcome"),
+)
+PAYMENTS = counter(
+    "payments_received_total",
+    "ERP payments through the intake, by door (kafka, api) and outcome (accepted, invalid).",
+    ("door", "outcome"),
+)
+Door = Literal["kafka", "api", "bulk"]
+#: The Kafka header ingest's own bulk loader (file uploads, SFTP drops) marks its messages with.
+DOOR_HEADER = "factura-door"
 #: ``Envelope.correlation_id`` holds at most this many characters.
 CORRELATION_MAX = 200
 _INVOICE_NUMBER = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$"
@@ -104,6 +118,15 @@ class Source:
     topic: str
     offset: str
     digest: str
+    #: Published to ``erp.invoices`` by ingest's own bulk loader (the :data:`DOOR_HEADER` header).
+    bulk: bool = False
+
+    @property
+    def door(self) -> Door:
+        """The door for metrics: the API names its route as the topic (``http:/v1/...``)."""
+        if self.topic.startswith("http:"):
+            return "api"
+        return "bulk" if self.bulk else "kafka"
 
 
 @dataclass(frozen=True)
@@ -199,6 +222,13 @@ class Intake:
         self._allow_test_domains = allow_test_email_domains
         self._versions = versions
         self._dates = dates
+        # Every series an alert or a panel divides by exists from startup (a rate of 0, not "no data").
+        for door in ("kafka", "api", "bulk"):
+            for outcome in ("accepted", "duplicate", "amended", "invalid", "conflict"):
+                INVOICES.labels(door, outcome)
+        for door in ("kafka", "api"):
+            for outcome in ("accepted", "invalid"):
+                PAYMENTS.labels(door, outcome)
 
     async def invoice(self, payload: dict[str, Any], *, correlation: str | None, source: Source) -> Outcome:
         try:
@@ -215,6 +245,7 @@ class Intake:
                 erp.tenant_id, invoice.invoice_number, content, event_id, amendment=erp.amendment
             )
             if claim is Claim.SUPERSEDED:
+                INVOICES.labels(source.door, "duplicate").inc()
                 return Accepted(event_id, duplicate=True)
             if claim is Claim.CONFLICT:
                 return await self._conflict(payload, head, invoice.invoice_number, correlation, source)
@@ -232,6 +263,7 @@ class Intake:
         new = self._versions is None or await self._versions.record(
             erp.tenant_id, invoice.invoice_number, content, event_id, source.topic
         )
+        INVOICES.labels(source.door, ("amended" if erp.amendment else "accepted") if new else "duplicate").inc()
         return Accepted(event_id, duplicate=not new)
 
     async def _conflict(
@@ -260,6 +292,7 @@ class Intake:
             invoice_id=erp.invoice_number,
             correlation=correlation,
         )
+        PAYMENTS.labels(source.door, "accepted").inc()
         return Accepted(event_id)
 
     async def cancellation(self, payload: dict[str, Any], *, correlation: str | None, source: Source) -> Outcome:
@@ -317,6 +350,10 @@ class Intake:
         )
         with log_context(correlation or str(event_id), tenant):
             log.warning("rejected ERP message", extra={"source": source.offset, "reasons": str(error)[:2000]})
+        if kind == "invoice":
+            INVOICES.labels(source.door, "conflict" if conflict else "invalid").inc()
+        elif kind == "payment":
+            PAYMENTS.labels(source.door, "invalid").inc()
         return Rejected(event_id, error.reasons, conflict)
 
     async def _with_effective_channel(self, tenant_id: str, invoice: InvoiceCreatedV1) -> InvoiceCreatedV1:
@@ -448,7 +485,8 @@ class IngestHandlers:
         Logs carry the tenant the payload names (when it is a valid tenant id), never a header's.
         """
         correlation, header_problem = correlation_header(message.headers)
-        source = Source(message.topic.name, message.source, digest(message.raw))
+        bulk = message.headers.get(DOOR_HEADER) == b"bulk"
+        source = Source(message.topic.name, message.source, digest(message.raw), bulk=bulk)
         payload: dict[str, Any] = {}
         error: InvalidMessage | None = None
         try:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Literal
 
+from prometheus_client import Histogram
+
 from factura.common.envelope import Envelope, child_of, utcnow
 from factura.common.events import (
     CURRENT_VERSION,
@@ -33,7 +35,7 @@ from factura.common.events import (
 )
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
-from factura.common.metrics import counter
+from factura.common.metrics import PREFIX, counter
 from factura.common.storage import (
     DocumentStore,
     ObjectExists,
@@ -46,13 +48,24 @@ from factura.common.tenants import TenantConfig, TenantDirectory
 from factura.renderer.einvoice import EInvoiceError
 from factura.renderer.limits import DocumentRejected
 from factura.renderer.packaging import build_zip
-from factura.renderer.pipeline import Produced, produce
+from factura.renderer.pipeline import ENGINE, Produced, produce
 from factura.renderer.pool import RenderPool, WorkerDied
 from factura.renderer.settings import RenderLimits
 from factura.renderer.supplied import fetch_supplied
 
 PRODUCER = "renderer"
 DOCUMENTS = counter("documents_total", "Invoice documents by source and outcome.", ("source", "outcome"))
+RENDERED = counter(
+    "invoices_rendered_total",
+    "invoice.created events done with: rendered (a PDF made here), supplied (the ERP's own PDF) or rejected.",
+    ("outcome",),
+)
+RENDER_SECONDS = Histogram(
+    f"{PREFIX}render_seconds",
+    "Time to render one invoice in a worker (HTML, layout, PDF and e-invoice XML), by engine.",
+    ["engine"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 log = logging.getLogger(__name__)
 EInvoice = Literal["none", "factur-x-en16931", "erp_supplied"]
 ContentType = Literal["application/pdf", "application/zip"]
@@ -90,6 +103,9 @@ class RenderHandlers:
         self._pool = pool
         self._limits = limits
         self._worker_deaths: dict[tuple[str, str, date], int] = {}
+        RENDER_SECONDS.labels(ENGINE)  # every series a panel or an alert reads exists from startup
+        for outcome in ("rendered", "supplied", "rejected"):
+            RENDERED.labels(outcome)
 
     async def on_invoice_created(self, message: Message[Envelope[InvoiceCreatedV1]]) -> None:
         event = message.value
@@ -112,6 +128,7 @@ class RenderHandlers:
         elif isinstance(outcome, Files):
             await self._publisher.publish(await self._store_files(event, tenant, outcome))
             DOCUMENTS.labels(source=outcome.source, outcome="stored").inc()
+            RENDERED.labels("rendered" if outcome.source == "rendered" else "supplied").inc()
         else:
             reasons = (
                 outcome.reasons
@@ -165,6 +182,7 @@ class RenderHandlers:
                 del self._worker_deaths[next(iter(self._worker_deaths))]
             raise
         self._worker_deaths.pop(key, None)
+        RENDER_SECONDS.labels(ENGINE).observe(produced.seconds)
         return produced
 
     async def _store_files(
@@ -277,6 +295,7 @@ class RenderHandlers:
     async def _reject(self, message: Message[Envelope[InvoiceCreatedV1]], reasons: list[FieldError]) -> None:
         event = message.value
         DOCUMENTS.labels(source="any", outcome="rejected").inc()
+        RENDERED.labels("rejected").inc()
         log.warning(
             "invoice rejected at render", extra={"reasons": "; ".join(f"{r.field}: {r.message}" for r in reasons)}
         )

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from prometheus_client import Gauge
+
 from factura.common.delivery.effectiveness import ChannelEffectiveness
 from factura.common.delivery.policy import MostEffective
 from factura.common.envelope import Envelope, utcnow
@@ -29,7 +31,8 @@ from factura.common.events import (
 )
 from factura.common.kafka.consumer import Message
 from factura.common.kafka.producer import Publisher
-from factura.common.metrics import counter
+from factura.common.lease import Lease
+from factura.common.metrics import PREFIX, counter
 from factura.common.reminders import (
     Occurrence,
     ReminderPlan,
@@ -52,7 +55,6 @@ from factura.scheduler.decisions import (
     refusals,
     unmatched_event,
 )
-from factura.scheduler.lease import Lease
 from factura.scheduler.schedule import NEVER, Schedules
 
 REMINDERS = counter("reminders_published_total", "Plan occurrences published, by kind.", ("kind",))
@@ -60,6 +62,22 @@ RESCHEDULED = counter("reminders_rescheduled_total", "Occurrences found due outs
 RECEIPTS = counter("receipts_published_total", "receipt.due events published.", ())
 UNMATCHED = counter("payments_unmatched_total", "Payments not counted toward their invoice.", ("reason",))
 SWEEPS = counter("reminder_sweeps_total", "Scheduler ticks, by whether this replica swept.", ("outcome",))
+APPLIED = counter(
+    "payments_applied_total",
+    "Payments that lowered what their invoice owes, by whether a reminder occurrence was behind the "
+    "invoice's plan when the payment came (after_reminder).",
+    ("after_reminder",),
+)
+OVERDUE_INVOICES = Gauge(
+    f"{PREFIX}overdue_invoices",
+    "Open invoices past their due date, per currency (set by the replica holding the sweep lease: use max()).",
+    ["currency"],
+)
+OVERDUE_AMOUNT = Gauge(
+    f"{PREFIX}overdue_amount",
+    "What open invoices past their due date still owe, per currency (set by the sweep lease holder: use max()).",
+    ["currency"],
+)
 log = logging.getLogger(__name__)
 #: ``next_key`` of a schedule that has payments but no invoice yet: its timer is the grace period;
 #: once the payments were reported ``unknown_invoice``, the schedule waits without a timer (a late
@@ -68,6 +86,11 @@ ORPHAN = "unknown-invoice"
 REPORTED = "unknown-invoice-reported"
 #: Rounds of one sweep (each a batch of due schedules) before it leaves the rest to the next tick.
 MAX_ROUNDS = 1000
+
+
+def _labelled(gauge: Gauge) -> list[tuple[str, ...]]:
+    """Label values the gauge has been set for."""
+    return [tuple(sample.labels.values()) for metric in gauge.collect() for sample in metric.samples]
 
 
 def counted_payments(state: ScheduleState) -> list[RecordedPayment]:
@@ -128,6 +151,8 @@ class SchedulerHandlers:
         #: Ticks this replica swept / left to another replica (tests and logs read them).
         self.swept = 0
         self.skipped = 0
+        for after_reminder in ("true", "false"):  # a rate of 0 from startup, not "no data"
+            APPLIED.labels(after_reminder)
 
     def _now_ms(self) -> int:
         return int(self._clock().timestamp() * 1000)
@@ -155,7 +180,11 @@ class SchedulerHandlers:
         event = message.value
         if event.invoice_id is None:
             raise InvalidMessage([FieldError(field="invoice_id", message="a payment must name its invoice")])
-        state = await self._schedules.record_payment(event, event.invoice_id)
+        state, lowered = await self._schedules.apply_payment(event, event.invoice_id)
+        if lowered:
+            # A cursor means an occurrence of the plan is behind the invoice: sent, or (for an
+            # invoice that came late) skipped as past while the latest past one goes out at once.
+            APPLIED.labels(after_reminder="true" if state.cursor is not None else "false").inc()
         mine = event.data.payment_id
         await self._refuse(state, [r for r in refusals(state) if r.payment.payment_id == mine])
         await self._credit(state)
@@ -258,11 +287,30 @@ class SchedulerHandlers:
         if not await self._lease.acquire():
             self.skipped += 1
             SWEEPS.labels(outcome="other_replica").inc()
+            OVERDUE_INVOICES.clear()  # the holder's figures are the ones; none stale from here
+            OVERDUE_AMOUNT.clear()
             return None
         swept = await self.sweep()
         self.swept += 1
         SWEEPS.labels(outcome="swept").inc()
+        await self.measure_overdue()
         return swept
+
+    async def measure_overdue(self) -> None:
+        """Set the overdue gauges from one aggregation. A currency with nothing overdue reads 0: one
+        seen before, and each tenant's own currency (so the series exist before anything is late)."""
+        try:
+            overdue = await self._schedules.overdue(self._clock().date())
+        except Exception:  # the gauges wait for the next tick; the sweep itself went through
+            log.warning("overdue gauges not refreshed", exc_info=True)
+            return
+        for gauge in (OVERDUE_INVOICES, OVERDUE_AMOUNT):
+            known = {key[0] for key in _labelled(gauge)} | {tenant.delivery.currency for tenant in self._tenants}
+            for currency in known - overdue.keys():
+                gauge.labels(currency).set(0)
+        for currency, figures in overdue.items():
+            OVERDUE_INVOICES.labels(currency).set(figures.invoices)
+            OVERDUE_AMOUNT.labels(currency).set(figures.amount)
 
     async def sweep(self) -> list[str]:
         """Publish every occurrence that is due, then move each timer past it. Returns the keys

@@ -32,6 +32,7 @@ from prometheus_client import Histogram
 from factura.common.delivery.policy import SUPPRESSING
 from factura.common.delivery.suppression import SuppressionStore
 from factura.common.envelope import Envelope
+from factura.common.errors import DependencyDown
 from factura.common.events import (
     Attempt,
     Channel,
@@ -49,8 +50,8 @@ from factura.common.events import (
 from factura.common.kafka.consumer import Handler, Message
 from factura.common.kafka.producer import Publisher
 from factura.common.ledger import Claim, DeliveryLedger
-from factura.common.metrics import PREFIX
-from factura.common.outcomes import attempt_of, delivered, exhausted, undelivered
+from factura.common.metrics import OTHER_TENANT, PREFIX, counter
+from factura.common.outcomes import DELIVERIES, attempt_of, delivered, exhausted, undelivered
 from factura.common.tenants import TenantConfig, TenantDirectory
 
 SEND_SECONDS = Histogram(
@@ -59,6 +60,19 @@ SEND_SECONDS = Histogram(
     ["channel"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+PROVIDER_ERRORS = counter(
+    "provider_errors_total",
+    "Provider answers that were not an acceptance: refused (this message will not go), transient "
+    "(not now: the message waits) or timeout (no answer in time: the message waits).",
+    ("channel", "kind"),
+)
+ProviderErrorKind = Literal["refused", "transient", "timeout"]
+#: Refusals raised before any provider was asked (the stored document, the message itself).
+_NOT_PROVIDER: frozenset[FailureReason] = frozenset(
+    {"document_missing", "document_mismatch", "message_invalid", "no_address", "suppressed"}
+)
+#: Purpose families (``outcomes.family``) whose delivered series exist from startup.
+_FAMILIES = ("invoice", "reminder", "receipt")
 #: Topics that may ask a sender to deliver something.
 REQUEST_TOPICS = ("invoice.rendered", "reminder.due", "receipt.due", "report.due", "delivery.failed")
 #: The addressee id of a daily summary (the owner is no customer of the tenant's).
@@ -218,6 +232,12 @@ class Sender:
         self._publisher = publisher
         self._tenants = tenants
         self._suppressions = suppressions
+        for channel in self._adapters:  # so that rates and ratios read 0 from startup, not "no data"
+            SEND_SECONDS.labels(channel)
+            for kind in ("refused", "transient", "timeout"):
+                PROVIDER_ERRORS.labels(channel, kind)
+            for purpose in _FAMILIES:
+                DELIVERIES.labels(OTHER_TENANT, channel, purpose, "delivered", "")
 
     @property
     def routes(self) -> Mapping[str, Handler]:
@@ -292,8 +312,14 @@ class Sender:
         started = time.perf_counter()
         try:
             await adapter.send(job, accepted)
+        except DependencyDown as e:
+            if e.dependency == adapter.dependency:
+                PROVIDER_ERRORS.labels(channel, _down_kind(e)).inc()
+            raise
         except Refused as e:
             SEND_SECONDS.labels(channel).observe(time.perf_counter() - started)
+            if e.reason not in _NOT_PROVIDER:
+                PROVIDER_ERRORS.labels(channel, "refused").inc()
             if e.suppress or e.reason in SUPPRESSING:
                 await self._suppressions.suppress(
                     event.tenant_id,
@@ -310,6 +336,18 @@ class Sender:
         if claim.outcome is None:
             raise RuntimeError(f"the {channel} adapter returned without reporting the message accepted")
         return claim.outcome
+
+
+def _down_kind(error: DependencyDown) -> ProviderErrorKind:
+    """``timeout`` when the provider did not answer in time, else ``transient`` (it said "not now",
+    or could not be reached). Adapters raise ``DependencyDown`` from their client's error, whose
+    class says it: ``TimeoutError``, ``httpx.ReadTimeout``, ``aiosmtplib.SMTPTimeoutError``."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if any("Timeout" in kind.__name__ for kind in type(cause).__mro__):
+            return "timeout"
+        cause = cause.__cause__
+    return "transient"
 
 
 def failure(

@@ -25,13 +25,15 @@ from pymongo.errors import PyMongoError
 
 from factura.common.envelope import utcnow
 from factura.common.events import Channel, FailureReason
-from factura.common.metrics import PREFIX, counter
+from factura.common.metrics import PREFIX, counter, tenant_label
 from factura.common.mongo import Document
 
 log = logging.getLogger(__name__)
 CHANGES = counter("suppressions_changed_total", "Suppression list changes.", ("tenant", "channel", "change"))
 ACTIVE = Gauge(
-    f"{PREFIX}suppressions_active", "Addresses suppressed now, per tenant (refreshed periodically).", ["tenant"]
+    f"{PREFIX}suppressions_active",
+    "Addresses suppressed now, per tenant (allow-listed, else `other`; refreshed periodically).",
+    ["tenant"],
 )
 
 
@@ -127,7 +129,7 @@ class SuppressionStore:
             },
             upsert=True,
         )
-        CHANGES.labels(tenant=tenant_id, channel=channel, change="suppressed").inc()
+        CHANGES.labels(tenant=tenant_label(tenant_id), channel=channel, change="suppressed").inc()
 
     async def find(self, tenant_id: str, address: str) -> Suppression | None:
         """The active suppression of ``address`` for this tenant, if any."""
@@ -146,7 +148,10 @@ class SuppressionStore:
     async def refresh_gauge(self) -> None:
         """Set ``factura_suppressions_active`` from the store (one aggregation over active entries)."""
         pipeline: list[Document] = [{"$match": {"active": True}}, {"$group": {"_id": "$tenant_id", "n": {"$sum": 1}}}]
-        sizes = {doc["_id"]: int(doc["n"]) async for doc in await self._c.aggregate(pipeline)}
+        sizes: dict[str, int] = {}
+        async for doc in await self._c.aggregate(pipeline):  # tenants off the allow-list add up as `other`
+            label = tenant_label(str(doc["_id"]))
+            sizes[label] = sizes.get(label, 0) + int(doc["n"])
         for tenant, n in sizes.items():
             ACTIVE.labels(tenant).set(n)
         for (tenant,) in [key for key in _labelled(ACTIVE) if key[0] not in sizes]:
@@ -171,5 +176,7 @@ class SuppressionStore:
         )
         if result.modified_count:
             doc = await self._c.find_one({"_id": f"{tenant_id}:{key}"})
-            CHANGES.labels(tenant=tenant_id, channel=(doc or {}).get("channel", "email"), change="lifted").inc()
+            CHANGES.labels(
+                tenant=tenant_label(tenant_id), channel=(doc or {}).get("channel", "email"), change="lifted"
+            ).inc()
         return bool(result.modified_count)

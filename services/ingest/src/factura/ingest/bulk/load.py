@@ -25,6 +25,7 @@ from factura.ingest.bulk.mapping import DEFAULT_MAPPING, FIELDS, LINE_PREFIX, Ki
 from factura.ingest.bulk.parse import Cell, CellError, is_blank, parse_date, parse_decimal, parse_text
 from factura.ingest.bulk.read import BulkFileError, Table, open_table
 from factura.ingest.bulk.report import ReportRow
+from factura.ingest.handlers import DOOR_HEADER
 from factura.ingest.normalise import invoice_from_erp
 
 #: A last row starting with one of these words is the export's total row, not an invoice.
@@ -283,7 +284,8 @@ async def load(
     check_tenant(tenant_id, mapping)
     summary = LoadSummary(dry_run=sender is None)
     in_flight: set[asyncio.Task[None]] = set()
-    headers: Headers = [("tenant_id", tenant_id.encode())]
+    # The door header only labels ingest's invoices_received_total{door="bulk"}; it grants nothing.
+    headers: Headers = [("tenant_id", tenant_id.encode()), (DOOR_HEADER, b"bulk")]
     try:
         with open_table(path, mapping) as table:
             invoices = _Invoices(table, mapping, tenant_id, allow_test_domains=allow_test_domains)
