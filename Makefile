@@ -6,7 +6,7 @@ UV ?= python3 -m uv
 STAMP := $(VENV)/.installed
 SRC := libs/common/src services/*/src devstack/src
 
-.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer bench-sigkill bench-delivery bench-scheduler bench-audit bench-ingest clean
+.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer bench-sigkill bench-delivery bench-scheduler bench-audit bench-ingest dashboards clean
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ lock:  ## re-pin every dependency (the output names no download host)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy $(SRC) tests benchmarks
+	$(VENV)/bin/mypy $(SRC) tests benchmarks scripts
 
 fmt: install
 	$(VENV)/bin/ruff check --fix .
@@ -76,6 +76,9 @@ bench-audit: install  ## audit: raw insert_many vs the chained consumer, timelin
 
 bench-ingest: install  ## ingest: 100k-row CSV and API batches to invoice.created vs raw produce, loader peak RSS (~8-11 min)
 	$(PY) -m benchmarks.bench_ingest
+
+dashboards: install  ## draw the deploy/grafana dashboards as PNGs from live data into docs/dashboards (~3 min)
+	$(PY) scripts/render_dashboards.py
 
 clean: down
 	rm -rf .data

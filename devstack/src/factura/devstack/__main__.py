@@ -16,7 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from factura.devstack.config import ALL, INFRA, SERVICES, StackConfig
+from factura.devstack import prometheus
+from factura.devstack.config import ALL, EXTRAS, INFRA, SERVICES, StackConfig
 from factura.devstack.stack import Stack, StackError
 
 
@@ -26,7 +27,7 @@ def _env_port(name: str) -> int | None:
 
 
 def _config(args: argparse.Namespace) -> StackConfig:
-    ports = {f"{n.replace('-', '_')}_port": getattr(args, f"{n.replace('-', '_')}_port") for n in ALL}
+    ports = {f"{n.replace('-', '_')}_port": getattr(args, f"{n.replace('-', '_')}_port") for n in ALL + EXTRAS}
     return StackConfig(
         data_dir=args.data_dir,
         topic_prefix=args.topic_prefix,
@@ -71,6 +72,11 @@ def up(args: argparse.Namespace) -> int:
     cfg.save()
     for name in [*INFRA, *args.services]:
         print(f"{name:<13} {_where(cfg, name)}{'' if name in started else '  (was running)'}")
+    if args.prometheus and prometheus.available():
+        try:
+            print(f"{'prometheus':<13} {prometheus.start(cfg)}")
+        except RuntimeError as e:
+            print(f"prometheus did not start (the stack runs without it): {e}", file=sys.stderr)
     print(f"logs in {cfg.logs_dir}; stop with: python -m factura.devstack down --data-dir {cfg.data_dir}")
     return 0
 
@@ -136,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--data-dir", type=Path, default=Path(".data"), help="default: .data in the cwd")
     common.add_argument("--topic-prefix", default="")
     common.add_argument("--mongo-database", default="factura")
-    for name in ALL:
+    for name in ALL + EXTRAS:
         common.add_argument(f"--{name}-port", type=int, default=_env_port(name))
 
     parser = argparse.ArgumentParser(prog="python -m factura.devstack", description=__doc__)
@@ -146,6 +152,12 @@ def _parser() -> argparse.ArgumentParser:
         "--services", nargs="*", choices=SERVICES, default=list(SERVICES), help="default: all; none: infra only"
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds each process gets to become healthy")
+    p.add_argument(
+        "--prometheus",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also start Prometheus scraping the services, if installed (default: yes)",
+    )
     p.set_defaults(run=up)
     commands.add_parser("down", parents=[common], help="stop what the pid files name").set_defaults(run=down)
     commands.add_parser("status", parents=[common], help="alive/healthy per process").set_defaults(run=status)

@@ -3,7 +3,8 @@
 Starts the stack (stopping any previous one and clearing its data), publishes the sample
 invoices and payment as an ERP would, waits until the audit trail shows every outcome, prints
 one row per invoice and where to look, and leaves the stack running for exploration
-(``make down`` stops it). Exits 0 only if every expected outcome happened.
+(``make down`` stops it), with Prometheus scraping it when the Debian package is installed.
+Exits 0 only if every expected outcome happened.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from factura.devstack import prometheus
 from factura.devstack.config import StackConfig
 from factura.devstack.flow import Observation, publish, wait_for_outcomes
 from factura.devstack.samples import Sample, demo_samples
@@ -37,6 +39,16 @@ def table(samples: list[Sample], seen: dict[str, Observation]) -> str:
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
+def start_prometheus(cfg: StackConfig) -> str:
+    """Prometheus scraping the stack, when installed: the demo works without it, and says so."""
+    if not prometheus.available():
+        return "not installed (Debian package prometheus; scripts/system-deps.sh installs it)"
+    try:
+        return prometheus.start(cfg) + "  (dashboards as PNGs: make dashboards)"
+    except RuntimeError as e:
+        return f"did not start: {str(e).splitlines()[0]}"
+
+
 def main() -> int:
     cfg = StackConfig(data_dir=Path(".data"))
     started = time.monotonic()
@@ -54,6 +66,7 @@ def main() -> int:
     except Exception:
         stack.stop()
         raise
+    prometheus_url = start_prometheus(cfg)
     print(f"stack up in {time.monotonic() - started:.1f}s; publishing sample ERP traffic…", flush=True)
     samples = demo_samples()
     asyncio.run(publish(cfg, samples))
@@ -73,6 +86,7 @@ def main() -> int:
         f"/timeline?tenant_id={example.tenant_id}'\n"
         f"  verify the chain:   {cfg.service_url('audit')}/v1/verify?tenant_id={example.tenant_id}  (same key)\n"
         f"  metrics:            {cfg.service_url('email-sender')}/metrics\n"
+        f"  Prometheus:         {prometheus_url}\n"
         f"  logs:               {cfg.logs_dir}/  (make logs)\n"
         f"  the stack keeps running: `make down` stops it\n"
     )

@@ -31,7 +31,7 @@ from factura.common.kafka.admin import ensure_topics
 from factura.common.mongo import create_client
 from factura.common.settings import KafkaSettings, MongoSettings
 from factura.devstack import health, procs
-from factura.devstack.config import ALL, HOST, INFRA, SERVICES, StackConfig, service_env
+from factura.devstack.config import ALL, EXTRAS, HOST, INFRA, SERVICES, StackConfig, service_env
 
 __all__ = ["ALL", "INFRA", "SERVICES", "ProcessStatus", "Stack", "StackConfig", "StackError", "service_env"]
 
@@ -169,13 +169,13 @@ class Stack:
             raise StackError(error)
 
     def stop(self) -> list[procs.Member]:
-        """Stop everything this stack or a pid file in its data dir knows of: services first.
+        """Stop everything this stack or a pid file in its data dir knows of: Prometheus, services, infra.
 
         Then anything else still carrying this data dir's marker (children whose leader died and whose
         pid file is gone, a child that left its group) is stopped too; those are returned.
         """
         known = set(self._procs) | {p.stem for p in self.cfg.run_dir.glob("*.pid")}
-        for tier in (SERVICES, INFRA):
+        for tier in (EXTRAS, SERVICES, INFRA):
             with ThreadPoolExecutor() as pool:
                 list(pool.map(self.stop_service, [n for n in tier if n in known]))
         strays = procs.members(self.cfg.data_dir)
