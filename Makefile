@@ -6,7 +6,7 @@ UV ?= python3 -m uv
 STAMP := $(VENV)/.installed
 SRC := libs/common/src services/*/src devstack/src
 
-.PHONY: install lock lint fmt schemas test test-unit test-integration up down status logs demo bench-render bench-consumer bench-sigkill bench-delivery bench-scheduler bench-audit bench-ingest dashboards clean
+.PHONY: install lock lint fmt schemas test test-unit test-integration test-outages up down status logs demo bench-render bench-consumer bench-sigkill bench-delivery bench-scheduler bench-audit bench-ingest dashboards clean
 
 install: $(STAMP)
 
@@ -37,6 +37,9 @@ test: lint
 
 test-unit: install
 	$(VENV)/bin/pytest -q tests/unit
+
+test-outages: install  ## the e2e outage tests with each dependency down for a full minute (~5 min)
+	FACTURA_TEST_OUTAGE_S=60 $(VENV)/bin/pytest -q tests/e2e/test_outages.py
 
 test-integration: install
 	$(VENV)/bin/pytest -q tests/integration tests/e2e
