@@ -41,6 +41,15 @@ async def test_a_payment_lowers_what_is_owed_once_and_only_in_the_invoices_curre
     assert not (await schedules.apply_payment(payment_received("F-2", "5.00"), "F-2"))[1]  # no invoice yet
 
 
+async def test_payments_that_came_before_their_invoice_lower_it_when_it_arrives_once(schedules: Schedules) -> None:
+    # Payments and invoices travel on different topics: an ERP's payment often overtakes its invoice.
+    assert not (await schedules.apply_payment(payment_received("G", "30.00"), "G"))[1]
+    state, lowered = await schedules.record_invoice_owed(invoice_created("G", total="100.00"))
+    assert lowered and state.invoice is not None
+    assert not (await schedules.record_invoice_owed(invoice_created("G", total="100.00")))[1]  # redelivered
+    assert not (await schedules.record_invoice_owed(invoice_created("H", total="10.00")))[1]  # nothing paid
+
+
 async def test_overdue_sums_open_invoices_due_before_today_per_currency(schedules: Schedules) -> None:
     late = TODAY - timedelta(days=3)
     await schedules.record_invoice(invoice_created("A", due=late, total="100.00"))

@@ -163,7 +163,9 @@ class SchedulerHandlers:
     # -- events --------------------------------------------------------------------------------
 
     async def on_invoice_created(self, message: Message[Envelope[InvoiceCreatedV1]]) -> None:
-        state = await self._schedules.record_invoice(message.value)
+        state, lowered = await self._schedules.record_invoice_owed(message.value)
+        if lowered:  # payments that came before their invoice count now; no reminder can have gone out
+            APPLIED.labels(after_reminder="false").inc(len(counted_payments(state)))
         # Payments recorded before their invoice are judged now (a redelivery republishes the same ids).
         await self._refuse(state, refusals(state))
         await self._credit(state)

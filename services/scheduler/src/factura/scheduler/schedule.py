@@ -117,14 +117,19 @@ class Schedules:
         if all(doc.get(field) == value for field, value in owed.items()):
             return state, False
         moved = await self._c.update_one({"_id": key, "rev": doc["rev"]}, {"$set": owed})
-        before = doc.get("open_amount")
-        if before is None and state.invoice is not None:  # written before amounts were kept
+        # Not yet priced (no invoice until now, or written before amounts were kept): it owed the total.
+        before = doc.get("open_amount") if doc.get("open_currency") is not None else None
+        if before is None and state.invoice is not None:
             before = float(state.invoice.summary.total)
         return state, bool(moved.matched_count) and before is not None and owed["open_amount"] < before
 
     async def record_invoice(self, event: Envelope[InvoiceCreatedV1]) -> ScheduleState:
+        return (await self.record_invoice_owed(event))[0]
+
+    async def record_invoice_owed(self, event: Envelope[InvoiceCreatedV1]) -> tuple[ScheduleState, bool]:
+        """Record the invoice; also whether payments recorded before it now lower what it owes."""
         invoice = event.data
-        return await self._upsert(
+        return await self._upsert_owed(
             event.tenant_id,
             invoice.invoice_number,
             {
