@@ -27,6 +27,7 @@ import aiosmtplib
 
 from factura.common.errors import DependencyDown
 from factura.common.events import FailureReason
+from factura.common.tls import client_context
 from factura.email_sender.settings import SmtpSettings
 
 DEPENDENCY: Final = "smtp"
@@ -84,17 +85,12 @@ def tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
     """
     if settings.security == "none":
         return None
-    context = ssl.create_default_context(cafile=settings.ca_file)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if settings.verify_certificate:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.check_hostname = True
-    else:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if settings.client_cert is not None:
-        context.load_cert_chain(settings.client_cert, settings.client_key)
-    return context
+    return client_context(
+        verify_certificate=settings.verify_certificate,
+        ca_file=settings.ca_file,
+        client_cert=settings.client_cert,
+        client_key=settings.client_key,
+    )
 
 
 def tls_failure(error: BaseException) -> str | None:

@@ -7,7 +7,6 @@ import asyncio
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
-import httpx
 from pymongo.asynchronous.database import AsyncDatabase
 
 from factura.common.apikeys import COLLECTION, ApiKeyStore, authenticator
@@ -19,6 +18,7 @@ from factura.common.ledger import DeliveryLedger
 from factura.common.mongo import Document, create_client, database, ping, process_owner
 from factura.common.runtime import Wiring
 from factura.common.tenants import TenantDirectory
+from factura.common.tls import http_client
 from factura.scheduler.campaigns import api as campaigns_api
 from factura.scheduler.campaigns.runner import LEASE as CAMPAIGNS_LEASE
 from factura.scheduler.campaigns.runner import LEASES as CAMPAIGNS_LEASES
@@ -73,7 +73,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
         "delivery.succeeded": handlers.on_delivery_succeeded,
     }
     if settings.helpdesk is not None:
-        http = await stack.enter_async_context(httpx.AsyncClient())
+        http = await stack.enter_async_context(http_client(settings.helpdesk.tls))
         ticket_ledger = DeliveryLedger(db[TICKET_DELIVERIES])
 
         def ticket_url(tenant_id: str) -> str | None:

@@ -49,6 +49,7 @@ from factura.common.events import CURRENT_VERSION, TicketDueV1, TicketFailedV1, 
 from factura.common.kafka.consumer import Message
 from factura.common.ledger import Claim, DeliveryLedger
 from factura.common.metrics import PREFIX, counter
+from factura.common.tls import TlsSettings
 from factura.common.webhooks import SIGNATURE_HEADER, sign_hmac
 
 DEPENDENCY: Final = "helpdesk"
@@ -88,6 +89,7 @@ class HelpdeskSettings(BaseModel):
         ge=1,
         description="POSTs of one ticket that may fail for now (down, 5xx, 429) before it fails for good.",
     )
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="How the helpdesks' certificates are checked")
 
 
 class HelpdeskDown(DependencyDown):

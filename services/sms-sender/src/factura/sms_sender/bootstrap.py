@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
-import httpx
-
 from factura.common.delivery.journal import WebhookLog
 from factura.common.delivery.sender import ChannelAdapter, Sender
 from factura.common.delivery.wiring import delivery_kit
 from factura.common.http import HealthCheck
 from factura.common.kafka.producer import Publisher
 from factura.common.runtime import Wiring
+from factura.common.tls import http_client
 from factura.sms_sender.handlers import PRODUCER, PushChannel, SmsChannel, UnconfiguredChannel, VoiceChannel
 from factura.sms_sender.provider import SmsProvider
 from factura.sms_sender.push import PushProvider
@@ -23,7 +22,7 @@ from factura.sms_sender.webhooks import StatusHandler, status_router
 
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
     kit = await delivery_kit(settings, stack)
-    http = await stack.enter_async_context(httpx.AsyncClient())
+    http = await stack.enter_async_context(http_client(settings.provider_tls))
     sms = SmsProvider(settings.provider, http)
     voice = VoiceProvider(settings.voice, http)
     callback = settings.status_callback_url

@@ -5,6 +5,7 @@ from pydantic_settings import SettingsConfigDict
 
 from factura.common.ledger import LedgerSettings
 from factura.common.settings import LinkSettings, MongoSettings, ServiceSettings
+from factura.common.tls import TlsSettings
 
 
 class ProviderSettings(BaseModel):
@@ -47,6 +48,9 @@ class Settings(ServiceSettings):
     provider: ProviderSettings = ProviderSettings()
     voice: VoiceSettings = VoiceSettings()
     push: PushSettings = PushSettings()
+    provider_tls: TlsSettings = Field(
+        default_factory=TlsSettings, description="How the SMS, voice and push APIs' certificates are checked"
+    )
     status_callback_url: str | None = Field(
         default=None,
         description="Public URL of /v1/webhooks/sms-status as the provider calls it; none: no status callbacks",
