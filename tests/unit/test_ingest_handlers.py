@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import pytest
@@ -26,7 +26,8 @@ from factura.common.logging import correlation_id_var, tenant_id_var
 from factura.common.schemas import EXAMPLES_DIR
 from factura.common.tenants import TenantDirectory
 from factura.common.topics import ERP_INVOICES, ERP_PAYMENTS, Topic
-from factura.ingest.handlers import IngestHandlers
+from factura.ingest.handlers import IngestHandlers, _content
+from factura.ingest.normalise import invoice_from_erp
 
 INVOICE = (EXAMPLES_DIR / "erp.invoice.v1.json").read_bytes()
 PAYMENT = (EXAMPLES_DIR / "erp.payment.v1.json").read_bytes()
@@ -296,3 +297,35 @@ def test_an_outage_in_a_batch_stops_it_and_is_raised_for_the_loop_to_retry() -> 
     batch = [keyed(changed(invoice_number=f"F-{n}"), f"t/F-{n}".encode(), n) for n in range(5)]
     with pytest.raises(ConnectionError):
         asyncio.run(ingest_handlers(Down(), allow_test_email_domains=True).on_erp_invoices(batch))
+
+
+#: An invoice of the contract as it was before the legal-content fields (issue 12) existed.
+BEFORE_LEGAL_FIELDS = {
+    "tenant_id": "lisboa-tech",
+    "erp_source": "primavera",
+    "invoice_number": "LIS-20261120-00001",
+    "issue_date": "2026-11-20",
+    "due_date": "2026-12-20",
+    "currency": "EUR",
+    "seller_name": "Lisboa Tech, Lda.",
+    "customer": {
+        "id": "C-0001",
+        "name": "Cliente 1 PT",
+        "country": "PT",
+        "email": "billing1@lisboa-tech.test",
+        "phone": "912 345 678",
+    },
+    "lines": [
+        {"description": "Consultoria técnica (horas)", "quantity": "6", "unit_price": "75.00", "tax_rate": "23"},
+        {"description": "Servicio de entrega / delivery", "quantity": "1", "unit_price": "15.00", "tax_rate": "0"},
+    ],
+}
+
+
+def test_a_message_of_the_older_contract_digests_as_it_did_so_a_resend_stays_a_duplicate() -> None:
+    """The digest the version store kept for this message before the contract grew (pinned)."""
+    _, invoice = invoice_from_erp(BEFORE_LEGAL_FIELDS, allow_test_domains=True, today=date(2026, 11, 20))
+    assert _content(invoice) == "ef2d1bc6312fa04764daae536c2a82bce673476ec7dba732082e7e2120d5d9e8"
+    richer = BEFORE_LEGAL_FIELDS | {"atcud": "CSDF7T5H-1"}
+    _, amended = invoice_from_erp(richer, allow_test_domains=True, today=date(2026, 11, 20))
+    assert _content(amended) != _content(invoice)  # a field the ERP now sends is content

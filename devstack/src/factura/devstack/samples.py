@@ -8,6 +8,7 @@ Dates are relative to "today" so the demo means the same thing on any day.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -59,12 +60,66 @@ ITEMS = [
 ]
 
 
+#: What each country's invoicing law wants on the page, as the ERP sends it (docs/documents.md,
+#: "What each country requires"): buyer tax id and address, a second line that is exempt with its
+#: legal basis where the country's VAT has one, and country mentions (Portugal's ATCUD and QR code,
+#: Romania's trade register numbers).
+BUYERS: dict[str, dict[str, Any]] = {
+    "ES": {"tax_id": "B41111111", "address": {"lines": ["Calle Feria 12"], "city": "Sevilla", "postcode": "41003",
+                                               "subdivision": "Sevilla"}},
+    "PT": {"tax_id": "PT503504564", "address": {"lines": ["Rua Augusta 27"], "city": "Lisboa", "postcode": "1100-048"}},
+    "BR": {"tax_id": "11.222.333/0001-81", "address": {"lines": ["Av. Paulista 1000"], "city": "São Paulo",
+                                                        "postcode": "01310-100", "subdivision": "SP"}},
+    "US": {"address": {"lines": ["200 E Randolph St"], "city": "Chicago", "postcode": "60601", "subdivision": "IL"}},
+    "RO": {"tax_id": "RO11111111", "registration_id": "J40/5678/2015",
+           "address": {"lines": ["Strada Lipscani 5"], "city": "Sector 3", "postcode": "030031",
+                       "subdivision": "RO-B"}},
+}  # fmt: skip
+#: The 0 % line per country: exempt with its legal basis (E), or zero rated (Z) where VAT has no such notion.
+EXEMPT_LINE: dict[str, dict[str, str]] = {
+    "ES": {"description": "Curso de panificación (formación profesional)", "vat_category": "E",
+           "exemption_reason": "Exenta art. 20.Uno.9.º LIVA", "exemption_code": "VATEX-EU-132-1I"},
+    "PT": {"description": "Formação profissional certificada", "vat_category": "E",
+           "exemption_reason": "Isento artigo 9.º, n.º 10 do CIVA", "exemption_code": "VATEX-EU-132-1I"},
+    "RO": {"description": "Curs de formare profesională", "vat_category": "E",
+           "exemption_reason": "Scutit fără drept de deducere, art. 292 alin. (2) lit. a) Cod fiscal",
+           "exemption_code": "VATEX-EU-132-1I"},
+}  # fmt: skip
+
+
+def _country_fields(
+    tenant_id: str, country: str, number: str, issued: date, lines: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Portugal: ATCUD and the QR code text (Portaria 195/2020) the certified ERP prints; Romania: the issuer's
+    trade register number."""
+    if country == "RO":
+        return {"seller": {"registration_id": "J40/1234/2010"}}
+    if country != "PT":
+        return {}
+    sequence = number.rsplit("-", 1)[-1].lstrip("0") or "0"
+    atcud = f"JFJ7KL9M-{sequence}"
+    amounts = [(cents(Decimal(x["quantity"]) * Decimal(x["unit_price"])), Decimal(x["tax_rate"])) for x in lines]
+    exempt = sum((a for a, rate in amounts if rate == 0), Decimal(0))
+    base = sum((a for a, rate in amounts if rate > 0), Decimal(0))
+    vat = sum((cents(a * rate / 100) for a, rate in amounts if rate > 0), Decimal(0))
+    qr = (
+        f"A:509876543*B:503504564*C:PT*D:FT*E:N*F:{issued:%Y%m%d}*G:FT {tenant_id}/{sequence}*H:{atcud}"
+        f"*I1:PT*I2:{exempt}*I7:{base}*I8:{vat}*N:{vat}*O:{base + exempt + vat}*Q:kq3T*R:1234"
+    )
+    return {
+        "atcud": atcud,
+        "fiscal_qr": qr,
+        "legal_mentions": ["kq3T-Processado por programa certificado n.º 1234/AT"],
+    }
+
+
 def invoice_payload(
     tenant_id: str, n: int, today: date, *, email: str | None, phone: str | None = "", due_in: int = 30
 ) -> dict[str, Any]:
     t = TENANTS[tenant_id]
     item = ITEMS[n % len(ITEMS)]
     customer: dict[str, Any] = {"id": f"C-{n:04d}", "name": f"Cliente {n} {t['country']}", "country": t["country"]}
+    customer |= copy.deepcopy(BUYERS[t["country"]])
     if email is not None:
         customer["email"] = email
     if phone == "":
@@ -72,20 +127,23 @@ def invoice_payload(
     if phone is not None:
         customer["phone"] = phone
     issued = today + timedelta(days=due_in - 30)
+    number = f"{tenant_id[:3].upper()}-{today:%Y%m%d}-{n:05d}"  # per day: its dates are content
+    zero = {"description": "Servicio de entrega / delivery"} | EXEMPT_LINE.get(t["country"], {})
+    lines = [
+        {"description": item[0], "quantity": item[1], "unit_price": item[2], "tax_rate": item[3]},
+        zero | {"quantity": "1", "unit_price": "15.00", "tax_rate": "0"},
+    ]
     return {
         "tenant_id": tenant_id,
         "erp_source": t["erp"],
-        "invoice_number": f"{tenant_id[:3].upper()}-{today:%Y%m%d}-{n:05d}",  # per day: its dates are content
+        "invoice_number": number,
         "issue_date": issued.isoformat(),
         "due_date": (issued + timedelta(days=30)).isoformat(),
         "currency": t["currency"],
         "seller_name": t["seller"],
         "customer": customer,
-        "lines": [
-            {"description": item[0], "quantity": item[1], "unit_price": item[2], "tax_rate": item[3]},
-            {"description": "Servicio de entrega / delivery", "quantity": "1", "unit_price": "15.00", "tax_rate": "0"},
-        ],
-    }
+        "lines": lines,
+    } | _country_fields(tenant_id, t["country"], number, issued, lines)
 
 
 def _total(payload: dict[str, Any]) -> Decimal:

@@ -44,7 +44,7 @@ from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, cor
 
 from factura.common.envelope import TENANT_PATTERN
 from factura.common.errors import InvalidMessage
-from factura.common.events import LOCALES, Channel, FieldError
+from factura.common.events import LOCALES, Channel, FieldError, VatCategory
 
 #: Deepest nesting of arrays and objects accepted in an ERP message. The contract itself needs 3;
 #: the rest is room for unknown fields, which are ignored. A fixed limit makes the refusal the
@@ -200,6 +200,45 @@ class _Erp(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
 
+#: Optional one-line text (blank is the same as absent).
+OptText = Annotated[str, StringConstraints(max_length=100), _Text(required=False)] | None
+
+
+class ErpAddress(_Erp):
+    """A postal address. The country is the party's own ``country``."""
+
+    lines: list[Name] = Field(default_factory=list, max_length=3, description="Street, number, building: up to 3 lines")
+    city: OptText = None
+    postcode: Annotated[str, StringConstraints(max_length=20), _Text(required=False)] | None = None
+    subdivision: OptText = Field(
+        default=None, description="Province, district or county: ISO 3166-2 code (RO-B, PT-11) or name"
+    )
+
+    @field_validator("city", "postcode", "subdivision")
+    @classmethod
+    def _blank(cls, value: str | None) -> str | None:
+        return value or None
+
+
+class ErpSeller(_Erp):
+    """Issuer details for a tenant whose configuration lacks them; the tenant's ``[seller]`` wins."""
+
+    vat_id: OptText = Field(default=None, description="Seller VAT/tax id: NIF, CIF/CUI, NIPC, CNPJ")
+    registration_id: OptText = Field(default=None, description="Trade register number, e.g. J40/1234/2010")
+    country: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$", description="ISO 3166-1 alpha-2")
+    address: ErpAddress | None = None
+
+    @field_validator("vat_id", "registration_id")
+    @classmethod
+    def _blank(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("country")
+    @classmethod
+    def _upper(cls, value: str | None) -> str | None:
+        return value.upper() if value else None
+
+
 class ErpCustomer(_Erp):
     """Contact fields are validated *and normalised* here, so one pass reports every problem.
 
@@ -231,6 +270,8 @@ class ErpCustomer(_Erp):
     push_token: Annotated[str, StringConstraints(max_length=4096), _Schema((("pattern", r"^[ -~]*$"),))] | None = Field(
         default=None, description="Device registration token for push messages: printable ASCII"
     )
+    address: ErpAddress | None = Field(default=None, description="Postal address; Spain and Romania require it")
+    registration_id: OptText = Field(default=None, description="Trade register number, e.g. J40/1234/2010")
 
     @field_validator("country")
     @classmethod
@@ -289,6 +330,36 @@ class ErpLine(_Erp):
     quantity: Quantity
     unit_price: Amount
     tax_rate: TaxRate = Decimal("0")
+    vat_category: VatCategory | None = Field(
+        default=None,
+        description="UNTDID 5305: S standard, Z zero rated, E exempt, AE reverse charge, K intra-community, "
+        "G export, O not subject, L IGIC, M IPSI. Absent: S above a 0 rate; at 0, E with an exemption "
+        "reason, else Z",
+    )
+    exemption_reason: Annotated[str, StringConstraints(max_length=300), _Text(required=False)] | None = Field(
+        default=None, description="Legal basis of an exempt line (E requires it or a code), e.g. 'Art. 20.Uno.3 LIVA'"
+    )
+    exemption_code: Annotated[str, StringConstraints(max_length=30)] | None = Field(
+        default=None,
+        pattern=r"^[Vv][Aa][Tt][Ee][Xx]-[A-Za-z]{2}-[A-Za-z0-9-]{1,20}$",
+        description="CEF VATEX code, e.g. VATEX-EU-132-1I; AE, K, G and O default to theirs",
+    )
+
+    @field_validator("vat_category", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("exemption_reason")
+    @classmethod
+    def _reason(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("exemption_code")
+    @classmethod
+    def _code(cls, value: str | None) -> str | None:
+        """Whether category, rate and reason agree is ingest's check (it names the field at fault)."""
+        return value.upper() if value else None
 
 
 class ErpDocument(_Erp):
@@ -324,6 +395,21 @@ class ErpInvoiceV1(_Erp):
         default=False,
         description="true to replace the version of this invoice number accepted before; without it, "
         "other content under an accepted number is refused as a conflict",
+    )
+    delivery_date: date | None = Field(default=None, description="Date of supply, when not the issue date")
+    seller: ErpSeller | None = Field(default=None, description="Issuer details the tenant's configuration lacks")
+    atcud: Annotated[str, StringConstraints(max_length=100)] | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9]{8,70}-[0-9]{1,20}$",
+        description="Portugal: ATCUD, '<series validation code>-<sequence number>' (e.g. CSDF7T5H-35)",
+    )
+    fiscal_qr: Annotated[str, StringConstraints(max_length=2000), _Text(required=False)] | None = Field(
+        default=None, description="Text of the fiscal QR code (Portugal: Portaria 195/2020; Spain: VERI*FACTU URL)"
+    )
+    legal_mentions: list[Annotated[str, StringConstraints(min_length=1, max_length=500), _Text()]] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Statements the law makes the issuer print, e.g. 'Processado por programa certificado n.º 1234/AT'",
     )
 
     @model_validator(mode="wrap")

@@ -48,6 +48,74 @@ class _Model(BaseModel):
 
 
 Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")]
+#: UNTDID 5305 VAT categories EN 16931 uses: S standard, Z zero rated, E exempt, AE reverse charge,
+#: K intra-community supply, G export outside the EU, O not subject to VAT, L Canary Islands IGIC,
+#: M Ceuta and Melilla IPSI.
+VatCategory = Literal["S", "Z", "E", "AE", "K", "G", "O", "L", "M"]
+#: Categories with no tax, for which EN 16931 wants an exemption reason (BT-120 text or BT-121 code).
+EXEMPT_CATEGORIES: tuple[str, ...] = ("E", "AE", "K", "G", "O")
+#: The VATEX code that says all there is to say for a category (CEF VATEX list); "E" has none: an
+#: exempt supply must name the law that exempts it.
+DEFAULT_VATEX: dict[str, str] = {"AE": "VATEX-EU-AE", "K": "VATEX-EU-IC", "G": "VATEX-EU-G", "O": "VATEX-EU-O"}
+VatexCode = Annotated[
+    str, Field(pattern=r"^VATEX-[A-Z]{2}-[A-Z0-9-]{1,20}$", description="CEF VATEX exemption reason code (BT-121)")
+]
+ShortText = Annotated[str, Field(min_length=1, max_length=300)]
+
+
+def vat_category_problem(category: str, rate: Decimal, reason: str | None, code: str | None) -> tuple[str, str] | None:
+    """(field, message) when a line's VAT category, rate and exemption reason disagree (EN 16931
+    BR-S/Z/E/AE/IC/G/O/AF/AG rules, which a tax authority's validator applies), else ``None``."""
+    if category == "S" and rate <= 0:
+        return (
+            "tax_rate",
+            "must be above 0 for vat_category S (standard rate); a 0 rate is category Z, E, AE, K, G or O",
+        )
+    if category == "L" and rate <= 0:
+        return "tax_rate", "must be above 0 for vat_category L (IGIC)"
+    if category in (*EXEMPT_CATEGORIES, "Z") and rate != 0:
+        return "tax_rate", f"must be 0 for vat_category {category}, not {rate}"
+    if category == "E" and not (reason or code):
+        return "exemption_reason", "required for vat_category E (exempt): the legal basis, as text or a VATEX code"
+    if category not in EXEMPT_CATEGORIES and (reason or code):
+        field = "exemption_reason" if reason else "exemption_code"
+        return field, f"only exempt categories (E, AE, K, G, O) carry one, not vat_category {category}"
+    return None
+
+
+def line_category(rate: Decimal, category: str | None, reason: str | None = None, code: str | None = None) -> str:
+    """The VAT category of a line: the one given, else S for a positive rate, E for a zero rate with an
+    exemption reason, Z (zero rated) otherwise: what invoices without categories always meant."""
+    if category is not None:
+        return category
+    if rate > 0:
+        return "S"
+    return "E" if reason or code else "Z"
+
+
+class PostalAddress(_Model):
+    """A postal address (EN 16931 BG-5/BG-8); the country stays on the party."""
+
+    lines: list[ShortText] = Field(default_factory=list, max_length=3, description="Street and number, building...")
+    city: str | None = Field(default=None, min_length=1, max_length=100)
+    postcode: str | None = Field(default=None, min_length=1, max_length=20)
+    subdivision: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="Province, district or county: its ISO 3166-2 code (RO-B, PT-11) or name",
+    )
+
+
+class SellerDetails(_Model):
+    """What the ERP knows of the issuer; the tenant's configured ``[seller]`` wins where both say something."""
+
+    vat_id: str | None = Field(default=None, max_length=50, description="Seller VAT/tax id (NIF, CIF, NIPC, CNPJ)")
+    registration_id: str | None = Field(
+        default=None, max_length=100, description="Trade register number (BT-30), e.g. Romanian J40/1234/2010"
+    )
+    address: PostalAddress | None = None
+    country: Country | None = None
 
 
 class Customer(_Model):
@@ -68,6 +136,10 @@ class Customer(_Model):
         default=None,
         description="Learnt when the invoice was accepted: the channel after which this customer most often paid",
     )
+    address: PostalAddress | None = Field(default=None, description="Buyer postal address (BG-8), when the ERP has it")
+    registration_id: str | None = Field(
+        default=None, max_length=100, description="Buyer trade register number (BT-47), e.g. Romanian J40/..."
+    )
 
 
 class Line(_Model):
@@ -76,6 +148,13 @@ class Line(_Model):
     unit_price: Annotated[Decimal, Field(max_digits=18, decimal_places=4)]
     tax_rate: Annotated[Decimal, Field(ge=0, le=100, max_digits=5, decimal_places=2)] = Decimal("0")
     amount: Money = Field(description="quantity × unit_price, before tax")
+    vat_category: VatCategory | None = Field(
+        default=None, description="UNTDID 5305 VAT category; absent: S above a 0 rate, Z at 0 (see line_category)"
+    )
+    exemption_reason: str | None = Field(
+        default=None, min_length=1, max_length=300, description="Why no VAT (BT-120), e.g. 'Exenta art. 20.Uno.3 LIVA'"
+    )
+    exemption_code: VatexCode | None = None
 
 
 class SuppliedDocument(_Model):
@@ -102,6 +181,26 @@ class InvoiceCreatedV1(_Model):
     erp_source: str = Field(min_length=1, max_length=100, description="ERP system that sent it")
     supplied_document: SuppliedDocument | None = Field(
         default=None, description="Set when the ERP produced the document itself; the renderer then only verifies it"
+    )
+    delivery_date: date | None = Field(
+        default=None, description="Date of supply (BT-72) when it differs from issue_date; absent means issue_date"
+    )
+    seller: SellerDetails | None = Field(default=None, description="Issuer details the tenant's config lacks")
+    atcud: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z0-9]{8,70}-[0-9]{1,20}$",
+        description="Portugal: ATCUD (series validation code - sequence number), shown on every page",
+    )
+    fiscal_qr: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2000,
+        description="Text of the fiscal QR code the ERP produced (Portugal: Portaria 195/2020; Spain: VERI*FACTU URL)",
+    )
+    legal_mentions: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Statements the law asks the ERP to print, e.g. 'Processado por programa certificado n.º 1234/AT'",
     )
 
 
@@ -137,6 +236,11 @@ class DocumentRef(_Model):
     size_bytes: int = Field(gt=0)
     content_type: Literal["application/pdf", "application/zip"] = "application/pdf"
     filename: str = Field(min_length=1, max_length=200, description="Name to give the attachment or download")
+    timestamp_key: str | None = Field(
+        default=None,
+        description="S3 key (same bucket) of the RFC 3161 TimeStampResp over the rendered PDF's SHA-256 "
+        "(pdf_sha256), when the tenant timestamps its documents; verify with openssl ts -verify",
+    )
 
 
 class InvoiceSummary(_Model):

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Final, Literal, Protocol
 
 from pydantic import BaseModel
@@ -39,6 +41,7 @@ from factura.common.events import (
     InvoiceCreatedV1,
     InvoiceRejectedV2,
     as_datetime,
+    line_category,
 )
 from factura.common.kafka.consumer import Message, Refused
 from factura.common.kafka.producer import Publisher
@@ -157,9 +160,38 @@ def digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+#: Optional fields added to the contract after invoices were first claimed (legal content, issue 12).
+#: Left out of the digest while empty, so a message sent before they existed and resent after
+#: still digests as it did then: a duplicate, not a conflict.
+LATER_FIELDS = frozenset(
+    {"address", "registration_id", "seller", "delivery_date", "atcud", "fiscal_qr", "legal_mentions"}
+    | {"exemption_reason", "exemption_code"}
+)
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` without empty later fields, and without a line's VAT category where the rate alone implies it."""
+    if isinstance(value, dict):
+        kept = {k: _canonical(v) for k, v in value.items() if not (k in LATER_FIELDS and v in (None, []))}
+        if "vat_category" in kept and "tax_rate" in kept and "exemption_reason" not in kept:
+            implied = line_category(Decimal(str(kept["tax_rate"])), None)
+            if kept["vat_category"] == implied and "exemption_code" not in kept:
+                del kept["vat_category"]
+        return kept
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def _content(model: BaseModel) -> str:
-    """The digest of what a message says once validated and normalised: its canonical form."""
-    return digest(model.model_dump_json().encode())
+    """The digest of what a message says once validated and normalised: its canonical form.
+
+    Fields the contract gained later are left out while empty (see :data:`LATER_FIELDS`); the
+    order of keys is the model's, as it always was.
+    """
+    return digest(
+        json.dumps(_canonical(model.model_dump(mode="json")), separators=(",", ":"), ensure_ascii=False).encode()
+    )
 
 
 def identifier(payload: Mapping[str, Any], name: str, pattern: str) -> str | None:

@@ -10,9 +10,10 @@ from typing import Any, TypeVar, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from factura.common.envelope import utcnow
-from factura.common.erp import ErpCancellationV1, ErpCustomer, ErpInvoiceV1, ErpPaymentV1
+from factura.common.erp import ErpAddress, ErpCancellationV1, ErpCustomer, ErpInvoiceV1, ErpLine, ErpPaymentV1
 from factura.common.errors import InvalidMessage, field_errors
 from factura.common.events import (
+    DEFAULT_VATEX,
     Customer,
     FieldError,
     InvoiceCancelledV1,
@@ -20,8 +21,13 @@ from factura.common.events import (
     Line,
     Locale,
     PaymentReceivedV1,
+    PostalAddress,
+    SellerDetails,
     SuppliedDocument,
+    VatCategory,
     cents,
+    line_category,
+    vat_category_problem,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -48,7 +54,48 @@ def _customer(c: ErpCustomer) -> Customer:
         tax_id=c.tax_id,
         preferred_channel=c.preferred_channel,
         push_token=c.push_token,
+        address=_address(c.address),
+        registration_id=c.registration_id,
     )
+
+
+def _address(a: ErpAddress | None) -> PostalAddress | None:
+    """An address with nothing in it is no address."""
+    if a is None or not (a.lines or a.city or a.postcode or a.subdivision):
+        return None
+    return PostalAddress(lines=a.lines, city=a.city, postcode=a.postcode, subdivision=a.subdivision)
+
+
+def _seller(erp: ErpInvoiceV1) -> SellerDetails | None:
+    s = erp.seller
+    if s is None or not (s.vat_id or s.registration_id or s.country or _address(s.address)):
+        return None
+    return SellerDetails(
+        vat_id=s.vat_id, registration_id=s.registration_id, country=s.country, address=_address(s.address)
+    )
+
+
+def _vat(line: ErpLine) -> tuple[VatCategory, str | None]:
+    """The line's VAT category (given or implied by its rate) and exemption code (the category's own VATEX
+    code when AE, K, G or O come without reason)."""
+    category = cast(
+        VatCategory, line_category(line.tax_rate, line.vat_category, line.exemption_reason, line.exemption_code)
+    )
+    code = line.exemption_code
+    if code is None and line.exemption_reason is None:
+        code = DEFAULT_VATEX.get(category)
+    return category, code
+
+
+def _vat_problems(erp: ErpInvoiceV1) -> list[FieldError]:
+    """Category, rate and exemption reason of each line agree (EN 16931's rules per category)."""
+    errors = []
+    for i, line in enumerate(erp.lines):
+        category = line_category(line.tax_rate, line.vat_category, line.exemption_reason, line.exemption_code)
+        problem = vat_category_problem(category, line.tax_rate, line.exemption_reason, line.exemption_code)
+        if problem is not None:
+            errors.append(FieldError(field=f"lines.{i}.{problem[0]}", message=problem[1]))
+    return errors
 
 
 #: The domain's amounts (``Money``): 18 digits, 2 of them decimals.
@@ -157,7 +204,7 @@ def invoice_from_erp(
     around ``today`` (UTC's, unless given).
     """
     erp = _validate(ErpInvoiceV1, payload, {"allow_test_domains": allow_test_domains})
-    errors = _date_problems(erp, dates, today or utcnow().date())
+    errors = _date_problems(erp, dates, today or utcnow().date()) + _vat_problems(erp)
     problems_before = len(errors)
     # Exact arithmetic whatever the ambient context: 10 × 14 integer digits plus 8 decimals is more
     # than the default 28 significant digits, and a rounded product must not pass as an amount.
@@ -199,6 +246,9 @@ def invoice_from_erp(
                     unit_price=line.unit_price,
                     tax_rate=line.tax_rate,
                     amount=amount,
+                    vat_category=_vat(line)[0],
+                    exemption_reason=line.exemption_reason,
+                    exemption_code=_vat(line)[1],
                 )
                 for line, amount in zip(erp.lines, amounts, strict=True)
             ],
@@ -211,6 +261,11 @@ def invoice_from_erp(
             )
             if erp.document
             else None,
+            delivery_date=erp.delivery_date,
+            seller=_seller(erp),
+            atcud=erp.atcud.upper() if erp.atcud else None,
+            fiscal_qr=erp.fiscal_qr or None,
+            legal_mentions=erp.legal_mentions,
         )
     )
 

@@ -52,6 +52,9 @@ FIELDS: dict[str, Kind] = {
     "seller_name": Kind.TEXT,
     "total": Kind.DECIMAL,
     "amendment": Kind.TEXT,
+    "delivery_date": Kind.DATE,
+    "atcud": Kind.TEXT,
+    "fiscal_qr": Kind.TEXT,
     "customer.id": Kind.TEXT,
     "customer.name": Kind.TEXT,
     "customer.country": Kind.TEXT,
@@ -60,12 +63,16 @@ FIELDS: dict[str, Kind] = {
     "customer.locale": Kind.TEXT,
     "customer.tax_id": Kind.TEXT,
     "customer.preferred_channel": Kind.TEXT,
+    "customer.registration_id": Kind.TEXT,
     "document.s3_key": Kind.TEXT,
     "document.xml_s3_key": Kind.TEXT,
     "line.description": Kind.TEXT,
     "line.quantity": Kind.DECIMAL,
     "line.unit_price": Kind.DECIMAL,
     "line.tax_rate": Kind.PERCENT,
+    "line.vat_category": Kind.TEXT,
+    "line.exemption_reason": Kind.TEXT,
+    "line.exemption_code": Kind.TEXT,
 }
 LINE_PREFIX = "line."
 
