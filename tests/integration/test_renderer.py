@@ -370,6 +370,7 @@ async def test_default_tenant_gets_a_pdf_with_hash_tag_and_retention_rule(rig: R
         "size_bytes": len(body),
         "content_type": "application/pdf",
         "filename": f"{event.data.invoice_number}.pdf",
+        "timestamp_key": None,  # the tenant does not sign
     }
     assert data.pdf_sha256 == data.document.sha256
     head = await rig.s3.head(key)

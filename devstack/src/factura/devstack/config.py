@@ -17,7 +17,7 @@ from typing import Any
 
 from factura.common.settings import DEVSTACK_ENV
 
-INFRA = ("kafka", "mongo", "s3", "smtp", "sms")
+INFRA = ("kafka", "mongo", "s3", "smtp", "sms", "tsa")
 SERVICES = ("ingest", "renderer", "email-sender", "sms-sender", "scheduler", "audit")
 ALL = INFRA + SERVICES
 #: Processes a stack may also run (started on request, not by ``up``'s default set): ports, pid files.
@@ -27,7 +27,7 @@ HOST = "127.0.0.1"
 TENANTS_DIR = Path(__file__).resolve().parents[3] / "tenants"
 
 _USES_MONGO = frozenset({"ingest", "renderer", "email-sender", "sms-sender", "scheduler", "audit"})
-_USES_S3 = frozenset({"ingest", "renderer", "email-sender"})
+_USES_S3 = frozenset({"ingest", "renderer", "email-sender", "audit"})  # audit: evidence bundles
 
 
 def _attr(name: str) -> str:
@@ -44,6 +44,7 @@ class StackConfig:
     s3_port: int = 9000
     smtp_port: int = 2525
     sms_port: int = 8090
+    tsa_port: int = 3180
     ingest_port: int = 8101
     renderer_port: int = 8102
     email_sender_port: int = 8103
@@ -122,6 +123,21 @@ class StackConfig:
     @property
     def sms_dir(self) -> Path:
         return self.data_dir / "sms"
+
+    @property
+    def pki_dir(self) -> Path:
+        """The local TSA's test PKI (root CA, TSA certificate), made once (factura.devstack.tsa)."""
+        return self.data_dir / "pki"
+
+    @property
+    def signing_secrets_dir(self) -> Path:
+        """Per-tenant signing credentials: ``<tenant>/signing.p12`` and ``signing.pass`` (devstack only)."""
+        return self.secrets_dir / "signing"
+
+    @property
+    def tsa_url(self) -> str:
+        """The local RFC 3161 TSA (``/tsa``; ``/tsa/<mode>`` answers like a broken one)."""
+        return f"http://{HOST}:{self.tsa_port}/tsa"
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -217,6 +233,12 @@ def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
             p + "LINKS__SECRET": cfg.link_secret,
             p + "LINKS__PSEUDONYM_SECRET": cfg.pseudonym_secret,
             p + "LINKS__BASE_URL": cfg.service_url("renderer"),
+        }
+    if name == "renderer":
+        env |= {
+            p + "TSA__URL": cfg.tsa_url,
+            p + "TSA__CA_FILE": str(cfg.pki_dir / "root.pem"),
+            p + "SIGNING__SECRETS_DIR": str(cfg.signing_secrets_dir),
         }
     if name == "audit":
         env[p + "SIGNING_KEY_FILE"] = str(cfg.audit_signing_key)

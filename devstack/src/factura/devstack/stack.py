@@ -30,7 +30,7 @@ from factura.common.apikeys import COLLECTION, ApiKeyStore
 from factura.common.kafka.admin import ensure_topics
 from factura.common.mongo import create_client
 from factura.common.settings import KafkaSettings, MongoSettings
-from factura.devstack import health, procs
+from factura.devstack import health, procs, tsa
 from factura.devstack.config import ALL, EXTRAS, HOST, INFRA, SERVICES, StackConfig, service_env
 
 __all__ = ["ALL", "INFRA", "SERVICES", "ProcessStatus", "Stack", "StackConfig", "StackError", "service_env"]
@@ -76,7 +76,7 @@ class Stack:
         self.stop()
 
     def start_infra(self) -> None:
-        """Broker (with all topics created), MongoDB-wire, S3 (with the bucket), SMTP and SMS capture."""
+        """Broker (with all topics created), MongoDB-wire, S3 (with the bucket), SMTP and SMS capture, TSA."""
         self._start(INFRA)
 
     def start_services(self, names: Iterable[str] = SERVICES) -> None:
@@ -275,6 +275,8 @@ class Stack:
         cfg, port = self.cfg, str(self.cfg.port(name))
         if name == "audit" and not cfg.audit_signing_key.exists():
             generate_key(cfg.audit_signing_key)
+        if name in ("tsa", "renderer"):  # the test PKI (the renderer trusts its root) and sample signing credentials
+            tsa.ensure_tenant_credentials(tsa.ensure_pki(cfg.pki_dir), cfg.signing_secrets_dir, _tenant_ids(cfg))
         if name in SERVICES:
             return [sys.executable, "-m", "factura." + name.replace("-", "_")], {**os.environ, **service_env(name, cfg)}
         match name:
@@ -293,6 +295,9 @@ class Stack:
             case "smtp":
                 argv = [sys.executable, "-m", "factura.devstack.smtp_capture", "--host", HOST, "--port", port]
                 argv += ["--maildir", str(cfg.maildir), "--bounce-domain", cfg.bounce_domain]
+            case "tsa":
+                argv = [sys.executable, "-m", "factura.devstack.tsa", "--host", HOST, "--port", port]
+                argv += ["--pki-dir", str(cfg.pki_dir)]
             case _:
                 argv = [sys.executable, "-m", "factura.devstack.sms_capture", "--host", HOST, "--port", port]
                 argv += ["--data-dir", str(cfg.sms_dir), "--account-sid", cfg.sms_account_sid]
@@ -313,6 +318,8 @@ class Stack:
                 health.smtp(HOST, cfg.smtp_port)
             case "sms":
                 health.http_200(cfg.sms_url + "/healthz")
+            case "tsa":
+                health.http_200(f"http://{HOST}:{cfg.tsa_port}/healthz")
             case _:
                 health.http_200(cfg.service_url(name) + "/readyz")
 
@@ -328,6 +335,13 @@ class Stack:
         elif name == "s3":
             # moto checks no signatures, so a bare PUT creates the bucket (and repeats harmlessly in us-east-1).
             httpx.put(f"{cfg.s3_url}/{cfg.s3_bucket}", timeout=health.PROBE_TIMEOUT_S).raise_for_status()
+
+
+def _tenant_ids(cfg: StackConfig) -> list[str]:
+    """The sample tenants, each of which gets devstack signing credentials."""
+    if not cfg.tenants_dir.is_dir():
+        return []
+    return sorted(p.name for p in cfg.tenants_dir.iterdir() if (p / "tenant.toml").is_file())
 
 
 async def _create_audit_key(cfg: StackConfig) -> None:

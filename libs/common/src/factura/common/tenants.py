@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from factura.common.delivery.policy import ChannelPolicy
 from factura.common.envelope import TENANT_PATTERN
@@ -74,14 +74,61 @@ class AuditPolicy(_Config):
     """How long the audit trail keeps each class of record, and who gets the daily summary.
 
     Fiscal records (an invoice's issue, delivery and payment) are kept for the period tax law asks
-    (10 years by default); engagement (opens, clicks, downloads) and API access records for less.
+    (10 years by default); engagement (opens, clicks, downloads) and API access records for less;
+    the contact data inside fiscal records (encrypted per customer) for ``contact_days`` after the
+    customer was last seen, if set.
     """
 
     fiscal_days: int = Field(default=3650, ge=365, le=36500, description="Issue, delivery, payment records")
     engagement_days: int = Field(default=730, ge=1, le=36500, description="Opens, clicks and downloads")
     access_days: int = Field(default=730, ge=1, le=36500, description="Who queried the audit API")
+    contact_days: int | None = Field(
+        default=None,
+        ge=30,
+        le=36500,
+        description="A customer's contact data (name, email, phone, push token, address) is erased this many days "
+        "after the last record that carried it (its data key destroyed; fiscal fields stay); unset: kept as long "
+        "as the fiscal records",
+    )
     owner_email: Email | None = Field(default=None, description="The process owner who gets the daily summary")
     daily_report_hour: int = Field(default=7, ge=0, le=23, description="Local hour the daily summary is sent")
+
+
+#: A file name in the signing secrets folder or the tenant's folder: no path, no leading dot.
+SECRET_FILE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
+
+
+class SigningPolicy(_Config):
+    """``[signing]``: PAdES signature and RFC 3161 timestamps on the tenant's rendered PDFs.
+
+    The section's presence opts in (docs/signing.md). ``enabled`` signs with the tenant's
+    certificate (PKCS#12, RSA key); ``timestamp`` asks the renderer's TSA for a timestamp in the
+    signature (PAdES B-T) and a detached token over the final PDF. ``enabled = false`` with
+    ``timestamp = true`` timestamps without signing; ``timestamp = false`` signs PAdES B-B and
+    never calls a TSA. Secrets are named here, never written here: the PKCS#12 file and the
+    passphrase file are looked up in the renderer's signing secrets folder (``<tenant_id>/<name>``),
+    then in the tenant's folder.
+    """
+
+    enabled: bool = Field(default=True, description="Sign rendered PDFs with the tenant's certificate")
+    timestamp: bool = Field(default=True, description="RFC 3161 timestamps from the renderer's TSA (B-T + token)")
+    pkcs12: str | None = Field(default=None, pattern=SECRET_FILE_NAME, description="PKCS#12 file: key + certificate")
+    passphrase_file: str | None = Field(
+        default=None, pattern=SECRET_FILE_NAME, description="File holding the passphrase"
+    )
+    passphrase_env: str | None = Field(
+        default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,99}$", description="Environment variable holding the passphrase"
+    )
+    reason: str | None = Field(default=None, max_length=200, description="Reason recorded in the signature")
+    location: str | None = Field(default=None, max_length=200, description="Location recorded in the signature")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SigningPolicy:
+        if self.enabled and self.pkcs12 is None:
+            raise ValueError("signing.enabled needs signing.pkcs12 (the certificate and key file)")
+        if self.passphrase_file is not None and self.passphrase_env is not None:
+            raise ValueError("give signing.passphrase_file or signing.passphrase_env, not both")
+        return self
 
 
 class TenantConfig(_Config):
@@ -103,6 +150,7 @@ class TenantConfig(_Config):
         default_factory=ReminderPlan, description="Reminder steps, send window, repetition, escalation, ticket"
     )
     audit: AuditPolicy = Field(default_factory=AuditPolicy, description="Retention per record class, daily summary")
+    signing: SigningPolicy | None = Field(default=None, description="PAdES signature and timestamps; None = neither")
 
     @field_validator("payment_url_template")
     @classmethod

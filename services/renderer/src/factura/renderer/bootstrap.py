@@ -19,6 +19,7 @@ from factura.renderer.handlers import RenderHandlers
 from factura.renderer.pages import LinkPages
 from factura.renderer.pool import RenderPool
 from factura.renderer.settings import Settings
+from factura.renderer.signing import SigningJobs
 from factura.renderer.tracking import HitGuard, Tracker, tracking_router
 
 
@@ -37,6 +38,11 @@ async def ensure_indexes(settings: Settings, db: AsyncDatabase[Document]) -> Non
 
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
     tenants = TenantDirectory(settings.tenants_dir)
+    # A tenant that timestamps needs a TSA: refuse to start without one rather than reject its invoices.
+    # (No readiness check calls the TSA: each request costs a token; an outage shows as "tsa" once an
+    # invoice meets it, through the consumer's outage list.)
+    signing = SigningJobs(settings.signing, settings.tsa)
+    signing.check(tenants)
     # Checked before anything starts: the link host records hits, so it needs the pseudonym key.
     signer = LinkSigner.from_settings(settings.links, require_pseudonym=True)
     store = await DocumentStore.connect(settings.s3, stack)
@@ -51,7 +57,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     pool = RenderPool(settings.workers)
     stack.callback(pool.close)
     await pool.warm_up()
-    handlers = RenderHandlers(publisher, store, tenants, pool, settings.limits)
+    handlers = RenderHandlers(publisher, store, tenants, pool, settings.limits, signing=signing)
     tracker = Tracker(guard, signer.pseudonym, settings.tracking, minimal_user_agent=settings.links.minimal_user_agent)
     pages = LinkPages()
 

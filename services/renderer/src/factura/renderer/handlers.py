@@ -51,6 +51,7 @@ from factura.renderer.packaging import build_zip
 from factura.renderer.pipeline import ENGINE, Produced, produce
 from factura.renderer.pool import RenderPool, WorkerDied
 from factura.renderer.settings import RenderLimits
+from factura.renderer.signing import SigningJobs, TimestampUnavailable
 from factura.renderer.supplied import fetch_supplied
 
 PRODUCER = "renderer"
@@ -66,6 +67,14 @@ RENDER_SECONDS = Histogram(
     ["engine"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+TIMESTAMP_FAILURES = counter(
+    "timestamp_failures_total",
+    "Renders paused because the TSA was unreachable (outage) or answered nonsense (bad_answer).",
+    ("kind",),
+)
+#: The detached RFC 3161 token beside the PDF: ``<pdf key>.tsr`` (a DER TimeStampResp).
+TIMESTAMP_SUFFIX = ".tsr"
+TIMESTAMP_CONTENT_TYPE = "application/timestamp-reply"
 log = logging.getLogger(__name__)
 EInvoice = Literal["none", "factur-x-en16931", "erp_supplied"]
 ContentType = Literal["application/pdf", "application/zip"]
@@ -78,6 +87,8 @@ class Files:
     annexes: list[tuple[str, bytes]]
     source: Literal["rendered", "erp_supplied"]
     einvoice: EInvoice
+    #: RFC 3161 TimeStampResp over SHA-256(pdf), for tenants that timestamp (rendered documents only).
+    timestamp: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -96,8 +107,11 @@ class RenderHandlers:
         tenants: TenantDirectory,
         pool: RenderPool,
         limits: RenderLimits,
+        *,
+        signing: SigningJobs | None = None,
     ) -> None:
         self._publisher = publisher
+        self._signing = signing
         self._store = store
         self._tenants = tenants
         self._pool = pool
@@ -106,6 +120,8 @@ class RenderHandlers:
         RENDER_SECONDS.labels(ENGINE)  # every series a panel or an alert reads exists from startup
         for outcome in ("rendered", "supplied", "rejected"):
             RENDERED.labels(outcome)
+        for kind in ("outage", "bad_answer"):
+            TIMESTAMP_FAILURES.labels(kind)
 
     async def on_invoice_created(self, message: Message[Envelope[InvoiceCreatedV1]]) -> None:
         event = message.value
@@ -160,7 +176,8 @@ class RenderHandlers:
             einvoice: EInvoice = "erp_supplied" if supplied.xml else "none"
             return Files(supplied.pdf, supplied.xml, supplied.annexes, "erp_supplied", einvoice)
         produced = await self._render(invoice, tenant)
-        return Files(produced.pdf, produced.xml, [], "rendered", "factur-x-en16931" if produced.xml else "none")
+        rendered: EInvoice = "factur-x-en16931" if produced.xml else "none"
+        return Files(produced.pdf, produced.xml, [], "rendered", rendered, produced.timestamp)
 
     async def _render(self, invoice: InvoiceCreatedV1, tenant: TenantConfig) -> Produced:
         """Render in the pool; an invoice in flight at every one of several worker deaths is rejected.
@@ -170,8 +187,15 @@ class RenderHandlers:
         Counts live in this process only: a restart forgives, which errs on the side of retrying.
         """
         key = (tenant.tenant_id, invoice.invoice_number, invoice.issue_date)
+        # ERP-supplied documents are passed on as they came; only what is rendered here is signed.
+        signing = self._signing.job(tenant) if self._signing is not None else None
         try:
-            produced = await self._pool.run(produce, invoice, tenant, self._limits)
+            produced = await self._pool.run(produce, invoice, tenant, self._limits, signing)
+        except TimestampUnavailable as e:
+            TIMESTAMP_FAILURES.labels("bad_answer" if e.bad_answer else "outage").inc()
+            if e.bad_answer:  # not a routine outage: the TSA (or TSA__URL / TSA__CA_FILE) needs fixing
+                log.error("the TSA answered nonsense; rendering waits for it", extra={"detail": e.detail})
+            raise
         except WorkerDied:
             deaths = self._worker_deaths.pop(key, 0) + 1
             if deaths >= self._limits.max_worker_crashes:
@@ -217,8 +241,11 @@ class RenderHandlers:
         def key(suffix: str) -> str:
             return document_key(event.tenant_id, invoice.issue_date, invoice.invoice_number, suffix, version=version)
 
+        stamp_key = key("pdf") + TIMESTAMP_SUFFIX if files.timestamp is not None else None
+
         def ref(suffix: str, content_type: ContentType) -> DocumentRef:
             return DocumentRef(
+                timestamp_key=stamp_key,
                 bucket=self._store.bucket,
                 key=key(suffix),
                 sha256=stored[suffix].sha256,
@@ -247,8 +274,14 @@ class RenderHandlers:
         )
         # Every upload settles before we look at the results: none is still running once this
         # handler has returned or raised.
+        uploads = [(key(f.suffix), f) for f in stored.values()]
+        if stamp_key is not None and files.timestamp is not None:
+            token = files.timestamp
+            uploads.append(
+                (stamp_key, StoredFile("tsr", token, TIMESTAMP_CONTENT_TYPE, hashlib.sha256(token).hexdigest()))
+            )
         results = await asyncio.gather(
-            *(self._put_document(key(f.suffix), f, meta, tenant.retention_days) for f in stored.values()),
+            *(self._put_document(k, f, meta, tenant.retention_days) for k, f in uploads),
             return_exceptions=True,
         )
         for result in results:

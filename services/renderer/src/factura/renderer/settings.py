@@ -32,6 +32,29 @@ class TrackingSettings(BaseModel):
     )
 
 
+class TsaSettings(BaseModel):
+    """The RFC 3161 time-stamping authority for tenants whose ``[signing]`` asks for timestamps."""
+
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="TSA endpoint (application/timestamp-query); unset: tenants with timestamp = true stop startup",
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description="Per TSA request; a timeout pauses rendering")
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM trust anchors for the TSA certificate; set, a token from any other TSA counts as a bad answer",
+    )
+
+
+class SigningSettings(BaseModel):
+    """Where the tenants' signing secrets (PKCS#12, passphrase files) are mounted."""
+
+    secrets_dir: Path | None = Field(
+        default=None, description="Folder of <tenant_id>/<file> signing secrets; the tenant folder is tried after"
+    )
+
+
 class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FACTURA_RENDERER_", env_nested_delimiter="__", extra="ignore")
 
@@ -40,5 +63,7 @@ class Settings(ServiceSettings):
     mongo: MongoSettings = MongoSettings()
     tracking: TrackingSettings = TrackingSettings()
     limits: RenderLimits = RenderLimits()
+    tsa: TsaSettings = TsaSettings()
+    signing: SigningSettings = SigningSettings()
     tenants_dir: Path | None = Field(default=None, description="Folder of per-tenant configs (see docs/documents.md)")
     workers: int = Field(default=0, ge=0, description="Render processes; 0 = one per CPU core")
