@@ -70,7 +70,7 @@ def test_filter_query_holds_only_values() -> None:
         "customer_id": '{"$ne": null}',
         "reason": "$where",
         "outcome": "failed",
-        "kind": {"$in": ["event", "dead_letter"]},
+        "kind": {"$in": ["event", "dead_letter", "erasure"]},
         "occurred_at": {"$gte": start},
     }
     assert RecordFilter(tenant_id="acme-a", kind=Kind.ACCESS).query()["kind"] == "access"

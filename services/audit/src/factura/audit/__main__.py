@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 from factura.audit.bootstrap import bootstrap, ensure_indexes
+from factura.audit.chain import ChainWriter
 from factura.audit.checkpoints import Signer, generate_key
+from factura.audit.erase import IdleContacts
 from factura.audit.retention import apply_retention
 from factura.audit.settings import Settings
 from factura.audit.store import AuditDb
@@ -25,6 +27,8 @@ from factura.audit.verify import export_chain, verify_chain
 from factura.common.apikeys.cli import run as keys_cli
 from factura.common.envelope import TENANT_PATTERN, utcnow
 from factura.common.mongo import create_client, database
+from factura.common.pii import COLLECTION as CUSTOMER_KEYS
+from factura.common.pii import FieldCipher, NoKeyStore
 from factura.common.runtime import main
 from factura.common.tenants import TenantDirectory
 
@@ -105,8 +109,13 @@ async def _retention(settings: Settings, dry_run: bool) -> int:
     tenants = TenantDirectory(settings.tenants_dir)
     client = create_client(settings.mongo)
     try:
-        db = AuditDb.of(database(client, settings.mongo))
-        report = await apply_retention(db, signer, lambda t: tenants.get(t).audit, utcnow(), dry_run=dry_run)
+        mongo_db = database(client, settings.mongo)
+        db = AuditDb.of(mongo_db)
+        cipher = FieldCipher(mongo_db[CUSTOMER_KEYS], NoKeyStore())  # erasing idle contacts needs no KEK
+        contacts = IdleContacts(cipher, ChainWriter(db.records, db.tombstones))
+        report = await apply_retention(
+            db, signer, lambda t: tenants.get(t).audit, utcnow(), dry_run=dry_run, contacts=contacts
+        )
     finally:
         await client.close()
     print(json.dumps(report.as_dict(), indent=2))

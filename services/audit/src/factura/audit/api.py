@@ -30,6 +30,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
+from factura.audit.evidence import EvidenceBundles
 from factura.audit.exports import csv_chunks, ndjson_chunks
 from factura.audit.queries import (
     AuditQueries,
@@ -40,11 +41,14 @@ from factura.audit.queries import (
     Status,
     scope_of,
 )
+from factura.audit.records import reveal
 from factura.audit.store import AuditDb
 from factura.audit.verify import Verification
 from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, Role, require_tenant, with_role
 from factura.common.envelope import TENANT_PATTERN
+from factura.common.errors import DependencyDown
 from factura.common.mongo import Document
+from factura.common.pii import FieldCipher
 
 MAX_LIMIT: Final = 1000
 DEFAULT_LIMIT: Final = 100
@@ -262,9 +266,13 @@ def router(
     on_access: AccessHook,
     verify: VerifyChain,
     export_chain: ExportChain,
+    cipher: FieldCipher | None = None,
+    evidence: EvidenceBundles | None = None,
 ) -> APIRouter:
-    """The ``/v1`` compliance routes over ``db``."""
-    reads = _Reads(AuditQueries(db.records), Cursors(cursor_key))
+    """The ``/v1`` compliance routes over ``db``; ``cipher`` decrypts customers' contact data for
+    the reader (``[erased]`` after erasure; without it, tokens are shown as stored); ``evidence``
+    builds the invoices' evidence bundles (without it, that route answers 503)."""
+    reads = _Reads(AuditQueries(db.records), Cursors(cursor_key), cipher)
 
     reader = with_role(auth, *READ_ROLES)
 
@@ -380,15 +388,48 @@ def router(
         headers = {"Content-Disposition": f'attachment; filename="audit-chain-{tenant_id}.ndjson"'}
         return _NdjsonStream(export_chain(tenant_id, from_seq, to_seq), headers=headers)
 
+    @api.get("/invoices/{invoice_id:path}/evidence", response_class=_ZipStream, responses=_zip_responses())
+    async def evidence_bundle(tenant_id: Tenant, invoice_id: InvoicePath) -> StreamingResponse:
+        """A zip an auditor verifies offline: the document sent, its RFC 3161 timestamp, the delivery
+        events with the provider's evidence, the hash-chain proof with signed checkpoints, a README
+        and `verify_bundle.py` (docs/audit.md). 404 when the tenant has no record of this invoice."""
+        if evidence is None:
+            raise HTTPException(503, detail="evidence bundles are not configured on this service")
+        try:
+            bundle = await evidence.build(tenant_id, invoice_id)
+        except DependencyDown as e:  # S3 down or slow: the caller retries, nothing is half-sent
+            raise HTTPException(503, detail=f"{e.dependency} is unavailable; try again later") from e
+        if bundle is None:
+            raise HTTPException(404, detail="no records of this invoice")
+        headers = {"Content-Disposition": f'attachment; filename="{bundle.filename}"'}
+        return _ZipStream(bundle.chunks(), headers=headers)
+
     return api
 
 
 class _Reads:
     """The routes' work once parameters are valid and the caller may read the tenant."""
 
-    def __init__(self, queries: AuditQueries, cursors: Cursors) -> None:
+    def __init__(self, queries: AuditQueries, cursors: Cursors, cipher: FieldCipher | None = None) -> None:
         self.queries = queries
         self._cursors = cursors
+        self._cipher = cipher
+
+    async def _revealed(self, docs: list[Document]) -> list[Document]:
+        """Records whose hashed JSON has its contact data decrypted for the reader (the stored
+        record and its hash are untouched: ``hash`` still matches what the chain export holds)."""
+        if self._cipher is None:
+            return docs
+        out = []
+        for doc in docs:
+            raw = _raw(doc)
+            if not isinstance(raw, dict):
+                out.append(doc)
+                continue
+            revealed = await reveal(doc, raw, self._cipher)
+            record = json.loads(doc["record"]) | {"raw": json.dumps(revealed, ensure_ascii=False)}
+            out.append({**doc, "record": json.dumps(record, ensure_ascii=False)})
+        return out
 
     def _position(self, token: str | None, tenant_id: str, scope: str) -> int | str | None:
         if token is None:
@@ -417,7 +458,7 @@ class _Reads:
         return Timeline(
             tenant_id=tenant_id,
             invoice_id=invoice_id,
-            entries=[_entry(d) for d in docs[:limit]],
+            entries=[_entry(d) for d in await self._revealed(docs[:limit])],
             next_cursor=self._next(docs, limit, tenant_id, scope),
         )
 
@@ -466,7 +507,7 @@ class _Reads:
         docs = await self.queries.dead_letters(tenant_id, invoice_id, after or 0, limit + 1)
         return DeadLetterPage(
             tenant_id=tenant_id,
-            dead_letters=[_dead_letter(d, full_errors) for d in docs[:limit]],
+            dead_letters=[_dead_letter(d, full_errors) for d in await self._revealed(docs[:limit])],
             next_cursor=self._next(docs, limit, tenant_id, scope),
         )
 
@@ -477,6 +518,19 @@ class _CsvStream(StreamingResponse):
 
 class _NdjsonStream(StreamingResponse):
     media_type = "application/x-ndjson"
+
+
+class _ZipStream(StreamingResponse):
+    media_type = "application/zip"
+
+
+def _zip_responses() -> dict[int | str, dict[str, Any]]:
+    problem = {"application/json": {"schema": Problem.model_json_schema()}}
+    return {
+        **_stream_responses(_ZipStream),
+        404: {"description": _DESCRIPTIONS[404], "content": problem},
+        503: {"description": "The document store is unavailable, or bundles are not configured", "content": problem},
+    }
 
 
 def _attachment(where: RecordFilter, extension: str) -> dict[str, str]:

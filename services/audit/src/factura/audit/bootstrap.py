@@ -3,11 +3,13 @@ checkpoints, API keys, and the compliance API that records every call it answers
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import timedelta
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from pymongo.asynchronous.database import AsyncDatabase
@@ -17,8 +19,11 @@ from factura.audit.api import READ_ROLES, AccessHook, ExportChain, VerifyChain, 
 from factura.audit.chain import ChainWriter
 from factura.audit.checkpoints import Checkpointer, Signer
 from factura.audit.daily import DailyReports, daily_router
+from factura.audit.erase import Erasure, IdleContacts, erase_router
+from factura.audit.evidence import EvidenceBundles
 from factura.audit.handlers import AuditHandlers
-from factura.audit.records import UNIDENTIFIED_TENANT, access
+from factura.audit.queries import AuditQueries
+from factura.audit.records import UNIDENTIFIED_TENANT, access, reveal
 from factura.audit.retention import RetentionTask
 from factura.audit.settings import Settings
 from factura.audit.store import AuditDb
@@ -31,9 +36,14 @@ from factura.common.kafka.consumer import Batched, Route
 from factura.common.kafka.producer import Publisher
 from factura.common.lease import Lease
 from factura.common.mongo import Document, create_client, database, ping, process_owner
+from factura.common.pii import COLLECTION as CUSTOMER_KEYS
+from factura.common.pii import FieldCipher, FileKeyStore, KeyStore, NoKeyStore, SecretKeyStore
 from factura.common.runtime import Wiring
+from factura.common.storage import DocumentStore
 from factura.common.tenants import TenantDirectory
 from factura.common.topics import dead_letter_topics, event_topics
+
+log = logging.getLogger(__name__)
 
 
 def access_recorder(writer: ChainWriter) -> AccessHook:
@@ -75,6 +85,15 @@ async def ensure_indexes(db: AsyncDatabase[Document]) -> None:
     Job, before a rollout; it needs no signing key)."""
     await AuditDb.of(db).ensure_indexes()
     await ApiKeyStore(db[COLLECTION]).ensure_indexes()
+    await FieldCipher(db[CUSTOMER_KEYS], NoKeyStore()).ensure_indexes()
+
+
+def pii_keystore(settings: Settings, signer: Signer) -> KeyStore:
+    """Tenant KEKs from ``pii_keys_dir``; without it, derived from the signing key (development)."""
+    if settings.pii_keys_dir is not None:
+        return FileKeyStore(settings.pii_keys_dir)
+    log.warning("FACTURA_AUDIT_PII_KEYS_DIR unset: customer data keys are wrapped by a key derived from the signer")
+    return SecretKeyStore(signer.derived_secret("pii-kek"))
 
 
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
@@ -86,10 +105,17 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     db = AuditDb.of(mongo_db)
     keys = ApiKeyStore(mongo_db[COLLECTION])
     writer = ChainWriter(db.records, db.tombstones)
-    handlers = AuditHandlers(writer)
+    cipher = FieldCipher(mongo_db[CUSTOMER_KEYS], pii_keystore(settings, signer), cache_ttl_s=settings.pii_cache_ttl_s)
+    handlers = AuditHandlers(writer, cipher)
     checkpointer = Checkpointer(db, writer, signer, settings.checkpoint_interval_s)
     tenants = TenantDirectory(settings.tenants_dir)
-    retention = RetentionTask(db, signer, lambda tenant: tenants.get(tenant).audit, settings.retention_interval_s)
+    retention = RetentionTask(
+        db,
+        signer,
+        lambda tenant: tenants.get(tenant).audit,
+        settings.retention_interval_s,
+        contacts=IdleContacts(cipher, writer),
+    )
     batch = settings.batch_max_records
     routes: dict[str, Route] = {
         **{topic.name: Batched(handlers.on_events, batch) for topic in event_topics()},
@@ -104,6 +130,14 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
 
     def export(tenant: str, from_seq: int, to_seq: int | None) -> AsyncIterator[bytes]:
         return export_chain(db, tenant, keyring, from_seq, to_seq)
+
+    s3 = settings.s3
+    documents = await DocumentStore.connect(s3, stack) if s3 is not None else None
+
+    async def revealed(doc: Document, raw: Any) -> Any:
+        return await reveal(doc, raw, cipher)
+
+    evidence = EvidenceBundles(db, keyring, documents, revealed)
 
     async def mongo_ok() -> None:
         await ping(mongo)
@@ -120,6 +154,9 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
             on_access=access_recorder(writer),
             verify=verify,
             export=export,
+            cipher=cipher,
+            writer=writer,
+            evidence=evidence,
         ),
         tasks=[checkpointer.run, retention.run, reports.run, watch.run],
     )
@@ -134,12 +171,35 @@ def http_routers(
     on_access: AccessHook,
     verify: VerifyChain,
     export: ExportChain,
+    cipher: FieldCipher | None = None,
+    writer: ChainWriter | None = None,
+    evidence: EvidenceBundles | None = None,
 ) -> list[APIRouter]:
-    """The compliance API (``/v1``, in the OpenAPI schema) and the compliance page (``/ui``)."""
+    """The compliance API (``/v1``, in the OpenAPI schema) and the compliance page (``/ui``).
+
+    ``cipher`` decrypts contact data for readers and erases customers; without one (an OpenAPI
+    schema build) the erase route still exists (erasing needs no KEK).
+    ``writer`` records erasures (the service's own, so it shares its chains' group commit).
+    ``evidence`` adds ``/v1/invoices/{id}/evidence`` (the bundles need the signing keys and S3)."""
     auth = authenticator(keys)
-    api = router(db, auth=auth, cursor_key=cursor_key, on_access=on_access, verify=verify, export_chain=export)
+    api = router(
+        db,
+        auth=auth,
+        cursor_key=cursor_key,
+        on_access=on_access,
+        verify=verify,
+        export_chain=export,
+        cipher=cipher,
+        evidence=evidence,
+    )
+    shredder = Erasure(
+        cipher or FieldCipher(db.records.database[CUSTOMER_KEYS], NoKeyStore()),
+        AuditQueries(db.records),
+        writer or ChainWriter(db.records, db.tombstones),
+    )
+    erase = erase_router(shredder, auth=auth, on_access=on_access)
     daily = daily_router(
         db.records, tenants, auth=auth, route_class=audited_route(on_access), dependencies=[Depends(plain_query)]
     )
     ui = web.router(db, keys=keys, cursor_key=cursor_key, on_access=on_access, verify=verify)
-    return [api, daily, ui]
+    return [api, erase, daily, ui]

@@ -50,11 +50,13 @@ class Kind(StrEnum):
     EVENT = "event"
     DEAD_LETTER = "dead_letter"
     ACCESS = "access"
+    ERASURE = "erasure"
 
 
 #: Searches and counts leave out API access records unless asked: every query writes one, so they
-#: would otherwise bury the records an officer is looking for.
-DEFAULT_KINDS: Final = (Kind.EVENT.value, Kind.DEAD_LETTER.value)
+#: would otherwise bury the records an officer is looking for. Erasures are in: a customer's
+#: history should show that their contact data was erased.
+DEFAULT_KINDS: Final = (Kind.EVENT.value, Kind.DEAD_LETTER.value, Kind.ERASURE.value)
 #: The purpose of a message that delivers the invoice itself (not a reminder or a receipt).
 INVOICE_PURPOSE: Final = "invoice"
 #: Rounds of "next invoices with failures, minus those delivered since" one report page may take.
@@ -256,6 +258,12 @@ class AuditQueries:
             if len(batch) < batch_size:
                 return
             after = int(batch[-1]["seq"])
+
+    async def last_erasure(self, tenant_id: str, customer_id: str) -> Document | None:
+        """The customer's latest erasure record, if any."""
+        query = {"tenant_id": tenant_id, "customer_id": customer_id, "kind": Kind.ERASURE.value}
+        cursor = self._records.find(exact(query)).sort("seq", DESCENDING).limit(1)
+        return next(iter([doc async for doc in cursor]), None)
 
     async def dead_letters(self, tenant_id: str, invoice_id: str | None, after_seq: int, limit: int) -> list[Document]:
         """Dead-letter records in chain order (oldest first)."""

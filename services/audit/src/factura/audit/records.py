@@ -1,9 +1,18 @@
 """What one audit record says: built from an event, a dead letter or an API access, before chaining.
 
 A record is a handful of indexed fields (who, which invoice, what happened, through which
-channel, why) plus ``raw``: the bytes exactly as audit received them. Its canonical JSON
-(:func:`canonical`), with its chain position, is what the hash chain covers, so changing an
-indexed field, the raw bytes or the position of a stored record is detectable.
+channel, why) plus ``raw``: the bytes as audit received them, except the customer's contact data
+(:func:`protect`). Its canonical JSON (:func:`canonical`), with its chain position, is what the
+hash chain covers, so changing an indexed field, the raw bytes or the position of a stored record
+is detectable.
+
+**Personal data.** Before a record is chained, :func:`protect` replaces the contact fields in its
+raw JSON (a customer's name, email, phone, push token and address; in delivery events also the
+recipient and the provider's text, which quotes the address) by tokens under the customer's data
+key (:mod:`factura.common.pii`). The hash covers the tokens, so destroying the key (erasure) leaves
+every hash intact and the chain verifying, while the fiscal fields beside them (invoice number,
+amounts, dates) stay in the clear. :func:`reveal` is the read side: tokens decrypted for a reader,
+``[erased]`` once the key is gone.
 """
 
 from __future__ import annotations
@@ -11,19 +20,20 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from factura.common.envelope import TENANT_PATTERN, Envelope, utcnow
 from factura.common.kafka.consumer import Message
+from factura.common.pii import FieldCipher, is_token
 
 #: The chain of records that name no tenant (reserved: no tenant may use it, see tenants.py).
 UNIDENTIFIED_TENANT = "unidentified"
 #: ``prev`` of a chain's first record.
 GENESIS = "0" * 64
 
-Kind = Literal["event", "dead_letter", "access"]
+Kind = Literal["event", "dead_letter", "access", "erasure"]
 RetentionClass = Literal["fiscal", "engagement", "access"]
 
 #: The status an event settles for its invoice, as compliance searches for it.
@@ -37,6 +47,15 @@ OUTCOMES: Mapping[str, str] = {
     "delivery.exhausted": "exhausted",
     "payment.received": "paid",
 }
+#: A customer's data key was destroyed (``POST /v1/customers/{id}/erase``).
+ERASURE_TYPE = "customer.erased"
+#: Fields of a customer object (one with ``customer_id``, or an ERP ``customer`` with ``id``) that
+#: are personal data; its ``customer_id``, country, locale and tax id stay readable (the tax id is
+#: fiscal: the invoice needs it for its legal retention).
+CONTACT_FIELDS = frozenset({"name", "email", "phone", "push_token", "address"})
+#: Fields of ``delivery.*`` events that name or quote the recipient's address (SMTP replies,
+#: DSNs and webhook bodies repeat it).
+MESSAGE_FIELDS = frozenset({"recipient", "detail", "evidence"})
 #: Events about how a customer engaged with a message: kept for a shorter period than fiscal ones.
 ENGAGEMENT = frozenset({"delivery.opened", "link.clicked", "document.downloaded"})
 #: Indexed fields a record carries beside its raw bytes; all of them are inside the hashed JSON.
@@ -203,6 +222,146 @@ def access(
         fields=_fields(kind="access", type="api.access", occurred_at=utcnow(), source="api", retention="access"),
         raw=canonical(raw),
     )
+
+
+def erasure(
+    *,
+    record_id: str,
+    tenant_id: str,
+    customer_id: str,
+    key_id: str,
+    role: str,
+    data_key_id: str,
+    reason: Literal["erasure_request", "contact_retention"] = "erasure_request",
+) -> NewRecord:
+    """A customer's erasure: who asked (API key and role; ``retention`` for the contact retention
+    period), when, which customer (a pseudonymous id) and which data key was destroyed. Kept as
+    long as fiscal records: it is what proves the erasure."""
+    raw = {"customer_id": customer_id, "key_id": key_id, "role": role, "data_key_id": data_key_id}
+    return NewRecord(
+        id=record_id,
+        tenant_id=tenant_id,
+        fields=_fields(
+            kind="erasure",
+            type=ERASURE_TYPE,
+            customer_id=customer_id,
+            outcome="erased",
+            reason=reason,
+            occurred_at=utcnow(),
+            source="api",
+        ),
+        raw=canonical(raw),
+    )
+
+
+async def protect(record: NewRecord, cipher: FieldCipher) -> NewRecord:
+    """``record`` with the contact data in its raw JSON encrypted (module docstring): an event's
+    data, or the body of a dead letter when it is JSON. A record that names no customer, or whose
+    raw holds no contact data, is returned unchanged."""
+    kind = record.fields.get("kind")
+    if kind == "event":
+        envelope = _json(record.raw)
+        customer = record.fields.get("customer_id")
+        if not isinstance(envelope, dict) or not isinstance(customer, str):
+            return record
+        sealer = _Sealer(cipher, record.tenant_id, str(record.fields.get("type", "")).startswith("delivery."))
+        await sealer.walk(envelope.get("data"), customer)
+        return replace(record, raw=_dumps(envelope)) if sealer.customers else record
+    if kind == "dead_letter" and record.tenant_id != UNIDENTIFIED_TENANT:
+        raw = _json(record.raw)
+        body = _json(raw.get("body")) if isinstance(raw, dict) and raw.get("body_encoding") == "utf-8" else None
+        if not isinstance(raw, dict) or not isinstance(body, dict):
+            return record
+        customer = _first_customer(body, None)  # a refused event's recipient belongs to it
+        sealer = _Sealer(cipher, record.tenant_id, str(body.get("type", "")).startswith("delivery."))
+        await sealer.walk(body, customer)
+        if not sealer.customers:
+            return record
+        fields = record.fields | {"customer_id": customer}
+        return replace(record, fields=fields, raw=canonical(raw | {"body": _dumps(body)}))
+    return record
+
+
+async def reveal(doc: Mapping[str, Any], value: Any, cipher: FieldCipher) -> Any:
+    """``value`` (a stored record's parsed raw JSON, or part of it) with every token decrypted,
+    or ``[erased]`` where the customer's key was destroyed. A dead letter's JSON body is revealed
+    inside its text."""
+    tenant, customer = str(doc.get("tenant_id")), doc.get("customer_id")
+    out = await _reveal(cipher, tenant, value, customer if isinstance(customer, str) else None, None)
+    if doc.get("kind") == "dead_letter" and isinstance(out, dict) and isinstance(out.get("body"), str):
+        body = _json(out["body"])
+        if isinstance(body, dict):
+            out["body"] = _dumps(
+                await _reveal(cipher, tenant, body, customer if isinstance(customer, str) else None, None)
+            )
+    return out
+
+
+def _customer_of(value: Mapping[str, Any], parent_key: str | None) -> str | None:
+    """The id of a customer object: ``customer_id`` (events), or ``id`` under ``customer`` (ERP)."""
+    own = value.get("customer_id") if "customer_id" in value else value.get("id") if parent_key == "customer" else None
+    return own if isinstance(own, str) and own else None
+
+
+def _first_customer(value: Any, key: str | None) -> str | None:
+    """The id of the first customer object in ``value`` (depth first), if any."""
+    if isinstance(value, list):
+        return next((c for item in value if (c := _first_customer(item, None)) is not None), None)
+    if not isinstance(value, dict):
+        return None
+    own = _customer_of(value, key)
+    if own is not None:
+        return own
+    return next((c for name, item in value.items() if (c := _first_customer(item, name)) is not None), None)
+
+
+class _Sealer:
+    def __init__(self, cipher: FieldCipher, tenant: str, delivery: bool) -> None:
+        self._cipher = cipher
+        self._tenant = tenant
+        self._delivery = delivery
+        self.customers: set[str] = set()
+
+    async def walk(self, value: Any, customer: str | None, key: str | None = None) -> None:
+        if isinstance(value, list):
+            for item in value:
+                await self.walk(item, customer)
+        if not isinstance(value, dict):
+            return
+        own = _customer_of(value, key)
+        who = own or customer
+        for name, item in value.items():
+            personal = (own is not None and name in CONTACT_FIELDS) or (self._delivery and name in MESSAGE_FIELDS)
+            if personal and who is not None and item is not None and not is_token(item):
+                value[name] = await self._cipher.encrypt_value(self._tenant, who, name, item)
+                self.customers.add(who)
+            else:
+                await self.walk(item, who, name)
+
+
+async def _reveal(cipher: FieldCipher, tenant: str, value: Any, customer: str | None, key: str | None) -> Any:
+    if isinstance(value, list):
+        return [await _reveal(cipher, tenant, item, customer, key) for item in value]
+    if isinstance(value, dict):
+        who = _customer_of(value, key) or customer
+        return {name: await _reveal(cipher, tenant, item, who, name) for name, item in value.items()}
+    if is_token(value) and key is not None:
+        return await cipher.reveal(tenant, customer, key, value)
+    return value
+
+
+def _json(text: Any) -> Any:
+    if not isinstance(text, str):
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _dumps(value: Any) -> str:
+    """JSON as received (key order kept), compact: what a protected raw is stored as."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _count(value: str | None) -> int | None:

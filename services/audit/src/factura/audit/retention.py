@@ -1,8 +1,12 @@
 """Retention: the one code path that removes audit records, and how the chain survives it.
 
 A tenant keeps fiscal records (issue, delivery, payment) for ``fiscal_days``, engagement records
-(opens, clicks, downloads) for ``engagement_days`` and API access records for ``access_days``
-(:class:`~factura.common.tenants.AuditPolicy`; the ``unidentified`` chain uses the defaults).
+(opens, clicks, downloads: user agents, client address pseudonyms) for ``engagement_days`` and API
+access records for ``access_days`` (:class:`~factura.common.tenants.AuditPolicy`; the
+``unidentified`` chain uses the defaults). The contact data *inside* fiscal records (encrypted per
+customer) can have a shorter period of its own, ``contact_days``: customers not seen for that long
+are erased by destroying their data key (:class:`~factura.audit.erase.IdleContacts`), which
+removes no record and so needs no tombstone.
 Records older than that are removed in batches of one class, each batch replaced by
 **tombstones** (position, hash, prev, record id, type, class, time) and sealed by a signed
 **retention checkpoint** over ``removed_digest`` of those tombstones. Verification then walks
@@ -52,6 +56,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from factura.audit.chain import Head, load_head
 from factura.audit.checkpoints import SIGNED, Signer
+from factura.audit.erase import IdleContacts
 from factura.audit.records import UNIDENTIFIED_TENANT, to_ms
 from factura.audit.store import AuditDb
 from factura.audit.verify import check_record, removed_digest
@@ -84,6 +89,8 @@ class RetentionReport:
     waiting: int = 0
     #: Unsigned tombstones of abandoned or lost batches taken back (their records stay until a later batch).
     rolled_back: int = 0
+    #: tenant → customers whose contact data was erased by ``contact_days`` (dry run: would be).
+    contacts_erased: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -109,8 +116,10 @@ async def apply_retention(
     batch: int = 1000,
     stale_after: timedelta = timedelta(hours=1),
     stopping: asyncio.Event | None = None,
+    contacts: IdleContacts | None = None,
 ) -> RetentionReport:
-    """Remove every tenant's expired records as of ``now``; ``dry_run`` only counts them.
+    """Remove every tenant's expired records as of ``now``; ``dry_run`` only counts them. With
+    ``contacts``, also erase the contact data of customers idle for the tenant's ``contact_days``.
 
     Raises what MongoDB raises (an outage): whatever was done is consistent, a rerun continues.
     ``stopping`` is checked between batches, so a shutdown never waits for a whole run.
@@ -123,6 +132,10 @@ async def apply_retention(
             break
         policy = AuditPolicy() if tenant == UNIDENTIFIED_TENANT else policies(tenant)
         await job.tenant(tenant, retention_days(policy), stopping)
+        if contacts is not None and policy.contact_days is not None:
+            erased = await contacts.erase_idle(tenant, policy.contact_days, job.now, dry_run=dry_run)
+            if erased:
+                job.report.contacts_erased[tenant] = erased
         log.info(
             "retention applied" if not dry_run else "retention dry run",
             extra={"tenant_id": tenant, "removed": job.report.removed.get(tenant, {}), "dry_run": dry_run},
@@ -139,12 +152,19 @@ class RetentionTask:
     policies: Callable[[str], AuditPolicy]
     interval_s: float = 3600.0
     batch: int = 1000
+    contacts: IdleContacts | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
                 await apply_retention(
-                    self.db, self.signer, self.policies, utcnow(), batch=self.batch, stopping=stopping
+                    self.db,
+                    self.signer,
+                    self.policies,
+                    utcnow(),
+                    batch=self.batch,
+                    stopping=stopping,
+                    contacts=self.contacts,
                 )
             except PyMongoError as e:  # MongoDB down: every step is consistent, the next turn goes on
                 log.warning("retention interrupted; retrying next interval", extra={"error": repr(e)[:300]})

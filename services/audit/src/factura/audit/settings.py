@@ -4,13 +4,16 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from factura.audit.checkpoints import Keyring
-from factura.common.settings import MongoSettings, ServiceSettings
+from factura.common.settings import MongoSettings, S3Settings, ServiceSettings
 
 
 class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FACTURA_AUDIT_", env_nested_delimiter="__", extra="ignore")
 
     mongo: MongoSettings = MongoSettings()
+    s3: S3Settings | None = Field(
+        default=None, description="Where rendered documents are (read only, for evidence bundles); none: hashes only"
+    )
     signing_key_file: Path | None = Field(
         default=None, description="Ed25519 private key (PKCS#8 PEM) that signs chain checkpoints; required to run"
     )
@@ -43,3 +46,11 @@ class Settings(ServiceSettings):
         default=86400.0, gt=0, description="How often that background verification walks each whole chain instead"
     )
     batch_max_records: int = Field(default=1000, ge=1, le=10_000, description="Records per chain insert")
+    pii_keys_dir: Path | None = Field(
+        default=None,
+        description="Tenant KEK files (<tenant>.kek) wrapping customers' data keys; unset: derived from the "
+        "signing key (development only: rotating that key would then lose every customer's contact data)",
+    )
+    pii_cache_ttl_s: float = Field(
+        default=30.0, ge=0, le=600, description="How long an unwrapped customer data key is cached in memory"
+    )

@@ -1,0 +1,35 @@
+"""Personal data protection: customer fields encrypted under per-customer data keys, erasable by
+destroying the key (crypto-shredding). See :mod:`factura.common.pii.fields` and
+:mod:`factura.common.pii.keystore`; docs/audit.md, "Personal data and erasure"."""
+
+from factura.common.pii.fields import COLLECTION, ERASED, PREFIX, Erased, FieldCipher, Undecryptable, is_token
+from factura.common.pii.keystore import (
+    FileKeyStore,
+    KeyStore,
+    KeyStoreError,
+    KmsClient,
+    KmsKeyStore,
+    NoKeyStore,
+    SecretKeyStore,
+    Wrapped,
+    new_kek_line,
+)
+
+__all__ = [
+    "COLLECTION",
+    "ERASED",
+    "PREFIX",
+    "Erased",
+    "FieldCipher",
+    "FileKeyStore",
+    "KeyStore",
+    "KeyStoreError",
+    "KmsClient",
+    "KmsKeyStore",
+    "NoKeyStore",
+    "SecretKeyStore",
+    "Undecryptable",
+    "Wrapped",
+    "is_token",
+    "new_kek_line",
+]
