@@ -14,6 +14,7 @@ import functools
 import json
 import re
 import subprocess
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -212,8 +213,12 @@ def _field_exists(model: type[BaseModel], path: list[str]) -> bool:
         return False
     if len(path) == 1:
         return True
-    nested = field.annotation
-    return isinstance(nested, type) and issubclass(nested, BaseModel) and _field_exists(nested, path[1:])
+    # A nested group may be optional (``S3Settings | None``): look into each member of the union.
+    members = typing.get_args(field.annotation) or (field.annotation,)
+    return any(
+        isinstance(nested, type) and issubclass(nested, BaseModel) and _field_exists(nested, path[1:])
+        for nested in members
+    )
 
 
 @pytest.mark.parametrize("tree", TREES)
