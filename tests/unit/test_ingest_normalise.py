@@ -215,3 +215,11 @@ def test_lone_surrogate_given_directly_is_refused_not_raised() -> None:
     """decode_erp refuses these first; a payload built another way still gets a reason."""
     with pytest.raises(InvalidMessage):
         invoice_from_erp(variant(customer__name="Luc\ud800a"))
+
+
+@pytest.mark.parametrize("phone", ["+34 600 12", "+34 1", "+999 1234567"])
+def test_a_refused_phone_number_is_named_but_not_quoted(phone: str) -> None:
+    """Rejections live on in the audit trail, where contact data is only kept encrypted."""
+    found = reasons(variant(customer__phone=phone))
+    assert "phone number" in found["customer.phone"]
+    assert phone not in json.dumps(found) and phone.replace(" ", "") not in json.dumps(found)

@@ -298,9 +298,11 @@ class ErpCustomer(_Erp):
         try:
             number = phonenumbers.parse(value, region)
         except phonenumbers.NumberParseException as e:
-            raise ValueError(f"{value!r} is not a phone number ({e._msg})") from e
+            # The number itself stays out of the reason: rejections are kept in the audit trail,
+            # where a customer's contact data may only live encrypted (docs/compliance.md).
+            raise ValueError(f"not a phone number ({e._msg})") from e
         if not phonenumbers.is_valid_number(number):
-            raise ValueError(f"{value!r} is not a valid phone number for {region}")
+            raise ValueError(f"not a valid phone number for {region}")
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
     @field_validator("push_token")
