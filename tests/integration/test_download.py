@@ -169,6 +169,7 @@ async def test_valid_link_serves_the_document_and_records_the_download(
         "size_bytes": len(PDF),
         "content_type": "application/pdf",
         "filename": 'Factura Pastelería "1".pdf',
+        "timestamp_key": None,  # not a signing tenant
     }
     assert data["user_agent"] == USER_AGENT[:300]
     assert data["client_ip_hash"] == signer.pseudonym(CLIENT_IP)
