@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymongo import AsyncMongoClient
@@ -22,6 +23,19 @@ def create_client(settings: MongoSettings) -> AsyncMongoClient[Document]:
 
 def database(client: AsyncMongoClient[Document], settings: MongoSettings) -> AsyncDatabase[Document]:
     return client[settings.database]
+
+
+async def create_indexes(
+    service: str, settings: MongoSettings, ensure: Callable[[AsyncDatabase[Document]], Awaitable[None]]
+) -> None:
+    """``python -m factura.<service> indexes`` (the Kubernetes index Job): ``ensure`` the service's
+    indexes in its database, say so, and let the process exit."""
+    client = create_client(settings)
+    try:
+        await ensure(database(client, settings))
+    finally:
+        await client.close()
+    print(f"{service}: indexes created in database {settings.database!r}")
 
 
 async def ping(client: AsyncMongoClient[Document]) -> None:

@@ -26,7 +26,7 @@ from factura.audit.store import AuditDb
 from factura.audit.verify import export_chain, verify_chain
 from factura.common.apikeys.cli import run as keys_cli
 from factura.common.envelope import TENANT_PATTERN, utcnow
-from factura.common.mongo import create_client, database
+from factura.common.mongo import create_client, create_indexes, database
 from factura.common.pii import COLLECTION as CUSTOMER_KEYS
 from factura.common.pii import FieldCipher, NoKeyStore
 from factura.common.runtime import main
@@ -56,16 +56,6 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--out", type=Path, required=True)
     commands.add_parser("indexes", help="create audit's MongoDB indexes and exit (needs no signing key)")
     return parser
-
-
-async def _indexes(settings: Settings) -> int:
-    client = create_client(settings.mongo)
-    try:
-        await ensure_indexes(database(client, settings.mongo))
-    finally:
-        await client.close()
-    print(f"audit: indexes created in database {settings.mongo.database!r}")
-    return 0
 
 
 async def _verify(settings: Settings, tenant: str, as_json: bool, public_key: Path | None) -> int:
@@ -136,7 +126,8 @@ def cli(argv: list[str]) -> int:
     if args.command == "retention":
         return asyncio.run(_retention(settings, args.dry_run))
     if args.command == "indexes":
-        return asyncio.run(_indexes(settings))
+        asyncio.run(create_indexes("audit", settings.mongo, ensure_indexes))
+        return 0
     return asyncio.run(_export(settings, args.tenant, args.out, args.public_key))
 
 

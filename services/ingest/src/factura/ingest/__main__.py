@@ -10,21 +10,11 @@ import asyncio
 import sys
 
 from factura.common.apikeys.cli import run as keys_cli
-from factura.common.mongo import create_client, database
+from factura.common.mongo import create_indexes
 from factura.common.runtime import main
 from factura.ingest import cli
 from factura.ingest.bootstrap import bootstrap, ensure_indexes
 from factura.ingest.settings import Settings
-
-
-async def create_indexes(settings: Settings) -> None:
-    client = create_client(settings.mongo)
-    try:
-        await ensure_indexes(database(client, settings.mongo))
-    finally:
-        await client.close()
-    print(f"ingest: indexes created in database {settings.mongo.database!r}")
-
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["load"]:
@@ -32,6 +22,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["keys"]:
         sys.exit(keys_cli(sys.argv[2:], Settings().mongo, prog="python -m factura.ingest keys"))
     if sys.argv[1:] == ["indexes"]:
-        asyncio.run(create_indexes(Settings()))
+        settings = Settings()
+        asyncio.run(create_indexes("ingest", settings.mongo, ensure_indexes))
         sys.exit(0)
     main("ingest", Settings, bootstrap)

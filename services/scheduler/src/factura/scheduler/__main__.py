@@ -9,25 +9,16 @@ import asyncio
 import sys
 
 from factura.common.apikeys.cli import run as keys_cli
-from factura.common.mongo import create_client, database
+from factura.common.mongo import create_indexes
 from factura.common.runtime import main
 from factura.scheduler.bootstrap import bootstrap, ensure_indexes
 from factura.scheduler.settings import Settings
-
-
-async def create_indexes(settings: Settings) -> None:
-    client = create_client(settings.mongo)
-    try:
-        await ensure_indexes(settings, database(client, settings.mongo))
-    finally:
-        await client.close()
-    print(f"scheduler: indexes created in database {settings.mongo.database!r}")
-
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["keys"]:
         sys.exit(keys_cli(sys.argv[2:], Settings().mongo, prog="python -m factura.scheduler keys"))
     if sys.argv[1:] == ["indexes"]:
-        asyncio.run(create_indexes(Settings()))
+        settings = Settings()
+        asyncio.run(create_indexes("scheduler", settings.mongo, lambda db: ensure_indexes(settings, db)))
         sys.exit(0)
     main("scheduler", Settings, bootstrap)
