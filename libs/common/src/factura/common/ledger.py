@@ -39,6 +39,15 @@ The remaining duplicate window, i.e. the only ways one delivery is handed to a p
 
 Claims are compared with each process's wall clock (``lease_expires_ms``, epoch milliseconds,
 stored as a number: nx-27017 turns datetimes written by ``$set`` into strings).
+
+Personal data: the stored outcomes (``outcome``, ``late_outcome``) name the recipient and carry the
+customer's name, email, phone and address, and the provider's text about them, and they outlive
+Kafka's retention. With a :class:`~factura.common.pii.FieldCipher`, each is stored as one token
+under the customer's data key (``customer_id`` beside it, in the clear like audit's), so erasing
+the customer makes them unreadable. The customer's key is loaded before the provider is called,
+so the encryption between "accepted" and the "done" write adds no round trip on the way, and a
+missing KEK stops the delivery before anything was sent. Outcomes stored in the clear (written
+before, or naming no customer) are read as they are.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ from factura.common.errors import DependencyDown
 from factura.common.events import parse_event
 from factura.common.metrics import PREFIX
 from factura.common.mongo import Document, process_owner
+from factura.common.pii import Erased, FieldCipher, KeyStoreError, is_token
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +99,19 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class OutcomeErased(Erased):
+    """The stored outcome belongs to a customer since erased: it cannot be read, nor published again."""
+
+
+def customer_of(event: Envelope[Any]) -> str | None:
+    """The id of the customer an event is about (its invoice's customer), if it names one."""
+    data = event.data
+    invoice = getattr(data, "invoice", None) or getattr(getattr(data, "notice", None), "invoice", None)
+    customer = getattr(invoice, "customer", None) or getattr(data, "customer", None)
+    found = getattr(customer, "customer_id", None)
+    return found if isinstance(found, str) else None
+
+
 class Claim:
     """This process's lease on one delivery; hand the outcome to :meth:`record` once the provider accepted."""
 
@@ -114,10 +137,13 @@ class DeliveryLedger:
         settings: LedgerSettings | None = None,
         *,
         owner: str | None = None,
+        cipher: FieldCipher | None = None,
     ) -> None:
+        """``cipher``: encrypt stored outcomes under the customer's data key (see the module docstring)."""
         self._deliveries = collection
         self._settings = settings or LedgerSettings()
         self.owner = owner or process_owner()
+        self._cipher = cipher
         #: Outcomes the provider accepted whose "done" write has not been acknowledged yet.
         self._accepted: dict[str, Envelope[Any]] = {}
         #: Deliveries this process is running now (a timed-out attempt may still be unwinding).
@@ -127,21 +153,52 @@ class DeliveryLedger:
         await self._deliveries.create_index([("tenant_id", 1), ("invoice_id", 1)])
         await self._deliveries.create_index("provider_message_id")
 
+    async def _sealed(self, event: Envelope[Any], field: str) -> Document:
+        """The ``$set`` that stores ``event`` as ``field``: one token under its customer's data key."""
+        text = event.model_dump_json()
+        customer = customer_of(event)
+        if self._cipher is None or customer is None:
+            return {field: text}
+        token = await self._cipher.encrypt_field(event.tenant_id, customer, f"ledger.{field}", text)
+        return {field: token, "customer_id": customer}
+
+    async def _stored(self, doc: Document, field: str) -> Envelope[Any]:
+        """The event stored as ``field``; :class:`OutcomeErased` if its customer was erased."""
+        value = doc[field]
+        if is_token(value):
+            if self._cipher is None:
+                raise KeyStoreError(f"delivery {doc['_id']} holds an encrypted {field}, and this ledger has no cipher")
+            try:
+                value = await self._cipher.decrypt_field(
+                    str(doc["tenant_id"]), str(doc["customer_id"]), f"ledger.{field}", value
+                )
+            except Erased as e:
+                raise OutcomeErased(f"the {field} of delivery {doc['_id']} belongs to an erased customer") from e
+        return parse_event(value)
+
     async def accepted_message(self, provider_message_id: str) -> Envelope[Any] | None:
         """The recorded outcome of the delivery the provider knows as ``provider_message_id``
-        (an SMTP Message-ID, an SMS sid): how a later bounce or status report finds its message."""
+        (an SMTP Message-ID, an SMS sid): how a later bounce or status report finds its message.
+        None also when its customer was erased: a report about their message is then ignored."""
         doc = await self._deliveries.find_one({"provider_message_id": provider_message_id, "state": "done"})
-        return parse_event(doc["outcome"]) if doc is not None else None
+        if doc is None:
+            return None
+        try:
+            return await self._stored(doc, "outcome")
+        except OutcomeErased:
+            log.info("a report names a message to a customer since erased; ignored", extra={"key": doc["_id"]})
+            return None
 
     async def report_once(self, delivered: Envelope[Any], failed: Envelope[Any]) -> Envelope[Any]:
         """Record ``failed`` as what became of the accepted ``delivered`` message, unless a report
         was recorded first: then that one is returned. One hand-over per message, however many
         reports (a soft bounce, then a hard one) name it, and a report posted twice re-publishes
-        the same event."""
+        the same event. :class:`OutcomeErased` if the recorded one's customer was erased since
+        ``delivered`` was read (nothing to re-publish then; a retry finds no ``delivered``)."""
         key = f"{delivered.causation_id}:{getattr(delivered.data, 'channel', '')}"
         before = await self._deliveries.find_one_and_update(
             {"_id": key, "late_outcome": {"$exists": False}},
-            {"$set": {"late_outcome": failed.model_dump_json()}},
+            {"$set": await self._sealed(failed, "late_outcome")},
             return_document=ReturnDocument.BEFORE,
         )
         if before is not None:
@@ -149,7 +206,7 @@ class DeliveryLedger:
         doc = await self._deliveries.find_one({"_id": key})
         if doc is None or not doc.get("late_outcome"):
             raise DependencyDown("ledger", f"could not record the later report of delivery {key}")
-        return parse_event(doc["late_outcome"])
+        return await self._stored(doc, "late_outcome")
 
     async def deliver_once(
         self,
@@ -166,26 +223,39 @@ class DeliveryLedger:
         provider accepted; an outcome it only returns (a refusal, no address) is recorded after it
         returns. ``dependency`` names the provider in the :class:`DependencyDown` raised when the
         delivery outlives its deadline.
+
+        A delivery found done whose customer was erased since is not published again, only logged:
+        its outcome was published (and audited) when it was recorded, and what it said about the
+        customer is what the erasure destroyed.
         """
         key = f"{cause.event_id}:{channel}"
-        if key in self._accepted:  # sent before, but the "done" write failed: write it, do not send
-            outcome = await self.finish(key, channel, self._accepted[key])
-        else:
-            started = asyncio.get_running_loop().time()
-            begun = await self.begin(key, cause, channel)
-            if isinstance(begun, Claim):
-                outcome = await self._run(begun, deliver, started, dependency)
+        try:
+            if key in self._accepted:  # sent before, but the "done" write failed: write it, do not send
+                outcome = await self.finish(key, channel, self._accepted[key])
             else:
-                log.info("already delivered; re-publishing the recorded outcome", extra={"key": key})
-                outcome = begun
+                started = asyncio.get_running_loop().time()
+                begun = await self.begin(key, cause, channel)
+                if isinstance(begun, Claim):
+                    outcome = await self._run(begun, cause, deliver, started, dependency)
+                else:
+                    log.info("already delivered; re-publishing the recorded outcome", extra={"key": key})
+                    outcome = begun
+        except OutcomeErased:
+            self._accepted.pop(key, None)  # recorded as done (by another owner): nothing left to write
+            log.info("already delivered to a customer since erased; nothing to re-publish", extra={"key": key})
+            return
         await publish(outcome)
 
-    async def _run(self, claim: Claim, deliver: Deliver, started: float, dependency: str) -> Envelope[Any]:
+    async def _run(
+        self, claim: Claim, cause: Envelope[Any], deliver: Deliver, started: float, dependency: str
+    ) -> Envelope[Any]:
         budget = self._settings.lease_s - self._settings.clock_margin_s
         self._active.add(claim.key)
         try:
             try:
                 async with asyncio.timeout_at(started + budget) as deadline:
+                    if self._cipher is not None and (customer := customer_of(cause)) is not None:
+                        await self._cipher.prepare(cause.tenant_id, customer)
                     returned = await deliver(claim)
                     await claim.record(returned)
             except TimeoutError as e:
@@ -270,7 +340,7 @@ class DeliveryLedger:
                 return Claim(self, key, channel)
         doc = await self._deliveries.find_one({"_id": key})
         if doc is not None and doc.get("state") == "done":
-            return parse_event(doc["outcome"])
+            return await self._stored(doc, "outcome")
         if doc is None:  # removed between our insert and our read: nothing to wait for
             raise DependencyDown("ledger", f"claim {key} vanished while being claimed")
         remaining = (int(doc.get("lease_expires_ms", 0)) - now) / 1000
@@ -280,7 +350,8 @@ class DeliveryLedger:
         """Record ``outcome`` as done and return the outcome to publish.
 
         Records even when this process's lease was lost: the provider accepted, and "done" stops
-        any further attempt. If another owner recorded first, its outcome is kept and returned.
+        any further attempt. If another owner recorded first, its outcome is kept and returned
+        (:class:`OutcomeErased` if its customer was erased meanwhile).
         """
         accepted_at = time.perf_counter()
         self._accepted[key] = outcome
@@ -289,7 +360,7 @@ class DeliveryLedger:
             {
                 "$set": {
                     "state": "done",
-                    "outcome": outcome.model_dump_json(),
+                    **await self._sealed(outcome, "outcome"),
                     "owner": self.owner,
                     "provider_message_id": getattr(outcome.data, "provider_message_id", None),
                 },
@@ -315,4 +386,4 @@ class DeliveryLedger:
                 extra={"key": key, "other_owner": doc.get("owner")},
             )
         del self._accepted[key]
-        return parse_event(doc["outcome"])
+        return await self._stored(doc, "outcome")

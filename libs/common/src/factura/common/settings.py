@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import BaseModel, Field, SecretBytes, SecretStr, model_validator
@@ -121,6 +122,24 @@ class LinkSettings(BaseModel):
     )
     minimal_user_agent: bool = Field(
         default=False, description="Record only the user-agent class in tracking events, never the raw string"
+    )
+
+
+class PiiSettings(BaseModel):
+    """Where the tenant KEKs that wrap customers' data keys come from (factura.common.pii). Every service
+    that encrypts or reads contact data in the shared ``customer_keys`` collection needs the same KEKs."""
+
+    keys_dir: Path | None = Field(
+        default=None,
+        description="Tenant KEK files (<tenant>.kek) wrapping customers' data keys: the factura-pii-keys Secret",
+    )
+    secret: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        description="Without keys_dir: every tenant's KEK derived from this secret (development only)",
+    )
+    cache_ttl_s: float = Field(
+        default=30.0, ge=0, le=600, description="How long an unwrapped customer data key is cached in memory"
     )
 
 

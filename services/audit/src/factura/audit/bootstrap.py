@@ -37,7 +37,7 @@ from factura.common.kafka.producer import Publisher
 from factura.common.lease import Lease
 from factura.common.mongo import Document, create_client, database, ping, process_owner
 from factura.common.pii import COLLECTION as CUSTOMER_KEYS
-from factura.common.pii import FieldCipher, FileKeyStore, KeyStore, NoKeyStore, SecretKeyStore
+from factura.common.pii import FieldCipher, NoKeyStore, field_cipher
 from factura.common.runtime import Wiring
 from factura.common.storage import DocumentStore
 from factura.common.tenants import TenantDirectory
@@ -88,14 +88,6 @@ async def ensure_indexes(db: AsyncDatabase[Document]) -> None:
     await FieldCipher(db[CUSTOMER_KEYS], NoKeyStore()).ensure_indexes()
 
 
-def pii_keystore(settings: Settings, signer: Signer) -> KeyStore:
-    """Tenant KEKs from ``pii_keys_dir``; without it, derived from the signing key (development)."""
-    if settings.pii_keys_dir is not None:
-        return FileKeyStore(settings.pii_keys_dir)
-    log.warning("FACTURA_AUDIT_PII_KEYS_DIR unset: customer data keys are wrapped by a key derived from the signer")
-    return SecretKeyStore(signer.derived_secret("pii-kek"))
-
-
 async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitStack) -> Wiring:
     signer = Signer.from_file(settings.signer_path())  # first: no key, no start
     mongo = create_client(settings.mongo)
@@ -105,7 +97,8 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     db = AuditDb.of(mongo_db)
     keys = ApiKeyStore(mongo_db[COLLECTION])
     writer = ChainWriter(db.records, db.tombstones)
-    cipher = FieldCipher(mongo_db[CUSTOMER_KEYS], pii_keystore(settings, signer), cache_ttl_s=settings.pii_cache_ttl_s)
+    # Unconfigured KEKs fall back to a key derived from the signer (development only).
+    cipher = field_cipher(mongo_db[CUSTOMER_KEYS], settings.pii, signer.derived_secret("pii-kek"))
     handlers = AuditHandlers(writer, cipher)
     checkpointer = Checkpointer(db, writer, signer, settings.checkpoint_interval_s)
     tenants = TenantDirectory(settings.tenants_dir)

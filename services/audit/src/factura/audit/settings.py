@@ -1,10 +1,12 @@
+import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from factura.audit.checkpoints import Keyring
-from factura.common.settings import MongoSettings, S3Settings, ServiceSettings
+from factura.common.settings import MongoSettings, PiiSettings, S3Settings, ServiceSettings
 
 
 class Settings(ServiceSettings):
@@ -46,11 +48,18 @@ class Settings(ServiceSettings):
         default=86400.0, gt=0, description="How often that background verification walks each whole chain instead"
     )
     batch_max_records: int = Field(default=1000, ge=1, le=10_000, description="Records per chain insert")
-    pii_keys_dir: Path | None = Field(
-        default=None,
-        description="Tenant KEK files (<tenant>.kek) wrapping customers' data keys; unset: derived from the "
+    pii: PiiSettings = Field(
+        default_factory=PiiSettings,
+        description="Tenant KEKs of customers' contact data; neither keys_dir nor secret: derived from the "
         "signing key (development only: rotating that key would then lose every customer's contact data)",
     )
-    pii_cache_ttl_s: float = Field(
-        default=30.0, ge=0, le=600, description="How long an unwrapped customer data key is cached in memory"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_renamed_pii_settings(cls, data: Any) -> Any:
+        """The PII settings moved into the shared ``pii`` group: an old name left in a deployment must
+        stop the start, not silently switch the KEKs to the development fallback."""
+        for old in ("FACTURA_AUDIT_PII_KEYS_DIR", "FACTURA_AUDIT_PII_CACHE_TTL_S"):
+            if old in os.environ:
+                raise ValueError(f"{old} was renamed {old.replace('_PII_', '_PII__')}")
+        return data

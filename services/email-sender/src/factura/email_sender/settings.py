@@ -6,7 +6,7 @@ from pydantic_settings import SettingsConfigDict
 
 from factura.common.delivery.api import AdminSettings
 from factura.common.ledger import LedgerSettings
-from factura.common.settings import LinkSettings, MongoSettings, S3Settings, ServiceSettings
+from factura.common.settings import LinkSettings, MongoSettings, PiiSettings, S3Settings, ServiceSettings
 from factura.common.webhooks import WebhookSettings
 
 #: The usual port for each way of securing the connection (RFC 8314: 465 is implicit TLS).
@@ -106,3 +106,6 @@ class Settings(ServiceSettings):
     )
     admin: AdminSettings = Field(default_factory=AdminSettings, description="Who may list and lift suppressions")
     tenants_dir: Path | None = Field(default=None, description="Per-tenant configs (identity, policy, branding)")
+    pii: PiiSettings = Field(
+        default_factory=PiiSettings, description="Tenant KEKs encrypting contact data in the delivery ledger"
+    )

@@ -4,7 +4,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from factura.common.ledger import LedgerSettings
-from factura.common.settings import LinkSettings, MongoSettings, ServiceSettings
+from factura.common.settings import LinkSettings, MongoSettings, PiiSettings, ServiceSettings
 from factura.common.tls import TlsSettings
 
 
@@ -59,3 +59,6 @@ class Settings(ServiceSettings):
     ledger: LedgerSettings = LedgerSettings()
     links: LinkSettings = LinkSettings()
     tenants_dir: Path | None = Field(default=None, description="Per-tenant configs (names, policy, link domain)")
+    pii: PiiSettings = Field(
+        default_factory=PiiSettings, description="Tenant KEKs encrypting contact data in the delivery ledger"
+    )

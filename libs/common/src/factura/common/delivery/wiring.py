@@ -1,4 +1,5 @@
-"""What every sender's bootstrap builds the same way: MongoDB stores, tenants, links."""
+"""What every sender's bootstrap builds the same way: MongoDB stores (the ledger encrypting its
+outcomes under customers' data keys), tenants, links."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from factura.common.delivery.suppression import SuppressionStore
 from factura.common.ledger import DeliveryLedger, LedgerSettings
 from factura.common.links import LinkSigner
 from factura.common.mongo import Document, create_client, database, ping
-from factura.common.settings import LinkSettings, MongoSettings
+from factura.common.pii import COLLECTION as CUSTOMER_KEYS
+from factura.common.pii import field_cipher
+from factura.common.settings import LinkSettings, MongoSettings, PiiSettings
 from factura.common.shortlinks import ShortLinks
 from factura.common.tenants import TenantDirectory
 
@@ -43,6 +46,8 @@ class SenderSettings(Protocol):
     def links(self) -> LinkSettings: ...
     @property
     def tenants_dir(self) -> Path | None: ...
+    @property
+    def pii(self) -> PiiSettings: ...
 
 
 async def delivery_kit(settings: SenderSettings, stack: AsyncExitStack) -> DeliveryKit:
@@ -50,9 +55,11 @@ async def delivery_kit(settings: SenderSettings, stack: AsyncExitStack) -> Deliv
     client = create_client(mongo)
     stack.push_async_callback(client.close)
     db = database(client, mongo)
+    cipher = field_cipher(db[CUSTOMER_KEYS], settings.pii)
+    await cipher.ensure_indexes()
     kit = DeliveryKit(
         db=db,
-        ledger=DeliveryLedger(db["deliveries"], settings.ledger),
+        ledger=DeliveryLedger(db["deliveries"], settings.ledger, cipher=cipher),
         suppressions=SuppressionStore(db["suppressions"]),
         tenants=TenantDirectory(settings.tenants_dir),
         links=LinkMaker(

@@ -14,6 +14,7 @@ from factura.common.pii.keystore import (
     Wrapped,
     new_kek_line,
 )
+from factura.common.pii.wiring import field_cipher, pii_keystore
 
 __all__ = [
     "COLLECTION",
@@ -30,6 +31,8 @@ __all__ = [
     "SecretKeyStore",
     "Undecryptable",
     "Wrapped",
+    "field_cipher",
     "is_token",
     "new_kek_line",
+    "pii_keystore",
 ]

@@ -173,6 +173,13 @@ class FieldCipher:
 
     # --- keys -----------------------------------------------------------------------------------
 
+    async def prepare(self, tenant_id: str, customer_id: str) -> None:
+        """Load (or create) the customer's data key now: an :meth:`encrypt_field` within the cache
+        period then needs no round trip, and a missing KEK shows before an irreversible act (a
+        message sent) whose record must be encrypted right after it."""
+        if await self._key(tenant_id, customer_id, create=True) is None:
+            raise KeyStoreError(f"no data key could be kept for customer {customer_id!r} (erased while created)")
+
     async def key_id(self, tenant_id: str, customer_id: str) -> str | None:
         """The id of the customer's data key; ``None`` if it has none (never seen, or erased)."""
         doc = await self._keys.find_one(exact({"_id": key_doc_id(tenant_id, customer_id)}), {"key_id": 1})

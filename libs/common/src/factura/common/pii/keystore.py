@@ -171,13 +171,16 @@ class SecretKeyStore(_LocalKeys):
 
 class NoKeyStore:
     """Wraps and unwraps nothing: for code that only creates indexes, or erases (deleting a key
-    needs no KEK), e.g. building the API's OpenAPI schema."""
+    needs no KEK), e.g. building the API's OpenAPI schema. ``reason`` is what every call raises."""
+
+    def __init__(self, reason: str = "no key store is configured here") -> None:
+        self._reason = reason
 
     async def wrap(self, tenant_id: str, data_key: bytes, context: Mapping[str, str]) -> Wrapped:
-        raise KeyStoreError("no key store is configured here")
+        raise KeyStoreError(self._reason)
 
     async def unwrap(self, tenant_id: str, wrapped: Wrapped, context: Mapping[str, str]) -> bytes:
-        raise KeyStoreError("no key store is configured here")
+        raise KeyStoreError(self._reason)
 
 
 class KmsClient(Protocol):
