@@ -8,57 +8,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
 from factura.audit.chain import ChainWriter
 from factura.audit.checkpoints import Checkpointer, Keyring, Signer
-from factura.audit.records import NewRecord, access
 from factura.audit.store import AuditDb
 from factura.audit.verify import Anchor, verify_chain
 from factura.audit.watch import ChainWatch
-from factura.common.mongo import create_client, database
-from factura.devstack.config import StackConfig
-from tests.conftest import mongo_settings
+from tests.integration import test_audit_chain as chain_tests
+from tests.integration.test_audit_chain import calls
 from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def db(cfg: StackConfig) -> AsyncIterator[AuditDb]:
-    settings = mongo_settings(cfg)
-    client = create_client(settings)
-    audit = AuditDb.of(database(client, settings), prefix=f"audit_{uuid.uuid4().hex[:6]}_")
-    await audit.ensure_indexes()
-    yield audit
-    await client.close()
-
-
-@pytest.fixture
-def signer() -> Signer:
-    return Signer(Ed25519PrivateKey.generate())
-
-
-def calls(tenant: str, n: int, start: int = 0) -> list[NewRecord]:
-    return [
-        access(
-            record_id=f"access:{tenant}:{i}",
-            tenant_id=tenant,
-            key_id="k1",
-            role="compliance-reader",
-            method="GET",
-            path=f"/v1/invoices/INV-{i}/timeline",
-            query="",
-            status=200,
-        )
-        for i in range(start, start + n)
-    ]
+# The chain tests' fixtures: a fresh audit database per test and a signing key.
+db = chain_tests.db
+signer = chain_tests.signer
 
 
 async def sealed_chain(db: AuditDb, signer: Signer, tenant: str, n: int, start: int = 0) -> None:
