@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import SecretStr
 from pymongo.asynchronous.database import AsyncDatabase
 
 from factura.common.delivery.effectiveness import ChannelEffectiveness
@@ -56,8 +57,10 @@ from factura.common.kafka.partition import decode
 from factura.common.kafka.producer import Publisher
 from factura.common.lease import Lease
 from factura.common.mongo import Document, create_client, database, process_owner
+from factura.common.pii import COLLECTION as CUSTOMER_KEYS
+from factura.common.pii import field_cipher
 from factura.common.schemas import EXAMPLES_DIR
-from factura.common.settings import KafkaSettings, MongoSettings
+from factura.common.settings import KafkaSettings, MongoSettings, PiiSettings
 from factura.common.tenants import TenantDirectory
 from factura.common.topics import INVOICE_CREATED, REMINDER_DUE
 from factura.devstack.config import StackConfig
@@ -172,7 +175,7 @@ def wire(
     settings: Settings, db: AsyncDatabase[Document], publisher: Publisher, clock: Clock, collection: str
 ) -> tuple[SchedulerHandlers, Schedules, Lease]:
     """What ``bootstrap`` builds, on ``collection``, with the injected clock."""
-    schedules = Schedules(db[collection])
+    schedules = Schedules(db[collection], field_cipher(db[CUSTOMER_KEYS], settings.pii))
     lease = Lease(db["leases"], SWEEP_LEASE, owner=process_owner(), ttl=settings.lease_ttl)
     handlers = SchedulerHandlers(
         publisher,
@@ -195,6 +198,7 @@ async def measure(cfg: StackConfig, run: str) -> dict[str, float]:
         kafka=KafkaSettings(bootstrap_servers=cfg.kafka_bootstrap, topic_prefix=cfg.topic_prefix, idempotence=False),
         mongo=MongoSettings(url=cfg.mongo_url, database=cfg.mongo_database),
         tenants_dir=cfg.tenants_dir,
+        pii=PiiSettings(secret=SecretStr(cfg.pii_secret)),
     )
     clock = Clock(NOW)
     async with AsyncExitStack() as stack:

@@ -63,6 +63,7 @@ from factura.scheduler.handlers import SchedulerHandlers
 from factura.scheduler.schedule import Schedules
 from tests.conftest import mongo_settings
 from tests.kafka_helpers import Bus, isolated, read_topic
+from tests.pii_keys import pii_cipher
 
 HOUR = timedelta(hours=1)
 #: The sweep lease's default term (3 ticks of 60 s): a killed holder is replaced after it.
@@ -377,7 +378,7 @@ class SimSchedules(Schedules):
     """The real schedules store; moving a timer may die where :class:`Faults` say."""
 
     def __init__(self, collection: AsyncCollection[Document], faults: Faults) -> None:
-        super().__init__(collection)
+        super().__init__(collection, pii_cipher(collection.database))
         self._faults = faults
 
     async def plan(
@@ -555,7 +556,7 @@ async def simulation(
     settings = mongo_settings(cfg)
     client = create_client(settings)
     db = client[f"{settings.database}_sim_{uuid.uuid4().hex[:8]}"]
-    await Schedules(db["schedules"]).ensure_indexes()
+    await Schedules(db["schedules"], pii_cipher(db)).ensure_indexes()
     await ChannelEffectiveness.in_database(db).ensure_indexes()
     clock = SimClock(start)
     faults = faults or Faults()

@@ -44,6 +44,7 @@ from factura.scheduler.settings import Settings
 from tests.conftest import mongo_settings
 from tests.integration.test_scheduler import Clock, message
 from tests.kafka_helpers import Bus, isolated
+from tests.pii_keys import pii_cipher
 from tests.unit.test_scheduler import (
     TENANT,
     invoice_cancelled,
@@ -127,7 +128,7 @@ async def env(cfg: StackConfig, tmp_path: Path) -> AsyncIterator[Env]:
         db = database(mongo, settings)
         suffix = uuid.uuid4().hex[:6]
         clock = Clock(WEDNESDAY)
-        schedules = Schedules(db[f"schedules_{suffix}"])
+        schedules = Schedules(db[f"schedules_{suffix}"], pii_cipher(db))
         campaigns = Campaigns(db[f"campaigns_{suffix}"])
         # A long cache: a key verified once keeps working while MongoDB is down (the outage test).
         keys = ApiKeyStore(db[f"{COLLECTION}_{suffix}"], cache_ttl_s=600)

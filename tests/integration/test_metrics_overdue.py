@@ -14,6 +14,7 @@ from factura.common.mongo import create_client, database
 from factura.devstack.config import StackConfig
 from factura.scheduler.schedule import Overdue, Schedules
 from tests.conftest import mongo_settings
+from tests.pii_keys import pii_cipher
 from tests.unit.test_scheduler import TODAY, invoice_cancelled, invoice_created, payment_received
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,8 @@ async def schedules(cfg: StackConfig) -> AsyncIterator[Schedules]:
     mongo = mongo_settings(cfg)
     client = create_client(mongo)
     try:
-        store = Schedules(database(client, mongo)[f"schedules_{uuid.uuid4().hex[:6]}"])
+        db = database(client, mongo)
+        store = Schedules(db[f"schedules_{uuid.uuid4().hex[:6]}"], pii_cipher(db))
         await store.ensure_indexes()
         yield store
     finally:

@@ -24,23 +24,27 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from factura.common.delivery.effectiveness import ChannelEffectiveness
 from factura.common.envelope import Envelope, utcnow
+from factura.common.events import summary_of
 from factura.common.kafka.consumer import Batched, Message
 from factura.common.kafka.producer import Publisher
 from factura.common.lease import Lease
 from factura.common.mongo import Document, create_client, database
+from factura.common.pii import COLLECTION as CUSTOMER_KEYS
+from factura.common.pii import ERASED, field_cipher, is_token
 from factura.common.reminders import Cursor
 from factura.common.settings import MongoSettings
 from factura.common.tenants import TenantConfigError, TenantDirectory
 from factura.common.topics import REGISTRY
 from factura.devstack.config import StackConfig
 from factura.scheduler.bootstrap import bootstrap
-from factura.scheduler.decisions import ScheduleState, refusals
+from factura.scheduler.decisions import InvoiceInfo, ScheduleState, refusals
 from factura.scheduler.handlers import SchedulerHandlers
 from factura.scheduler.schedule import NEVER, Schedules
 from factura.scheduler.settings import Settings
 from factura.scheduler.tickets import HelpdeskSettings
 from tests.conftest import mongo_settings
 from tests.kafka_helpers import Bus, isolated
+from tests.pii_keys import TEST_PII, pii_cipher
 from tests.unit.test_scheduler import (
     TENANT,
     invoice_cancelled,
@@ -181,7 +185,7 @@ async def environment(cfg: StackConfig, tenants: TenantDirectory | None = None) 
         suffix = uuid.uuid4().hex[:6]
         db = database(client, mongo)
         collection = db[f"schedules_{suffix}"]
-        schedules = Schedules(collection)
+        schedules = Schedules(collection, pii_cipher(db))
         await schedules.ensure_indexes()
         effectiveness = ChannelEffectiveness(db[f"channel_deliveries_{suffix}"], db[f"channel_credits_{suffix}"])
         try:
@@ -628,6 +632,48 @@ async def test_a_corrected_version_that_renders_is_reminded(cfg: StackConfig, tm
         assert await tick_at(handlers, clock, clock.now) == [key_of(v2, "due#1")]
 
 
+# --- personal data -------------------------------------------------------------------------------
+
+
+async def test_contact_data_is_stored_encrypted_and_an_erased_customer_gets_no_more_reminders(
+    cfg: StackConfig, tmp_path: Path
+) -> None:
+    clock = Clock(at(date(2026, 3, 2), 10))
+    async with environment(cfg, tenants_in(tmp_path)) as env:
+        handlers = env.handlers(clock=clock)
+        created = invoice_created(new_number(), due=DUE)
+        customer = created.data.customer.model_copy(update={"customer_id": f"C-{uuid.uuid4().hex[:8]}"})
+        created = created.model_copy(update={"data": created.data.model_copy(update={"customer": customer})})
+        number = created.data.invoice_number
+        await handlers.on_invoice_created(message(created))
+        await handlers.on_invoice_rendered(message(invoice_rendered(created)))
+
+        raw = await env.collection.find_one({"invoice_id": number})
+        assert raw is not None and customer.email and customer.phone
+        stored = raw["summary"]["customer"]
+        assert all(is_token(stored[field]) for field in ("name", "email", "phone"))
+        assert not {customer.name, customer.email, customer.phone} & set(map(str, stored.values()))
+        assert stored["customer_id"] == customer.customer_id  # what the erasure and the credits key on
+        assert (await env.state(number)).invoice == InvoiceInfo(
+            summary_of(created.data), created.correlation_id, str(created.event_id)
+        )
+        assert await tick_at(handlers, clock, SENT["before-5#1"]) == [key_of(created, "before-5#1")]
+
+        # Erased: another process (no cached key) finds the contact data gone at the next occurrence.
+        assert await pii_cipher(env.collection.database).erase(TENANT, customer.customer_id)
+        after = Schedules(env.collection, pii_cipher(env.collection.database))
+        assert await tick_at(env.handlers(clock=clock, schedules=after), clock, SENT["due#1"]) == []
+        state = await after.state(TENANT, number)
+        assert state is not None and state.invoice is not None and closed(state)
+        assert state.invoice.contact_lost == "customer_erased"
+        left = state.invoice.summary
+        assert (left.customer.name, left.customer.email, left.customer.phone) == (ERASED, None, None)
+        assert (left.invoice_number, left.total, left.due_date) == (number, created.data.total, DUE)  # fiscal
+        raw = await env.collection.find_one({"invoice_id": number})
+        assert raw is not None and raw["stopped"] == "customer_erased" and raw["open_amount"] > 0  # still owed
+        assert [e.data.step for e in await env.events("reminder.due")] == ["before-5"]
+
+
 # --- the timer under races and crashes ------------------------------------------------------------
 
 
@@ -661,7 +707,7 @@ class CrashingSchedules(Schedules):
 async def test_a_sweep_racing_a_payment_never_revives_the_closed_schedule(cfg: StackConfig, tmp_path: Path) -> None:
     clock = Clock(at(DUE, 10))
     async with environment(cfg, tenants_in(tmp_path)) as env:
-        racing = RacingSchedules(env.collection)
+        racing = RacingSchedules(env.collection, pii_cipher(env.collection.database))
         sweeper = env.handlers(clock=clock, schedules=racing)
         consumer = env.handlers(clock=clock)  # the event handlers of the same (or another) replica
         created = invoice_created(new_number(), due=DUE, total="100.00")
@@ -691,7 +737,7 @@ async def test_a_crash_between_publishing_and_moving_the_timer_republishes_the_s
 ) -> None:
     clock = Clock(at(DUE, 10))
     async with environment(cfg, tenants_in(tmp_path)) as env:
-        crashing = CrashingSchedules(env.collection)
+        crashing = CrashingSchedules(env.collection, pii_cipher(env.collection.database))
         handlers = env.handlers(clock=clock, schedules=crashing)
         created = invoice_created(new_number(), due=DUE)
         number = created.data.invoice_number
@@ -829,7 +875,9 @@ async def test_bootstrap_wires_the_tenants_plans_and_the_topics(cfg: StackConfig
     mongo = MongoSettings(url=cfg.mongo_url, database=f"{cfg.mongo_database}_{uuid.uuid4().hex[:6]}")
     async with isolated(cfg, client_id="test-scheduler-bootstrap") as bus:
         async with AsyncExitStack() as stack:
-            settings = Settings(mongo=mongo, tenants_dir=tenants, helpdesk=HelpdeskSettings(secret="s" * 16))
+            settings = Settings(
+                mongo=mongo, tenants_dir=tenants, helpdesk=HelpdeskSettings(secret="s" * 16), pii=TEST_PII
+            )
             wiring = await bootstrap(settings, bus.publisher, stack)
             assert set(wiring.routes) == {
                 "invoice.created",
@@ -851,7 +899,10 @@ async def test_bootstrap_wires_the_tenants_plans_and_the_topics(cfg: StackConfig
             await handler(message(created))
             client = create_client(mongo)
             try:
-                state = await Schedules(database(client, mongo)["schedules"]).state(ALWAYS, created.data.invoice_number)
+                db = database(client, mongo)
+                state = await Schedules(db["schedules"], field_cipher(db[CUSTOMER_KEYS], TEST_PII)).state(
+                    ALWAYS, created.data.invoice_number
+                )
             finally:
                 await client.close()
             assert state is not None and state.next_key == "before-5#1"

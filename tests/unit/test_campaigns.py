@@ -6,6 +6,7 @@ The API, the store and the runner on the real servers: ``tests/integration/test_
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import date, timedelta
 from decimal import Decimal
@@ -108,7 +109,13 @@ def test_overdue_days_select_both_ends_included_in_the_tenants_local_date() -> N
     assert due_window(flt(10, 30), TODAY) == (date(2026, 2, 16), date(2026, 3, 8))
 
 
-def test_paid_cancelled_rejected_and_unrendered_invoices_are_left_out_with_their_reason() -> None:
+def erased(state: ScheduleState) -> ScheduleState:
+    """The state as read after the customer's contact data was erased."""
+    assert state.invoice is not None
+    return dataclasses.replace(state, invoice=dataclasses.replace(state.invoice, contact_lost="customer_erased"))
+
+
+def test_paid_cancelled_rejected_unrendered_and_erased_invoices_are_left_out_with_their_reason() -> None:
     created = invoice_created("F-1", due=TODAY - timedelta(days=20))
     document = document_of(created)
     cases = {
@@ -116,6 +123,7 @@ def test_paid_cancelled_rejected_and_unrendered_invoices_are_left_out_with_their
         "cancelled": state_of(created, cancelled=True, document=document),
         "rejected": state_of(created, rejected_causes={str(created.event_id)}, document=document),
         "not_rendered": state_of(created),
+        "customer_erased": erased(state_of(created, document=document)),
     }
     for reason, state in cases.items():
         assert exclusion(state) == reason

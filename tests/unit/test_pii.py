@@ -220,6 +220,25 @@ async def test_two_processes_creating_one_customers_key_agree() -> None:
     assert await first.decrypt_field("acme", "C1", "email", b) == EMAIL
 
 
+async def test_a_customer_object_is_sealed_field_by_field_and_opens_as_erased_after_erasure() -> None:
+    fields = cipher()
+    customer = {"customer_id": "C1", "name": "Ana", "email": "ana@x.es", "phone": None, "country": "ES"}
+    sealed = await fields.seal_contact("acme", customer)
+    assert is_token(sealed["name"]) and is_token(sealed["email"]) and sealed["phone"] is None
+    assert (sealed["customer_id"], sealed["country"]) == ("C1", "ES")  # not contact data: readable
+    assert await fields.seal_contact("acme", sealed) == sealed  # tokens are not sealed twice
+    assert await fields.open_contact("acme", sealed) == (customer, None)
+    assert await fields.open_contact("acme", customer) == (customer, None)  # stored before encryption
+
+    await fields.erase("acme", "C1")
+    opened, lost = await fields.open_contact("acme", sealed)
+    assert lost == "customer_erased"
+    assert opened == {"customer_id": "C1", "name": ERASED, "email": None, "phone": None, "country": "ES"}
+    moved = await fields.seal_contact("acme", customer | {"customer_id": "C2"})
+    swapped = moved | {"email": moved["name"]}  # a token moved to another field does not decrypt
+    assert (await fields.open_contact("acme", swapped))[1] == "contact_undecryptable"
+
+
 # --- audit records -------------------------------------------------------------------------------------
 
 

@@ -64,7 +64,8 @@ class StackConfig:
     pseudonym_secret: str = "devstack-only-pseudonym-secret"
     webhook_secret: str = "devstack-only-webhook-secret"
     admin_token: str = "devstack-only-admin-token"
-    # Every tenant's PII KEK is derived from it, shared by audit and the senders (customer_keys is shared).
+    # Every tenant's PII KEK is derived from it, shared by audit, the senders and the scheduler
+    # (customer_keys is shared).
     pii_secret: str = "devstack-only-pii-kek-secret-of-32-bytes"
     push_project: str = "factura-dev"
     tenants_dir: Path = field(default_factory=lambda: TENANTS_DIR)
@@ -236,7 +237,7 @@ def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
             p + "LINKS__PSEUDONYM_SECRET": cfg.pseudonym_secret,
             p + "LINKS__BASE_URL": cfg.service_url("renderer"),
         }
-    if name in ("email-sender", "sms-sender", "audit"):
+    if name in ("email-sender", "sms-sender", "scheduler", "audit"):
         env[p + "PII__SECRET"] = cfg.pii_secret
     if name == "renderer":
         env |= {

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from factura.common.envelope import TENANT_PATTERN, Envelope, utcnow
 from factura.common.kafka.consumer import Message
-from factura.common.pii import FieldCipher, is_token
+from factura.common.pii import CONTACT_FIELDS, FieldCipher, is_token
 
 #: The chain of records that name no tenant (reserved: no tenant may use it, see tenants.py).
 UNIDENTIFIED_TENANT = "unidentified"
@@ -49,10 +49,6 @@ OUTCOMES: Mapping[str, str] = {
 }
 #: A customer's data key was destroyed (``POST /v1/customers/{id}/erase``).
 ERASURE_TYPE = "customer.erased"
-#: Fields of a customer object (one with ``customer_id``, or an ERP ``customer`` with ``id``) that
-#: are personal data; its ``customer_id``, country, locale and tax id stay readable (the tax id is
-#: fiscal: the invoice needs it for its legal retention).
-CONTACT_FIELDS = frozenset({"name", "email", "phone", "push_token", "address"})
 #: Fields of ``delivery.*`` events that name or quote the recipient's address (SMTP replies,
 #: DSNs and webhook bodies repeat it).
 MESSAGE_FIELDS = frozenset({"recipient", "detail", "evidence"})

@@ -16,6 +16,8 @@ from factura.common.kafka.producer import Publisher
 from factura.common.lease import Lease
 from factura.common.ledger import DeliveryLedger
 from factura.common.mongo import Document, create_client, database, ping, process_owner
+from factura.common.pii import COLLECTION as CUSTOMER_KEYS
+from factura.common.pii import field_cipher
 from factura.common.runtime import Wiring
 from factura.common.tenants import TenantDirectory
 from factura.common.tls import http_client
@@ -38,7 +40,7 @@ TICKET_DELIVERIES = "ticket_deliveries"
 async def ensure_indexes(settings: Settings, db: AsyncDatabase[Document]) -> None:
     """The scheduler's indexes: at start, and by ``python -m factura.scheduler indexes`` (the
     Kubernetes index Job, before a rollout)."""
-    await Schedules(db[SCHEDULES]).ensure_indexes()
+    await Schedules(db[SCHEDULES], field_cipher(db[CUSTOMER_KEYS], settings.pii)).ensure_indexes()
     await ChannelEffectiveness.in_database(db).ensure_indexes()
     await Campaigns(db[CAMPAIGNS]).ensure_indexes()
     await ApiKeyStore(db[COLLECTION]).ensure_indexes()
@@ -52,7 +54,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     stack.push_async_callback(mongo.close)
     db = database(mongo, settings.mongo)
     await ensure_indexes(settings, db)
-    schedules = Schedules(db[SCHEDULES])
+    schedules = Schedules(db[SCHEDULES], field_cipher(db[CUSTOMER_KEYS], settings.pii))
     effectiveness = ChannelEffectiveness.in_database(db)
     owner = settings.replica_id or process_owner()
     lease = Lease(db["leases"], SWEEP_LEASE, owner=owner, ttl=settings.lease_ttl)

@@ -38,6 +38,9 @@ class InvoiceInfo:
     summary: InvoiceSummary
     correlation_id: str
     cause_event_id: str
+    #: Why the customer's contact data cannot be read any more (``customer_erased``: their data key
+    #: was destroyed), in which case ``summary.customer`` holds no contact data; ``None`` normally.
+    contact_lost: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,11 @@ class Refusal:
         if self.reason == "invoice_cancelled":
             return "the invoice was cancelled or fully credited: the payment matches nothing owed"
         return "no invoice with this number arrived: the payment matches nothing"
+
+
+def reachable(state: ScheduleState) -> bool:
+    """Whether the customer can still be written to: not when their contact data was erased."""
+    return state.invoice is not None and state.invoice.contact_lost is None
 
 
 def distinct_payments(state: ScheduleState) -> list[RecordedPayment]:

@@ -51,6 +51,7 @@ from factura.scheduler.decisions import (
     is_open,
     occurrence_event,
     paid_amount,
+    reachable,
     receipt_event,
     refusals,
     unmatched_event,
@@ -61,6 +62,11 @@ REMINDERS = counter("reminders_published_total", "Plan occurrences published, by
 RESCHEDULED = counter("reminders_rescheduled_total", "Occurrences found due outside the send window, moved.", ())
 RECEIPTS = counter("receipts_published_total", "receipt.due events published.", ())
 UNMATCHED = counter("payments_unmatched_total", "Payments not counted toward their invoice.", ("reason",))
+STOPPED = counter(
+    "reminders_stopped_total",
+    "Open invoices whose reminders stopped because the customer can no longer be reached, by reason.",
+    ("reason",),
+)
 SWEEPS = counter("reminder_sweeps_total", "Scheduler ticks, by whether this replica swept.", ("outcome",))
 APPLIED = counter(
     "payments_applied_total",
@@ -171,7 +177,7 @@ class SchedulerHandlers:
         await self._credit(state)
         await self._schedule(state)
         paid_at = paid_in_full_at(state)
-        if paid_at is not None and self._plan(state).receipt:  # paid before its invoice came
+        if paid_at is not None and self._plan(state).receipt and reachable(state):  # paid before its invoice came
             await self._publisher.publish(receipt_event(state, paid_at))
 
     async def on_invoice_rendered(self, message: Message[Envelope[InvoiceRenderedV1]]) -> None:
@@ -199,7 +205,7 @@ class SchedulerHandlers:
         paid_at = paid_in_full_at(state)
         if paid_at is not None:
             await self._schedules.close(state.tenant_id, state.invoice_id)  # every pending step, at once
-            if self._plan(state).receipt:
+            if self._plan(state).receipt and reachable(state):
                 await self._publisher.publish(receipt_event(state, paid_at))
                 RECEIPTS.inc()
             return
@@ -247,6 +253,9 @@ class SchedulerHandlers:
         if not is_open(state):
             await self._schedules.close(state.tenant_id, state.invoice_id)
             return
+        if not reachable(state):
+            await self._stop(state)
+            return
         plan, due = self._plan(state), state.invoice.summary.due_date
         # A fresh plan (or one closed before anything was sent and open again: a corrected version
         # after a render rejection) starts at the most recent past occurrence; otherwise it goes on
@@ -260,6 +269,17 @@ class SchedulerHandlers:
             key=upcoming.key if upcoming else "",
             due_ms=upcoming.at_ms if upcoming else NEVER,
             fresh=state.next_key is None,
+        )
+
+    async def _stop(self, state: ScheduleState) -> None:
+        """Stop an open invoice's reminders for good: its customer's contact data was erased. The
+        invoice still owes (the overdue figures keep it); the reason stays on the schedule."""
+        reason = state.invoice.contact_lost if state.invoice else None
+        await self._schedules.close(state.tenant_id, state.invoice_id, stopped=reason)
+        STOPPED.labels(reason=reason).inc()
+        log.warning(
+            "reminders stopped: the customer cannot be reached",
+            extra={"tenant_id": state.tenant_id, "invoice_id": state.invoice_id, "reason": reason},
         )
 
     async def _credit(self, state: ScheduleState) -> None:
@@ -352,6 +372,9 @@ class SchedulerHandlers:
             return None
         if state.invoice is None or not is_open(state):
             await self._schedules.close(state.tenant_id, state.invoice_id)
+            return None
+        if not reachable(state):
+            await self._stop(state)
             return None
         plan, due = self._plan(state), state.invoice.summary.due_date
         occurrence = next_after(plan, due, state.cursor, anchor=state.anchor)

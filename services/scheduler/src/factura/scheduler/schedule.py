@@ -16,6 +16,13 @@ does). They are derived from the document as read back, and written only when th
 compare-and-set on ``rev`` (bumped by every write), so of two events racing the later one's view
 stands. One aggregation then sums them (:meth:`Schedules.overdue`).
 
+The customer's contact data in ``summary.customer`` (name, email, phone, push token, address) is
+stored as tokens under the customer's data key (:mod:`factura.common.pii`) and decrypted on every
+read. After an erasure it reads as gone: :attr:`InvoiceInfo.contact_lost` says so and the handlers
+stop the invoice's reminders (``stopped: customer_erased``), while amounts and dates stay. A schedule
+written before encryption still reads (a value that is not a token is taken as it is) and is sealed
+by the next version of its invoice.
+
 Only ``update_one`` upserts and plain finds are used: the local MongoDB-wire server applies
 ``$setOnInsert``/``$addToSet`` on ``update_one`` upserts but not on ``find_one_and_update`` ones.
 It also ignores ``$addToSet`` on a field the document lacks, so whichever event creates the
@@ -44,6 +51,7 @@ from factura.common.events import (
     summary_of,
 )
 from factura.common.mongo import Document, exact
+from factura.common.pii import FieldCipher
 from factura.common.reminders import Cursor
 from factura.scheduler.decisions import InvoiceInfo, ScheduleState, is_open, outstanding, payment_from_document
 
@@ -64,13 +72,15 @@ def _id(tenant_id: str, invoice_id: str) -> str:
     return f"{tenant_id}/{invoice_id}"
 
 
-def state_from_document(doc: Document) -> ScheduleState:
+def state_from_document(doc: Document, contact_lost: str | None = None) -> ScheduleState:
+    """The state of a schedule document whose customer contact data is already in the clear."""
     invoice = None
     if "summary" in doc:
         invoice = InvoiceInfo(
             summary=InvoiceSummary.model_validate(doc["summary"]),
             correlation_id=doc["correlation_id"],
             cause_event_id=doc["cause_event_id"],
+            contact_lost=contact_lost,
         )
     return ScheduleState(
         tenant_id=doc["tenant_id"],
@@ -88,8 +98,17 @@ def state_from_document(doc: Document) -> ScheduleState:
 
 
 class Schedules:
-    def __init__(self, collection: AsyncCollection[Document]) -> None:
+    def __init__(self, collection: AsyncCollection[Document], cipher: FieldCipher) -> None:
         self._c = collection
+        self._cipher = cipher
+
+    async def _state(self, doc: Document) -> ScheduleState:
+        """The state of a stored schedule, with the customer's contact data decrypted (or, after
+        an erasure, gone: :attr:`InvoiceInfo.contact_lost` says why)."""
+        if "summary" not in doc:
+            return state_from_document(doc)
+        customer, lost = await self._cipher.open_contact(doc["tenant_id"], doc["summary"]["customer"])
+        return state_from_document(doc | {"summary": doc["summary"] | {"customer": customer}}, contact_lost=lost)
 
     async def ensure_indexes(self) -> None:
         # The timer: a tick asks only for what is due, so an idle tick costs one index lookup
@@ -112,7 +131,7 @@ class Schedules:
         doc = await self._c.find_one({"_id": key})
         if doc is None:
             raise RuntimeError(f"schedule {key} missing right after its upsert")
-        state = state_from_document(doc)
+        state = await self._state(doc)
         owed = _owed(state)
         if all(doc.get(field) == value for field, value in owed.items()):
             return state, False
@@ -129,13 +148,15 @@ class Schedules:
     async def record_invoice_owed(self, event: Envelope[InvoiceCreatedV1]) -> tuple[ScheduleState, bool]:
         """Record the invoice; also whether payments recorded before it now lower what it owes."""
         invoice = event.data
+        summary = summary_of(invoice).model_dump(mode="json")
+        summary["customer"] = await self._cipher.seal_contact(event.tenant_id, summary["customer"])
         return await self._upsert_owed(
             event.tenant_id,
             invoice.invoice_number,
             {
                 "$set": {
                     "due_date": as_datetime(invoice.due_date),
-                    "summary": summary_of(invoice).model_dump(mode="json"),
+                    "summary": summary,
                     "correlation_id": event.correlation_id,
                     "cause_event_id": str(event.event_id),
                 },
@@ -181,10 +202,14 @@ class Schedules:
         )
         return bool(result.matched_count)
 
-    async def close(self, tenant_id: str, invoice_id: str) -> None:
+    async def close(self, tenant_id: str, invoice_id: str, *, stopped: str | None = None) -> None:
         """Nothing more is due for this invoice (paid, cancelled, refused at render): at once,
-        whatever the timer was waiting for."""
-        await self._c.update_one({"_id": _id(tenant_id, invoice_id)}, {"$set": {"next_key": "", "next_due_ms": NEVER}})
+        whatever the timer was waiting for. ``stopped``: why reminders stop while the invoice is
+        still open (``customer_erased``), kept on the schedule as ``stopped``."""
+        update: Document = {"next_key": "", "next_due_ms": NEVER}
+        if stopped is not None:
+            update["stopped"] = stopped
+        await self._c.update_one({"_id": _id(tenant_id, invoice_id)}, {"$set": update})
 
     async def record_payment(self, event: Envelope[PaymentReceivedV1], invoice_id: str) -> ScheduleState:
         return (await self.apply_payment(event, invoice_id))[0]
@@ -221,18 +246,18 @@ class Schedules:
     async def due(self, now_ms: int, limit: int) -> list[ScheduleState]:
         """The schedules whose timer fired by ``now_ms``, earliest first (at most ``limit``)."""
         cursor = self._c.find({"next_due_ms": {"$lte": now_ms}}).sort("next_due_ms", 1).limit(limit)
-        return [state_from_document(doc) async for doc in cursor]
+        return [await self._state(doc) async for doc in cursor]
 
     async def due_between(self, tenant_id: str, first: date, last: date) -> AsyncIterator[ScheduleState]:
         """The tenant's invoices due from ``first`` to ``last`` (both included), in no set order."""
         query = exact({"tenant_id": tenant_id}) | {"due_date": {"$gte": as_datetime(first), "$lte": as_datetime(last)}}
         async for doc in self._c.find(query):
-            yield state_from_document(doc)
+            yield await self._state(doc)
 
     async def states(self, tenant_id: str, invoice_ids: Sequence[str]) -> dict[str, ScheduleState]:
         """The schedules of these invoices of one tenant that exist, by invoice id (one query)."""
         cursor = self._c.find({"_id": {"$in": [_id(tenant_id, i) for i in invoice_ids]}})
-        return {doc["invoice_id"]: state_from_document(doc) async for doc in cursor}
+        return {doc["invoice_id"]: await self._state(doc) async for doc in cursor}
 
     async def overdue(self, today: date) -> dict[str, Overdue]:
         """Open invoices due before ``today``, per currency: one aggregation over every schedule.
@@ -251,7 +276,7 @@ class Schedules:
 
     async def state(self, tenant_id: str, invoice_id: str) -> ScheduleState | None:
         doc = await self._c.find_one({"_id": _id(tenant_id, invoice_id)})
-        return None if doc is None else state_from_document(doc)
+        return None if doc is None else await self._state(doc)
 
 
 def _owed(state: ScheduleState) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from factura.common.settings import MongoSettings, ServiceSettings
+from factura.common.settings import MongoSettings, PiiSettings, ServiceSettings
 from factura.scheduler.campaigns.model import MAX_INVOICES
 from factura.scheduler.tickets import HelpdeskSettings
 
@@ -33,6 +33,9 @@ class Settings(ServiceSettings):
     )
     campaign_max_invoices: int = Field(
         default=MAX_INVOICES, ge=1, le=MAX_INVOICES, description="A campaign matching more is refused (422)"
+    )
+    pii: PiiSettings = Field(
+        default_factory=PiiSettings, description="Tenant KEKs encrypting customers' contact data in the schedules"
     )
     replica_id: str | None = Field(
         default=None, min_length=1, max_length=200, description="Owner name in the lease; default host-pid-random."

@@ -2,7 +2,16 @@
 destroying the key (crypto-shredding). See :mod:`factura.common.pii.fields` and
 :mod:`factura.common.pii.keystore`; docs/audit.md, "Personal data and erasure"."""
 
-from factura.common.pii.fields import COLLECTION, ERASED, PREFIX, Erased, FieldCipher, Undecryptable, is_token
+from factura.common.pii.fields import (
+    COLLECTION,
+    CONTACT_FIELDS,
+    ERASED,
+    PREFIX,
+    Erased,
+    FieldCipher,
+    Undecryptable,
+    is_token,
+)
 from factura.common.pii.keystore import (
     FileKeyStore,
     KeyStore,
@@ -18,6 +27,7 @@ from factura.common.pii.wiring import field_cipher, pii_keystore
 
 __all__ = [
     "COLLECTION",
+    "CONTACT_FIELDS",
     "ERASED",
     "PREFIX",
     "Erased",

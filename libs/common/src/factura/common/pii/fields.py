@@ -30,7 +30,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -52,6 +52,10 @@ COLLECTION: Final = "customer_keys"
 PREFIX: Final = "enc:v1:"
 #: What a reader is shown in place of a field whose key was erased.
 ERASED: Final = "[erased]"
+#: Fields of a customer object (events' ``Customer``, an ERP ``customer``) that are personal data,
+#: encrypted wherever they are stored. Its ``customer_id``, country, locale and tax id stay readable
+#: (the tax id is fiscal: the invoice needs it for its legal retention).
+CONTACT_FIELDS: Final = frozenset({"name", "email", "phone", "push_token", "address"})
 _TOKEN: Final = re.compile(r"^enc:v1:([0-9a-f]{16}):([A-Za-z0-9_-]{16}):([A-Za-z0-9_-]{22,})$")
 # The first plaintext byte says what the token holds: text, or a JSON value (e.g. an address object).
 _TEXT, _JSON = b"s", b"j"
@@ -170,6 +174,33 @@ class FieldCipher:
             return ERASED
         except Undecryptable:
             return "[undecryptable]"
+
+    async def seal_contact(self, tenant_id: str, customer: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of a customer object (with ``customer_id``) whose :data:`CONTACT_FIELDS` that hold
+        a value are tokens; what is already a token stays as it is."""
+        who = str(customer["customer_id"])
+        sealed = dict(customer)
+        for name in CONTACT_FIELDS & sealed.keys():
+            value = sealed[name]
+            if value is not None and not is_token(value):
+                sealed[name] = await self.encrypt_value(tenant_id, who, name, value)
+        return sealed
+
+    async def open_contact(self, tenant_id: str, customer: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """A :meth:`seal_contact` copy decrypted, and ``None``; or, when its key was erased (or a
+        token is damaged), the object with every contact field ``None`` but a required ``name`` of
+        :data:`ERASED`, and the reason: ``"customer_erased"`` or ``"contact_undecryptable"``."""
+        who = str(customer["customer_id"])
+        opened = dict(customer)
+        try:
+            for name in CONTACT_FIELDS & opened.keys():
+                if is_token(opened[name]):
+                    opened[name] = await self.decrypt_value(tenant_id, who, name, opened[name])
+        except (Erased, Undecryptable) as e:
+            lost = {name: None for name in CONTACT_FIELDS & opened.keys()}
+            reason = "customer_erased" if isinstance(e, Erased) else "contact_undecryptable"
+            return opened | lost | {"name": ERASED}, reason
+        return opened, None
 
     # --- keys -----------------------------------------------------------------------------------
 

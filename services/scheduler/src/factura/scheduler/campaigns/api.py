@@ -70,7 +70,7 @@ class DryRun(BaseModel):
     truncated: bool = Field(description="More matched than are listed")
     excluded: dict[str, int] = Field(
         description="Invoices the filter selected but no reminder may follow: paid, cancelled, rejected "
-        "(refused at render), not_rendered"
+        "(refused at render), not_rendered, customer_erased"
     )
 
 

@@ -23,12 +23,12 @@ from typing import Literal, Protocol
 from factura.common.envelope import Envelope, make_event, stable_id
 from factura.common.events import CURRENT_VERSION, InvoiceSummary, ReminderDueV2
 from factura.scheduler.campaigns.model import AmountRange, CampaignFilter
-from factura.scheduler.decisions import PRODUCER, ScheduleState, is_open, is_rejected, outstanding
+from factura.scheduler.decisions import PRODUCER, ScheduleState, is_open, is_rejected, outstanding, reachable
 
 #: The step of every campaign reminder: the message purpose is ``reminder:campaign``. Senders word
 #: a reminder by ``days_from_due`` (after the due date: the overdue wording), not by step name.
 STEP = "campaign"
-Exclusion = Literal["paid", "cancelled", "rejected", "not_rendered"]
+Exclusion = Literal["paid", "cancelled", "rejected", "not_rendered", "customer_erased"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ def exclusion(state: ScheduleState) -> Exclusion | None:
         return "paid"
     if state.document is None:
         return "not_rendered"
+    if not reachable(state):  # their contact data was erased: there is no one to write to
+        return "customer_erased"
     return None
 
 

@@ -1,0 +1,18 @@
+"""The tenant KEKs tests encrypt customers' contact data with: derived from one test secret, like
+the devstack's (``PiiSettings.secret``), so any test can read what another component sealed."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+from pymongo.asynchronous.database import AsyncDatabase
+
+from factura.common.mongo import Document
+from factura.common.pii import COLLECTION, FieldCipher, field_cipher
+from factura.common.settings import PiiSettings
+
+TEST_PII = PiiSettings(secret=SecretStr("test-only-pii-kek-secret-of-32-bytes"))
+
+
+def pii_cipher(db: AsyncDatabase[Document]) -> FieldCipher:
+    """The cipher over ``db``'s ``customer_keys`` with :data:`TEST_PII`'s KEKs."""
+    return field_cipher(db[COLLECTION], TEST_PII)
