@@ -8,6 +8,7 @@ bad input: an unknown customer (404 with the reason) and a reader's key (403), b
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -42,6 +43,7 @@ from factura.common.schemas import EXAMPLES_DIR
 from factura.common.tenants import TenantDirectory
 from factura.common.topics import resolve
 from factura.devstack.config import StackConfig
+from factura.devstack.stack import Stack
 from tests.conftest import mongo_settings
 from tests.integration.test_audit_retention import record
 
@@ -160,6 +162,27 @@ async def test_bad_erase_requests_are_refused_with_a_reason_and_recorded(audit: 
     assert (f"/v1/customers/{CUSTOMER}/erase", "compliance-reader", 403) in statuses
     assert ("/v1/customers/C-NOBODY/erase", "admin", 404) in statuses
     assert await audit.cipher.key_id(TENANT, CUSTOMER) is not None  # nothing was erased
+
+
+async def test_while_mongodb_is_down_an_erasure_answers_503_and_its_retry_erases_once(
+    audit: Setup, infra: Stack
+) -> None:
+    customer = f"C-{uuid.uuid4().hex[:8]}"
+    await audit.cipher.prepare(TENANT, customer)  # a customer the tenant holds a data key for
+    await asyncio.to_thread(infra.stop_server, "mongo")
+    try:
+        down = await erase(audit, customer, audit.admin)
+    finally:
+        await asyncio.to_thread(infra.start_server, "mongo")
+    assert down.status_code == 503 and int(down.headers["retry-after"]) > 0, down.text
+    retried = await erase(audit, customer, audit.admin)
+    assert retried.status_code == 200 and retried.json()["key_destroyed"], retried.text
+    again = await erase(audit, customer, audit.admin)
+    assert again.status_code == 200 and not again.json()["key_destroyed"]
+    assert again.json()["record_id"] == retried.json()["record_id"]
+    erasures = audit.db.records.find({"tenant_id": TENANT, "type": "customer.erased", "customer_id": customer})
+    assert len([doc async for doc in erasures]) == 1
+    assert await audit.cipher.key_id(TENANT, customer) is None
 
 
 async def test_after_erasure_the_chain_verifies_fiscal_fields_read_and_contact_data_is_gone(audit: Setup) -> None:

@@ -8,6 +8,7 @@ renderer stores them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -41,6 +42,7 @@ from factura.common.mongo import create_client, database
 from factura.common.storage import DocumentStore
 from factura.devstack import tsa
 from factura.devstack.config import StackConfig
+from factura.devstack.stack import Stack
 from factura.devstack.tsa import TestPki
 from tests.conftest import mongo_settings
 
@@ -187,7 +189,7 @@ async def setup(
         on_access=access_recorder(writer),
         verify=lambda tenant: verify_chain(db, tenant, signer.public),
         export_chain=lambda tenant, first, last: export_chain(db, tenant, signer.public, first, last),
-        evidence=EvidenceBundles(db, Keyring(signer.public), store),
+        evidence=EvidenceBundles(db, Keyring(signer.public), store, fetch_timeout_s=1),
     )
     app = create_app("audit", Health(), [routes])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://audit") as client:
@@ -268,6 +270,22 @@ async def test_a_document_gone_from_s3_is_its_hash_and_reference(setup: Setup, t
     done = run_verifier(folder, setup.tsa_root)
     assert done.returncode == 0, done.stdout
     assert "not included (no longer in S3" in done.stdout
+
+
+async def test_while_s3_hangs_the_bundle_is_503_with_retry_after_then_complete(
+    setup: Setup, infra: Stack, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(infra.pause_server, "s3")  # accepts connections, never answers
+    try:
+        down = await setup.client.get(
+            f"/v1/invoices/{INVOICE}/evidence", params={"tenant_id": TENANT}, headers=setup.headers["reader"]
+        )
+    finally:
+        await asyncio.to_thread(infra.resume_server, "s3")
+    assert down.status_code == 503 and int(down.headers["retry-after"]) > 0, down.text
+    assert "s3 is unavailable" in down.json()["detail"]
+    folder = await fetch(setup, INVOICE, tmp_path)
+    assert (folder / "documents" / "1" / "invoice.pdf").read_bytes() == setup.pdf
 
 
 async def test_other_tenants_and_unknown_invoices_get_nothing(setup: Setup) -> None:

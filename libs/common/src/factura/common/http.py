@@ -189,8 +189,6 @@ async def available(work: Awaitable[T]) -> T:
         raise
 
 
-def unavailable() -> HTTPException:
+def unavailable(detail: str = "a dependency is unavailable; retry later") -> HTTPException:
     """The 503 an API answers while a dependency cannot serve: retry, nothing was kept."""
-    return HTTPException(
-        503, detail="a dependency is unavailable; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}
-    )
+    return HTTPException(503, detail=detail, headers={"Retry-After": str(RETRY_AFTER_S)})

@@ -46,7 +46,8 @@ from factura.audit.store import AuditDb
 from factura.audit.verify import Verification
 from factura.common.apikeys import AUTH_RESPONSES, Authenticate, Principal, Role, require_tenant, with_role
 from factura.common.envelope import TENANT_PATTERN
-from factura.common.errors import DependencyDown
+from factura.common.errors import DependencyDown, ErrorKind, classify
+from factura.common.http import unavailable
 from factura.common.mongo import Document
 from factura.common.pii import FieldCipher
 
@@ -398,7 +399,7 @@ def router(
         try:
             bundle = await evidence.build(tenant_id, invoice_id)
         except DependencyDown as e:  # S3 down or slow: the caller retries, nothing is half-sent
-            raise HTTPException(503, detail=f"{e.dependency} is unavailable; try again later") from e
+            raise unavailable(f"{e.dependency} is unavailable; retry later") from e
         if bundle is None:
             raise HTTPException(404, detail="no records of this invoice")
         headers = {"Content-Disposition": f'attachment; filename="{bundle.filename}"'}
@@ -569,30 +570,47 @@ async def plain_query(request: Request) -> None:
 
 def audited_route(on_access: AccessHook) -> type[APIRoute]:
     """A route class that hands every call to ``on_access`` with the status it is answered with,
-    before the answer leaves: a read the audit could not record is not served."""
+    before the answer leaves: a read the audit could not record is not served.
+
+    While MongoDB (or another dependency) is down, the call and its record fail alike: answered 503
+    with ``Retry-After``, never 500, so the caller knows to retry and nothing was done half-way
+    (the routes' writes are idempotent, an erasure included)."""
 
     class AuditedRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handle = super().get_route_handler()
 
             async def audited(request: Request) -> Response:
+                error: Exception | None = None
                 try:
                     response = await handle(request)
+                    status = response.status_code
                 except HTTPException as e:
-                    await on_access(_principal(request), request, e.status_code)
+                    error, status = e, e.status_code
+                except RequestValidationError as e:
+                    error, status = e, 422
+                except Exception as e:  # noqa: BLE001 - re-raised below, once the call is recorded
+                    error, status = e, 500
+                    if _transient(e):
+                        error, status = unavailable(), 503
+                        error.__cause__ = e
+                try:
+                    await on_access(_principal(request), request, status)
+                except Exception as e:
+                    if _transient(e):
+                        raise unavailable() from e
                     raise
-                except RequestValidationError:
-                    await on_access(_principal(request), request, 422)
-                    raise
-                except Exception:
-                    await on_access(_principal(request), request, 500)
-                    raise
-                await on_access(_principal(request), request, response.status_code)
+                if error is not None:
+                    raise error
                 return response
 
             return audited
 
     return AuditedRoute
+
+
+def _transient(error: Exception) -> bool:
+    return classify(error)[0] is ErrorKind.TRANSIENT
 
 
 def _principal(request: Request) -> Principal | None:

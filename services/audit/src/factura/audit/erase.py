@@ -13,7 +13,8 @@ leaves a recorded erasure whose retry finishes it, never a destroyed key nobody 
 
 An id the tenant has no key for is answered 404 with the reason, unless the customer's erasure is
 already on record (then 200, ``key_destroyed: false``: erasing twice is harmless). Like every call
-to the audit API, each request (refused or not) is an access record.
+to the audit API, each request (refused or not) is an access record; while MongoDB is down the
+request is answered 503 with ``Retry-After`` and its retry completes the erasure, recorded once.
 
 No ``from __future__ import annotations``: FastAPI resolves the routes' annotations at runtime.
 """
@@ -148,6 +149,7 @@ def erase_router(erasure_service: Erasure, *, auth: Authenticate, on_access: Acc
     responses: dict[int | str, dict[str, Any]] = {
         400: problem | {"description": "A parameter given twice or unknown"},
         404: problem | {"description": "The tenant holds no data key for this customer and no erasure of it"},
+        503: problem | {"description": "MongoDB is unavailable: retry after Retry-After (a retry finishes it once)"},
         **AUTH_RESPONSES,
     }
 

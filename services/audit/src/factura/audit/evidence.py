@@ -20,10 +20,15 @@ documents (:data:`MAX_DOCUMENTS`, each at most :data:`MAX_DOCUMENT_BYTES` and al
 :data:`MAX_DOCUMENTS_TOTAL`, else hash and reference only)
 and proof positions (:data:`MAX_PROOF_POSITIONS`, else the records left unproven are named). The
 zip itself is produced and sent in chunks; stored documents are not recompressed.
+
+S3 down, or silent for ``fetch_timeout_s``, is :class:`~factura.common.errors.DependencyDown`: the
+API answers 503 with ``Retry-After`` rather than a bundle without its document (an object gone from
+S3, its retention expired, is different: its hash and reference stand in for it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -41,6 +46,7 @@ from factura.audit.records import canonical
 from factura.audit.store import AuditDb
 from factura.audit.verify_bundle import document_refs, normalise
 from factura.common.envelope import utcnow
+from factura.common.errors import DependencyDown
 from factura.common.mongo import Document, exact
 
 log = logging.getLogger(__name__)
@@ -136,11 +142,22 @@ class _Document:
 class EvidenceBundles:
     """Builds bundles from the audit collections, the signing keys' public halves and S3."""
 
-    def __init__(self, db: AuditDb, keys: Keyring, documents: Documents | None, reveal: Reveal | None = None) -> None:
+    def __init__(
+        self,
+        db: AuditDb,
+        keys: Keyring,
+        documents: Documents | None,
+        reveal: Reveal | None = None,
+        *,
+        fetch_timeout_s: float = 10.0,
+    ) -> None:
         self._db = db
         self._keys = keys
         self._documents = documents
         self._reveal = reveal
+        #: How long one object may take to come from S3: a caller waits that long at most per object
+        #: before a 503, rather than the S3 client's own timeouts and retries (up to a minute).
+        self._fetch_timeout_s = fetch_timeout_s
 
     async def build(self, tenant: str, invoice: str) -> Bundle | None:
         """The bundle of ``invoice`` of ``tenant``; ``None`` when the tenant has no record of it."""
@@ -264,7 +281,11 @@ class EvidenceBundles:
         size = ref.get("size_bytes")
         if declared and isinstance(size, int) and size > limit:
             return None, too_large
-        data = await self._documents.get_if_exists(key)
+        try:
+            async with asyncio.timeout(self._fetch_timeout_s):
+                data = await self._documents.get_if_exists(key)
+        except TimeoutError as e:
+            raise DependencyDown("s3", f"no answer within {self._fetch_timeout_s:g} s") from e
         if data is None:
             return None, "no longer in S3 (its retention period expired): hash and S3 reference only"
         if len(data) > limit:
