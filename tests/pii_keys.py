@@ -4,10 +4,14 @@ the devstack's (``PiiSettings.secret``), so any test can read what another compo
 from __future__ import annotations
 
 from pydantic import SecretStr
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from factura.common.delivery.suppression import SuppressionStore
 from factura.common.mongo import Document
-from factura.common.pii import COLLECTION, FieldCipher, field_cipher
+from factura.common.pii import COLLECTION, FieldCipher, field_cipher, pii_keystore
+from factura.common.pii.lookup import COLLECTION as LOOKUP_KEYS
+from factura.common.pii.lookup import LookupKeys
 from factura.common.settings import PiiSettings
 
 TEST_PII = PiiSettings(secret=SecretStr("test-only-pii-kek-secret-of-32-bytes"))
@@ -16,3 +20,10 @@ TEST_PII = PiiSettings(secret=SecretStr("test-only-pii-kek-secret-of-32-bytes"))
 def pii_cipher(db: AsyncDatabase[Document]) -> FieldCipher:
     """The cipher over ``db``'s ``customer_keys`` with :data:`TEST_PII`'s KEKs."""
     return field_cipher(db[COLLECTION], TEST_PII)
+
+
+def suppression_store(collection: AsyncCollection[Document]) -> SuppressionStore:
+    """A suppression list on ``collection``, keyed and encrypted with :data:`TEST_PII`'s KEKs."""
+    db = collection.database
+    lookup = LookupKeys(db[LOOKUP_KEYS], pii_keystore(TEST_PII))
+    return SuppressionStore(collection, lookup=lookup, cipher=pii_cipher(db))

@@ -24,7 +24,6 @@ from factura.audit.records import from_event
 from factura.audit.store import AuditDb
 from factura.common.delivery.links import LinkMaker
 from factura.common.delivery.sender import Sender
-from factura.common.delivery.suppression import SuppressionStore
 from factura.common.envelope import Envelope
 from factura.common.events import DeliverySucceededV2, ReportDueV1, parse_event
 from factura.common.kafka.consumer import Message
@@ -44,6 +43,7 @@ from factura.email_sender.settings import SmtpSettings
 from factura.email_sender.smtp import SmtpMailer
 from tests.conftest import mongo_settings
 from tests.kafka_helpers import Bus, isolated
+from tests.pii_keys import suppression_store
 
 pytestmark = pytest.mark.integration
 
@@ -241,7 +241,7 @@ async def test_published_once_per_tenant_and_day_and_mailed_to_the_owner(
                 ledger=DeliveryLedger(mongo[f"deliveries_{suffix}"]),
                 publisher=bus.publisher,
                 tenants=directory,
-                suppressions=SuppressionStore(mongo[f"suppressions_{suffix}"]),
+                suppressions=suppression_store(mongo[f"suppressions_{suffix}"]),
             )
             await sender.handle(message(published))
     finally:

@@ -74,6 +74,7 @@ from factura.sms_sender.settings import ProviderSettings
 from factura.sms_sender.webhooks import StatusHandler, status_router
 from tests.conftest import mongo_settings
 from tests.kafka_helpers import Bus, isolated
+from tests.pii_keys import suppression_store
 from tests.waiting import until
 
 pytestmark = pytest.mark.integration
@@ -271,7 +272,7 @@ class Rig:
 async def rig(cfg: StackConfig, store: DocumentStore, db: AsyncDatabase[Document]) -> AsyncIterator[Rig]:
     own = uuid.uuid4().hex[:8]
     deliveries, webhook_log = db[f"deliveries_{own}"], db[f"webhook_log_{own}"]
-    suppressions = SuppressionStore(db[f"suppressions_{own}"])
+    suppressions = suppression_store(db[f"suppressions_{own}"])
     link_settings = LinkSettings(secret=SecretStr("delivery-reports-link-secret"), base_url=LINK_BASE)
     shortlinks = ShortLinks(db[f"short_links_{own}"], link_settings.secret.get_secret_value().encode())
     ledger = DeliveryLedger(deliveries, owner="email-sender")

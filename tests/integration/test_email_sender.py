@@ -29,7 +29,6 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from factura.common.delivery.links import LinkMaker
 from factura.common.delivery.sender import ChannelAdapter, Sender
-from factura.common.delivery.suppression import SuppressionStore
 from factura.common.envelope import Envelope
 from factura.common.errors import DependencyDown
 from factura.common.events import (
@@ -61,6 +60,7 @@ from factura.sms_sender.provider import SmsProvider
 from factura.sms_sender.settings import ProviderSettings
 from tests.conftest import mongo_settings
 from tests.kafka_helpers import Bus, isolated
+from tests.pii_keys import suppression_store
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +126,7 @@ class Rig:
     http: httpx.AsyncClient
 
     def __post_init__(self) -> None:
-        self.suppressions = SuppressionStore(self.db.suppressions)
+        self.suppressions = suppression_store(self.db.suppressions)
         self._shortlinks = ShortLinks(self.db.short_links, LINKS.secret.get_secret_value().encode())
 
     def smtp(self, **update: Any) -> SmtpSettings:

@@ -287,7 +287,9 @@ class ErpCustomer(_Erp):
         try:
             return validate_email(value, check_deliverability=False, test_environment=allow_test).normalized
         except EmailNotValidError as e:
-            raise ValueError(str(e)) from e
+            # Without email-validator's parenthesised detail: for an IDNA error it quotes a label of
+            # the domain, and rejections outlive Kafka (audit trail, ingest_idempotency).
+            raise ValueError(str(e).split(" (", 1)[0].rstrip(".") + ".") from e
 
     @field_validator("phone")
     @classmethod

@@ -141,6 +141,12 @@ class PiiSettings(BaseModel):
     cache_ttl_s: float = Field(
         default=30.0, ge=0, le=600, description="How long an unwrapped customer data key is cached in memory"
     )
+    webhook_log_days: int = Field(
+        default=30,
+        ge=1,
+        le=366,
+        description="How long the senders keep refused webhook bodies (masked, but not tied to a customer to erase)",
+    )
 
 
 def secret_values(value: object, path: str = "") -> Iterator[tuple[str, str]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 from factura.common.delivery.api import suppression_router
-from factura.common.delivery.journal import WebhookLog
 from factura.common.delivery.sender import Sender
 from factura.common.delivery.wiring import delivery_kit
 from factura.common.kafka.producer import Publisher
@@ -35,7 +34,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
         routes=sender.routes,
         checks={"mongo": kit.mongo_ok, "smtp": mailer.probe},
         routers=[
-            bounce_router(bounces, settings.webhooks, WebhookLog(kit.db["webhook_log"])),
+            bounce_router(bounces, settings.webhooks, kit.webhook_log),
             suppression_router(kit.suppressions, settings.admin),
         ],
         tasks=[kit.suppressions.run_gauge],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
-from factura.common.delivery.journal import WebhookLog
 from factura.common.delivery.sender import ChannelAdapter, Sender
 from factura.common.delivery.wiring import delivery_kit
 from factura.common.http import HealthCheck
@@ -50,7 +49,7 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
                 statuses,
                 public_url=callback,
                 auth_token=settings.provider.auth_token.get_secret_value(),
-                journal=WebhookLog(kit.db["webhook_log"]),
+                journal=kit.webhook_log,
             )
         ],
     )

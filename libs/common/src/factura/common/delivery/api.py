@@ -1,7 +1,9 @@
 """Suppression admin API: list a tenant's suppressed addresses and numbers, and lift one.
 
 Operators authenticate with a bearer token (``AdminSettings.tokens``); per-tenant API keys come
-with the ingest API and will replace this.
+with the ingest API and will replace this. The list keeps no address readable (see
+:mod:`~factura.common.delivery.suppression`): a lift names the address and the store hashes it;
+without the tenant's KEK both calls answer 503, like any outage.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from factura.common.delivery.suppression import SuppressionStore
 from factura.common.envelope import TENANT_PATTERN
+from factura.common.pii.keystore import KeyStoreError
 from factura.common.webhooks import MIN_SECRET_CHARS, WebhookAuthError, verify_bearer
 
 log = logging.getLogger(__name__)
@@ -57,14 +60,26 @@ def suppression_router(store: SuppressionStore, settings: AdminSettings) -> APIR
         authorization: Annotated[str | None, Header()] = None,
     ) -> dict[str, Any]:
         authorise(authorization)
-        items = await store.list(tenant_id, include_lifted=include_lifted)
+        try:
+            items = await store.list(tenant_id, include_lifted=include_lifted)
+        except KeyStoreError as e:
+            raise _unavailable(e) from e
         return {"tenant_id": tenant_id, "count": len(items), "items": [s.as_json() for s in items]}
 
     @router.post("/lift")
     async def lift(body: Lift, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         authorise(authorization)
-        if not await store.lift(body.tenant_id, body.address, by=body.by, note=body.note):
+        try:
+            lifted = await store.lift(body.tenant_id, body.address, by=body.by, note=body.note)
+        except KeyStoreError as e:
+            raise _unavailable(e) from e
+        if not lifted:
             raise HTTPException(404, f"{body.address} is not suppressed for tenant {body.tenant_id}")
         return {"tenant_id": body.tenant_id, "address": body.address, "lifted": True}
 
     return router
+
+
+def _unavailable(error: KeyStoreError) -> HTTPException:
+    log.warning("suppression API: %s", error)
+    return HTTPException(503, "the tenant's keys are unavailable; try again later", headers={"Retry-After": "30"})

@@ -17,7 +17,7 @@ from factura.common.delivery.suppression import SuppressionStore
 from factura.common.envelope import Envelope
 from factura.common.events import DeliveryFailedV2, DeliverySucceededV2, FailureReason
 from factura.common.kafka.producer import Publisher
-from factura.common.ledger import DeliveryLedger
+from factura.common.ledger import DeliveryLedger, customer_of
 from factura.common.tenants import TenantDirectory
 
 
@@ -58,6 +58,7 @@ class LateReports:
                 reason=reason,
                 detail=detail,
                 source_event_id=str(delivery.event_id),
+                customer_id=customer_of(delivery),
             )
         failed = later_failure(delivery, self._tenants.get(delivery.tenant_id), self._producer, reason, detail, **extra)
         recorded = await self._ledger.report_once(delivery, failed)

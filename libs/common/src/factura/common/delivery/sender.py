@@ -49,7 +49,7 @@ from factura.common.events import (
 )
 from factura.common.kafka.consumer import Handler, Message
 from factura.common.kafka.producer import Publisher
-from factura.common.ledger import Claim, DeliveryLedger
+from factura.common.ledger import Claim, DeliveryLedger, customer_of
 from factura.common.metrics import OTHER_TENANT, PREFIX, counter
 from factura.common.outcomes import DELIVERIES, attempt_of, delivered, exhausted, undelivered
 from factura.common.tenants import TenantConfig, TenantDirectory
@@ -328,6 +328,7 @@ class Sender:
                     reason=e.reason,
                     detail=e.detail,
                     source_event_id=str(event.event_id),
+                    customer_id=customer_of(event),
                 )
             return failed(
                 e.reason, e.detail, recipient, code=e.code, enhanced_code=e.enhanced_code, evidence=e.evidence

@@ -6,27 +6,46 @@ instead of bouncing again and hurting the tenant's sender reputation. Entries ar
 deleted, when an admin lifts them (who, when and why stay on record); a later bounce suppresses
 the address again.
 
-One document per tenant and address, ``_id = "<tenant>:<address>"`` with the address
-case-folded (mailbox providers treat local parts case-insensitively in practice).
+Personal data: no address is stored readable. One document per tenant and address, ``_id =
+"<tenant>:hmac:<HMAC-SHA256 of the case-folded address>"`` under the tenant's lookup key
+(:mod:`factura.common.pii.lookup`), so a sender finds an entry by the address it is about to use
+and an admin lifts one by the address they type, without the list holding it. The address itself
+is kept only encrypted under the customer's data key when the caller names the customer, else as
+a mask (``***@domain``); the provider's words (``detail``) and the admin's note are masked too.
+
+Erasing the customer makes the listed address ``[erased]``, and the entry **keeps blocking** that
+address. That is right: a suppression protects the tenant's sender reputation and the person
+(who bounced or asked not to be contacted, and is not mailed again because someone re-imported
+them); after the erasure it holds nothing readable about them, only a keyed hash that matches the
+address when someone already holding it tries to use it.
+
+Entries written before (``_id = "<tenant>:<address>"``, the address in the clear) are rewritten
+by :meth:`SuppressionStore.migrate` at startup; until then they are still honoured, since
+lookups read both ids (one round trip).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import Gauge
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from factura.common.envelope import utcnow
 from factura.common.events import Channel, FailureReason
 from factura.common.metrics import PREFIX, counter, tenant_label
 from factura.common.mongo import Document
+from factura.common.pii.fields import FieldCipher
+from factura.common.pii.keystore import KeyStoreError
+from factura.common.pii.lookup import LookupKeys
+from factura.common.pii.masking import mask_address, mask_contacts
 
 log = logging.getLogger(__name__)
 CHANGES = counter("suppressions_changed_total", "Suppression list changes.", ("tenant", "channel", "change"))
@@ -35,6 +54,8 @@ ACTIVE = Gauge(
     "Addresses suppressed now, per tenant (allow-listed, else `other`; refreshed periodically).",
     ["tenant"],
 )
+#: The lookup-key purpose of suppression hashes, and the field name the address is encrypted as.
+PURPOSE: Final = "suppression.address"
 
 
 def _labelled(gauge: Gauge) -> list[tuple[str, ...]]:
@@ -43,7 +64,12 @@ def _labelled(gauge: Gauge) -> list[tuple[str, ...]]:
 
 
 def normalise(address: str) -> str:
+    """Case-folded: mailbox providers treat local parts case-insensitively in practice."""
     return address.strip().casefold()
+
+
+def _keyed_id(tenant_id: str, digest: str) -> str:
+    return f"{tenant_id}:hmac:{digest}"
 
 
 def _when(value: Any) -> datetime:
@@ -95,11 +121,22 @@ class Suppression:
 
 
 class SuppressionStore:
-    def __init__(self, collection: AsyncCollection[Document]) -> None:
+    """``lookup`` and ``cipher`` keep addresses out of the store (see the module docstring)."""
+
+    def __init__(self, collection: AsyncCollection[Document], *, lookup: LookupKeys, cipher: FieldCipher) -> None:
         self._c = collection
+        self._lookup = lookup
+        self._cipher = cipher
 
     async def ensure_indexes(self) -> None:
         await self._c.create_index([("tenant_id", 1), ("active", 1)])
+
+    async def _entry(self, tenant_id: str, key: str) -> Document | None:
+        """The entry of an address, keyed or written before :meth:`migrate` (one round trip); the
+        keyed one when both exist (it is the newer)."""
+        ids = [_keyed_id(tenant_id, await self._lookup.digest(tenant_id, PURPOSE, key)), f"{tenant_id}:{key}"]
+        docs = {d["_id"]: d async for d in self._c.find({"_id": {"$in": ids}})}
+        return next((docs[i] for i in ids if i in docs), None)
 
     async def suppress(
         self,
@@ -110,37 +147,56 @@ class SuppressionStore:
         reason: FailureReason,
         detail: str,
         source_event_id: str | None,
+        customer_id: str | None = None,
     ) -> None:
-        """Suppress ``address`` (idempotent: a redelivered bounce rewrites the same entry)."""
+        """Suppress ``address`` (idempotent: a redelivered bounce rewrites the same entry).
+        ``customer_id``: whose address it is, so the listed address is erased with them."""
         key = normalise(address)
-        doc_id = f"{tenant_id}:{key}"
-        await self._c.replace_one(
-            {"_id": doc_id},
-            {
-                "_id": doc_id,  # nx-27017 does not take an upsert's _id from the filter
-                "tenant_id": tenant_id,
-                "address": key,
-                "channel": channel,
-                "reason": reason,
-                "detail": detail[:500],
-                "since": utcnow(),
-                "source_event_id": source_event_id,
-                "active": True,
-            },
-            upsert=True,
-        )
+        digest = await self._lookup.digest(tenant_id, PURPOSE, key)
+        doc_id = _keyed_id(tenant_id, digest)
+        if customer_id is not None:
+            shown = await self._cipher.encrypt_field(tenant_id, customer_id, PURPOSE, key)
+        else:
+            shown = mask_address(key)
+        doc: Document = {
+            "_id": doc_id,  # nx-27017 does not take an upsert's _id from the filter
+            "tenant_id": tenant_id,
+            "address": shown,
+            "channel": channel,
+            "reason": reason,
+            "detail": mask_contacts(detail)[:500],
+            "since": utcnow(),
+            "source_event_id": source_event_id,
+            "active": True,
+            "lookup": digest,
+            "customer_id": customer_id,
+        }
+        await self._c.replace_one({"_id": doc_id}, doc, upsert=True)
         CHANGES.labels(tenant=tenant_label(tenant_id), channel=channel, change="suppressed").inc()
 
     async def find(self, tenant_id: str, address: str) -> Suppression | None:
-        """The active suppression of ``address`` for this tenant, if any."""
-        doc = await self._c.find_one({"_id": f"{tenant_id}:{normalise(address)}"})
+        """The active suppression of ``address`` for this tenant, if any (its ``address`` is the
+        one asked about: nothing is decrypted on the way to a send)."""
+        key = normalise(address)
+        doc = await self._entry(tenant_id, key)
         if doc is None or not doc.get("active"):
             return None
-        return Suppression.from_doc(doc)
+        return Suppression.from_doc(doc | {"address": key})
 
     async def list(self, tenant_id: str, *, include_lifted: bool = False, limit: int = 500) -> list[Suppression]:
+        """The tenant's entries, newest first, each address decrypted (``[erased]`` after its
+        customer's erasure, a mask where no customer was named)."""
         query: Document = {"tenant_id": tenant_id} if include_lifted else {"tenant_id": tenant_id, "active": True}
-        return [Suppression.from_doc(d) async for d in self._c.find(query).sort("address", 1).limit(limit)]
+        docs = await self._c.find(query).sort("since", -1).limit(limit).to_list()
+        return [await self._shown(doc) for doc in docs]
+
+    async def _shown(self, doc: Document) -> Suppression:
+        entry = Suppression.from_doc(doc)
+        customer = doc.get("customer_id")
+        if customer is None:
+            return entry
+        address = await self._cipher.reveal(entry.tenant_id, str(customer), PURPOSE, entry.address)
+        return dataclasses.replace(entry, address=str(address))
 
     async def count(self, tenant_id: str) -> int:
         return await self._c.count_documents({"tenant_id": tenant_id, "active": True})
@@ -169,14 +225,54 @@ class SuppressionStore:
 
     async def lift(self, tenant_id: str, address: str, *, by: str, note: str = "") -> bool:
         """Allow ``address`` again. False when it was not suppressed."""
-        key = normalise(address)
+        doc = await self._entry(tenant_id, normalise(address))
+        if doc is None:
+            return False
         result = await self._c.update_one(
-            {"_id": f"{tenant_id}:{key}", "active": True},
-            {"$set": {"active": False, "lifted_by": by[:200], "lifted_note": note[:500], "lifted_at": utcnow()}},
+            {"_id": doc["_id"], "active": True},
+            {
+                "$set": {
+                    "active": False,
+                    "lifted_by": by[:200],
+                    "lifted_note": mask_contacts(note)[:500],
+                    "lifted_at": utcnow(),
+                }
+            },
         )
         if result.modified_count:
-            doc = await self._c.find_one({"_id": f"{tenant_id}:{key}"})
-            CHANGES.labels(
-                tenant=tenant_label(tenant_id), channel=(doc or {}).get("channel", "email"), change="lifted"
-            ).inc()
+            CHANGES.labels(tenant=tenant_label(tenant_id), channel=doc.get("channel", "email"), change="lifted").inc()
         return bool(result.modified_count)
+
+    async def migrate(self) -> int:
+        """Rewrite the entries stored before keyed lookups (``_id`` and ``address`` in the clear)
+        into the keyed form, and delete them; returns how many. Their customer is unknown, so the
+        address becomes a mask. A tenant whose KEK is missing is left for a later start (logged;
+        lookups still honour its old entries); a keyed entry of the same address is newer and wins.
+        """
+        old = await self._c.find({"lookup": {"$exists": False}}).to_list()
+        moved, skipped = 0, set[str]()
+        for doc in old:
+            tenant = str(doc["tenant_id"])
+            if tenant in skipped:
+                continue
+            try:
+                digest = await self._lookup.digest(tenant, PURPOSE, normalise(str(doc["address"])))
+            except KeyStoreError as e:
+                log.warning("suppressions of tenant %s not migrated yet: %s", tenant, e)
+                skipped.add(tenant)
+                continue
+            keyed = doc | {
+                "_id": _keyed_id(tenant, digest),
+                "lookup": digest,
+                "customer_id": None,
+                "address": mask_address(str(doc["address"])),
+                "detail": mask_contacts(str(doc.get("detail", ""))),
+                "lifted_note": mask_contacts(str(doc.get("lifted_note", ""))),
+            }
+            with contextlib.suppress(DuplicateKeyError):
+                await self._c.insert_one(keyed)
+            await self._c.delete_one({"_id": doc["_id"]})
+            moved += 1
+        if moved:
+            log.info("suppressions: %d entries rewritten with keyed lookups", moved)
+        return moved
