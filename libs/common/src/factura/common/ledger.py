@@ -2,9 +2,12 @@
 
 A sender claims ``<source event_id>:<channel>`` in MongoDB before it talks to the provider. The
 claim is a lease: it names its **owner** (one id per ledger, i.e. per sender process) and
-**expires** ``lease_s`` after it was taken. Every change is a compare-and-set (``insert_one`` on
-the unique ``_id``, or ``find_one_and_update`` filtered on state, owner and expiry), so of two
-processes racing for one delivery exactly one gets the claim:
+**expires** ``expiry_s`` after it was taken or last renewed; its holder renews it while the delivery
+runs, up to ``lease_s`` after it was taken. So a crashed sender's deliveries are taken over
+``expiry_s`` (15 s) after its last renewal, not after the longest a delivery may take. Every
+change is a compare-and-set (``insert_one`` on the unique ``_id``, or ``find_one_and_update``
+filtered on state, owner and expiry), so of two processes racing for one delivery exactly one gets
+the claim:
 
 * no record yet → insert ``state="sending"``; the insert that loses the race gets
   ``DuplicateKeyError`` and reads what the winner wrote;
@@ -15,9 +18,11 @@ processes racing for one delivery exactly one gets the claim:
   consumer loop retries later, and by then the claim is either ``done`` or expired;
 * ``done`` → re-publish the stored outcome event (same event_id, so audit keeps one copy).
 
-A delivery runs under a deadline ``lease_s - clock_margin_s`` after the claim was requested
+A delivery runs under a deadline ``expiry_s - clock_margin_s`` after the claim (or its last
+confirmed renewal) was requested, and never past ``lease_s - clock_margin_s`` after the claim
 (:meth:`DeliveryLedger.deliver_once` cancels it then), so a holder stops before anyone else may
-take its claim over, as long as the two hosts' clocks differ by less than ``clock_margin_s``.
+take its claim over, as long as the two hosts' clocks differ by less than ``clock_margin_s``; a
+holder that cannot renew (MongoDB unreachable) stops too.
 
 "done" is written by :meth:`Claim.record`, which the sender awaits the moment the provider has
 accepted (after the SMTP server's 250 to DATA and before QUIT; after the SMS provider's 2xx). The
@@ -56,10 +61,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Self
 
 from prometheus_client import Histogram
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -86,13 +91,30 @@ class LedgerSettings(BaseModel):
     lease_s: float = Field(
         default=60.0,
         gt=0,
-        description="How long a claim is exclusive; a crashed sender's deliveries wait this long to be taken over.",
+        description="The longest a claim stays exclusive, renewals included: a delivery must finish within it.",
+    )
+    expiry_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A claim's expiry unless renewed (its holder renews it while delivering): "
+        "a crashed sender's deliveries wait this long to be taken over.",
     )
     clock_margin_s: float = Field(
         default=5.0,
         ge=0,
         description="A delivery must finish this long before its lease ends; bounds tolerated clock skew.",
     )
+
+    @model_validator(mode="after")
+    def _margin_fits(self) -> Self:
+        if self.clock_margin_s >= min(self.lease_s, self.expiry_s):
+            raise ValueError("ledger.clock_margin_s must be shorter than lease_s and expiry_s")
+        return self
+
+    @property
+    def ttl_s(self) -> float:
+        """How long one claim or renewal keeps other owners away."""
+        return min(self.expiry_s, self.lease_s)
 
 
 def _now_ms() -> int:
@@ -115,10 +137,12 @@ def customer_of(event: Envelope[Any]) -> str | None:
 class Claim:
     """This process's lease on one delivery; hand the outcome to :meth:`record` once the provider accepted."""
 
-    def __init__(self, ledger: DeliveryLedger, key: str, channel: str) -> None:
+    def __init__(self, ledger: DeliveryLedger, key: str, channel: str, lease_ends_ms: int) -> None:
         self._ledger = ledger
         self.key = key
         self.channel = channel
+        #: Wall-clock end of the whole lease (epoch ms): renewals never store a later expiry.
+        self.lease_ends_ms = lease_ends_ms
         self.outcome: Envelope[Any] | None = None
 
     async def record(self, outcome: Envelope[Any]) -> None:
@@ -253,16 +277,25 @@ class DeliveryLedger:
         self._active.add(claim.key)
         try:
             try:
-                async with asyncio.timeout_at(started + budget) as deadline:
-                    if self._cipher is not None and (customer := customer_of(cause)) is not None:
-                        await self._cipher.prepare(cause.tenant_id, customer)
-                    returned = await deliver(claim)
-                    await claim.record(returned)
+                async with asyncio.timeout_at(
+                    started + self._settings.ttl_s - self._settings.clock_margin_s
+                ) as deadline:
+                    renewing = asyncio.create_task(self._renew(claim, deadline, started + budget))
+                    try:
+                        if self._cipher is not None and (customer := customer_of(cause)) is not None:
+                            await self._cipher.prepare(cause.tenant_id, customer)
+                        returned = await deliver(claim)
+                        await claim.record(returned)
+                    finally:
+                        renewing.cancel()
+                        await asyncio.wait([renewing])
             except TimeoutError as e:
                 if not deadline.expired():
                     raise
                 if claim.key in self._accepted:
                     raise DependencyDown("ledger", f"recording delivery {claim.key} as done timed out") from e
+                if claim.outcome is None and (deadline.when() or 0) < started + budget:
+                    raise DependencyDown("ledger", f"the claim on delivery {claim.key} could not be renewed") from e
                 if claim.outcome is None:
                     raise DependencyDown(dependency, f"delivery did not finish within its lease ({budget:g} s)") from e
                 # recorded as done; only the provider's goodbye (e.g. SMTP QUIT) ran out of time
@@ -276,6 +309,29 @@ class DeliveryLedger:
             raise RuntimeError(f"delivery {claim.key} finished without an outcome")
         log.info("delivery finished", extra={"key": claim.key, "outcome": claim.outcome.type})
         return claim.outcome
+
+    async def _renew(self, claim: Claim, deadline: asyncio.Timeout, cap: float) -> None:
+        """Extend the claim while its delivery runs, and the delivery's ``deadline`` with it (up to ``cap``).
+
+        Only a renewal MongoDB confirmed moves the deadline, to ``ttl_s - clock_margin_s`` after it
+        was asked for: a holder that cannot renew stops before its claim can be taken over.
+        """
+        loop = asyncio.get_running_loop()
+        ttl, margin = self._settings.ttl_s, self._settings.clock_margin_s
+        while (deadline.when() or cap) < cap:
+            await asyncio.sleep((ttl - margin) / 3)  # so two renewals may fail before the deadline
+            asked = loop.time()
+            expires = min(_now_ms() + int(ttl * 1000), claim.lease_ends_ms)
+            try:
+                renewed = await self._deliveries.update_one(
+                    {"_id": claim.key, "state": "sending", "owner": self.owner}, {"$set": {"lease_expires_ms": expires}}
+                )
+            except PyMongoError as e:  # the next beat tries again while the deadline allows
+                log.warning("could not renew delivery claim %s: %s", claim.key, e)
+                continue
+            if renewed.matched_count == 0 or deadline.expired():  # recorded as done, or already stopping
+                return
+            deadline.reschedule(min(asked + ttl - margin, cap))
 
     async def _release(self, key: str) -> None:
         """End our lease now: this attempt failed and has stopped, so the next one need not wait.
@@ -298,7 +354,8 @@ class DeliveryLedger:
         if key in self._active:
             raise DependencyDown("ledger", f"claim {key} is still being delivered by this process")
         now = _now_ms()
-        expires = now + int(self._settings.lease_s * 1000)
+        expires = now + int(self._settings.ttl_s * 1000)
+        lease_ends = now + int(self._settings.lease_s * 1000)
         try:
             await self._deliveries.insert_one(
                 {
@@ -313,7 +370,7 @@ class DeliveryLedger:
                     "attempts": 1,
                 }
             )
-            return Claim(self, key, channel)
+            return Claim(self, key, channel, lease_ends)
         except DuplicateKeyError:
             pass
         # One compare-and-set per condition: nx-27017 applies an ``$or`` in findAndModify to the
@@ -337,7 +394,7 @@ class DeliveryLedger:
                     log.warning(
                         "took over an expired delivery claim", extra={"key": key, "previous_owner": taken.get("owner")}
                     )
-                return Claim(self, key, channel)
+                return Claim(self, key, channel, lease_ends)
         doc = await self._deliveries.find_one({"_id": key})
         if doc is not None and doc.get("state") == "done":
             return await self._stored(doc, "outcome")
