@@ -65,11 +65,13 @@ class Signing:
     store: DocumentStore
     pool: RenderPool
 
-    def tenant(self, not_before: datetime | None = None, not_after: datetime | None = None) -> str:
+    def tenant(
+        self, not_before: datetime | None = None, not_after: datetime | None = None, engine: str = "typst"
+    ) -> str:
         """A Factur-X tenant that signs, with a fresh certificate under the devstack root."""
         tenant_id = f"it-{uuid.uuid4().hex[:10]}"
         (self.root / tenant_id).mkdir()
-        (self.root / tenant_id / "tenant.toml").write_text(SIGNING_TOML, encoding="utf-8")
+        (self.root / tenant_id / "tenant.toml").write_text(f'engine = "{engine}"\n{SIGNING_TOML}', encoding="utf-8")
         (self.secrets / tenant_id).mkdir()
         (self.secrets / tenant_id / "signing.pass").write_text(PASSPHRASE + "\n")
         name = f"{tenant_id} e-invoicing"
@@ -116,9 +118,10 @@ class SignedInvoice:
     tsr: bytes
 
 
-@pytest.fixture(scope="module")
-async def signed(signing: Signing) -> SignedInvoice:
-    event = await signing.render(signing.tenant())
+@pytest.fixture(scope="module", params=["weasyprint", "typst"])
+async def signed(signing: Signing, request: pytest.FixtureRequest) -> SignedInvoice:
+    """A signed invoice of each engine: both documents must survive signing alike."""
+    event = await signing.render(signing.tenant(engine=request.param))
     [published] = await signing.published(event, "invoice.rendered")
     rendered = published.data
     assert isinstance(rendered, InvoiceRenderedV1)

@@ -12,6 +12,7 @@ import json
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+import facturx
 import pytest
 from lxml import etree
 from pypdf import PdfReader
@@ -27,9 +28,11 @@ from factura.renderer.einvoice import (
     FACTURX_FILENAME,
     EInvoiceError,
     build_cii_xml,
-    embed_xml,
     extract_xml,
+    facturx_info,
+    facturx_xmp,
     validate_xml,
+    write_facturx,
 )
 
 NS = {
@@ -38,6 +41,9 @@ NS = {
     "udt": "urn:un:unece:uncefact:data:standard:UnqualifiedDataType:100",
 }
 XMP_PDFAID = "http://www.aiim.org/pdfa/ns/id/"
+XMP_FX = "urn:factur-x:pdfa:CrossIndustryDocument:invoice:1p0#"
+XMP_DC = "http://purl.org/dc/elements/1.1/"
+XMP_PDF = "http://ns.adobe.com/pdf/1.3/"
 SUMMATION = "//ram:SpecifiedTradeSettlementHeaderMonetarySummation"
 SELLER = Seller(
     legal_name="Harinas del Sur S.A.",
@@ -98,10 +104,12 @@ def texts(root: etree._Element, path: str) -> list[str]:
     return [str(node.text) for node in found if isinstance(node, etree._Element)]
 
 
+PAGE = "<html lang='es'><title>Factura</title><body><h1>Factura F-2026-000123</h1><p>Total 286,55 €</p></body></html>"
+
+
 @pytest.fixture(scope="module")
 def pdf_a3() -> bytes:
-    html = "<html lang='es'><body><h1>Factura F-2026-000123</h1><p>Total 286,55 €</p></body></html>"
-    pdf: bytes = HTML(string=html).write_pdf(pdf_variant="pdf/a-3b")
+    pdf: bytes = HTML(string=PAGE).write_pdf(pdf_variant="pdf/a-3b")
     return pdf
 
 
@@ -138,29 +146,64 @@ def test_totals_are_the_invoice_figures() -> None:
     assert sum(map(Decimal, texts(root, f"{breakdown}/ram:BasisAmount"))) == inv.subtotal
 
 
-def test_pdf_carries_the_xml(pdf_a3: bytes) -> None:
+def test_pdf_carries_the_xml() -> None:
+    """One WeasyPrint pass makes a Factur-X EN16931 PDF/A-3b that factur-x itself reads and levels."""
     xml = build_cii_xml(invoice(), SELLER)
-    pdf = embed_xml(pdf_a3, xml)
+    pdf = write_facturx(HTML(string=PAGE).render(pdf_variant="pdf/a-3b"), xml)
 
     extracted = extract_xml(pdf)
     assert extracted == xml
     validate_xml(extracted)
+    name, checked = facturx.get_facturx_xml_from_pdf(pdf, check_xsd=True)
+    assert (name, checked) == (FACTURX_FILENAME, xml)
+    assert facturx.get_flavor(parse(xml)) == "factur-x"
+    assert facturx.get_level(parse(xml)) == "en16931"
 
-    catalog = PdfReader(io.BytesIO(pdf)).root_object
-    specs = [pdf_dict(ref) for ref in pdf_array(catalog["/AF"])]
-    spec = next(s for s in specs if FACTURX_FILENAME in (s.get("/UF"), s.get("/F")))
+    reader = PdfReader(io.BytesIO(pdf))
+    catalog = reader.root_object
+    assert len(pdf_array(catalog["/AF"])) == 1
+    spec = pdf_dict(pdf_array(catalog["/AF"])[0])
+    assert str(spec["/UF"]) == str(spec["/F"]) == FACTURX_FILENAME
     assert str(spec["/AFRelationship"]) == "/" + AF_RELATIONSHIP.capitalize() == "/Alternative"
-    assert pdf_stream(pdf_dict(spec["/EF"])["/F"]).get_data() == xml
+    embedded_file = pdf_stream(pdf_dict(spec["/EF"])["/F"])
+    assert embedded_file.get_data() == xml
+    assert str(embedded_file["/Subtype"]) == "/text/xml"  # Factur-X 1.0 §6.2.2; pypdf decodes text#2Fxml
     embedded = pdf_dict(pdf_dict(catalog["/Names"])["/EmbeddedFiles"])
     assert FACTURX_FILENAME in pdf_array(embedded["/Names"])
 
     xmp = parse(pdf_stream(catalog["/Metadata"]).get_data())
     assert _xmp_value(xmp, XMP_PDFAID, "part") == "3"
     assert _xmp_value(xmp, XMP_PDFAID, "conformance") == "B"
-    assert _xmp_value(xmp, "urn:factur-x:pdfa:CrossIndustryDocument:invoice:1p0#", "ConformanceLevel") == "EN 16931"
-    assert _xmp_value(xmp, "urn:factur-x:pdfa:CrossIndustryDocument:invoice:1p0#", "DocumentFileName") == (
-        FACTURX_FILENAME
+    assert _xmp_value(xmp, XMP_FX, "ConformanceLevel") == "EN 16931"
+    assert _xmp_value(xmp, XMP_FX, "DocumentFileName") == FACTURX_FILENAME
+    assert _xmp_value(xmp, XMP_FX, "DocumentType") == "INVOICE"
+    assert _xmp_value(xmp, XMP_FX, "Version") == "1.0"
+    assert "fx" in xmp.xpath(
+        "//pdfaSchema:prefix/text()", namespaces={"pdfaSchema": "http://www.aiim.org/pdfa/ns/schema#"}
     )
+    # PDF/A: the info dictionary and the XMP say the same, and both say what factur-x would.
+    info, expected = reader.metadata, facturx_info(xml)
+    assert info is not None
+    assert (
+        info.title
+        == _xmp_value(xmp, XMP_DC, "title")
+        == expected.title
+        == "Harinas del Sur S.A.: Invoice F-2026-000123"
+    )
+    assert info.author == _xmp_value(xmp, XMP_DC, "creator") == expected.author
+    assert info.subject == _xmp_value(xmp, XMP_DC, "description") == expected.subject
+    assert info.producer == _xmp_value(xmp, XMP_PDF, "Producer")
+
+
+def test_facturx_xmp_is_a_whole_packet_for_a_post_pass() -> None:
+    """What an engine without custom XMP (Typst) puts in the PDF: factur-x's packet, from the XML alone."""
+    packet = facturx_xmp(build_cii_xml(invoice(), SELLER), producer="Typst")
+    assert packet.startswith(b"<?xpacket begin=") and packet.rstrip().endswith(b'<?xpacket end="w"?>')
+    xmp = parse(packet.split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0])
+    assert (_xmp_value(xmp, XMP_PDFAID, "part"), _xmp_value(xmp, XMP_PDFAID, "conformance")) == ("3", "B")
+    assert _xmp_value(xmp, XMP_FX, "ConformanceLevel") == "EN 16931"
+    assert _xmp_value(xmp, XMP_PDF, "Producer") == "Typst"
+    assert _xmp_value(xmp, XMP_DC, "title") == "Harinas del Sur S.A.: Invoice F-2026-000123"
 
 
 def test_zero_rate_line_is_zero_rated() -> None:
@@ -256,8 +299,9 @@ def test_xml_without_a_required_element_is_invalid() -> None:
 
 
 def test_embedding_invalid_xml_or_extracting_from_a_plain_pdf_fails(pdf_a3: bytes) -> None:
+    broken = build_cii_xml(invoice(), SELLER).replace(b"<ram:TypeCode>380</ram:TypeCode>", b"")
     with pytest.raises(EInvoiceError, match="embed"):
-        embed_xml(pdf_a3, build_cii_xml(invoice(), SELLER).replace(b"<ram:TypeCode>380</ram:TypeCode>", b""))
+        write_facturx(HTML(string=PAGE).render(pdf_variant="pdf/a-3b"), broken)
     with pytest.raises(EInvoiceError, match=FACTURX_FILENAME):
         extract_xml(pdf_a3)
     with pytest.raises(EInvoiceError, match="read the PDF"):
@@ -285,7 +329,7 @@ def pdf_stream(obj: PdfObject) -> StreamObject:
 def _xmp_value(xmp: etree._Element, namespace: str, name: str) -> str | None:
     """An XMP property, written either as an element or as an rdf:Description attribute."""
     for node in xmp.iter(f"{{{namespace}}}{name}"):
-        return str(node.text)
+        return "".join(node.itertext()).strip()  # the rdf:li of an rdf:Alt/Seq (dc:title) too
     for node in xmp.iter("{http://www.w3.org/1999/02/22-rdf-syntax-ns#}Description"):
         value = node.get(f"{{{namespace}}}{name}")
         if value is not None:

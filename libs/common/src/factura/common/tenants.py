@@ -19,7 +19,7 @@ import string
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Final, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -131,6 +131,10 @@ class SigningPolicy(_Config):
         return self
 
 
+#: The WeasyPrint engine's template, which a tenant may override in its ``templates/`` folder.
+HTML_TEMPLATE: Final = "invoice.html.j2"
+
+
 class TenantConfig(_Config):
     tenant_id: str = Field(pattern=TENANT_PATTERN)
     version: str = "default"
@@ -142,6 +146,12 @@ class TenantConfig(_Config):
         default=None, description="e.g. https://pay.example.com/{tenant_id}/{invoice_number}?amount={total}"
     )
     einvoice: Literal["none", "factur-x-en16931"] = "none"
+    engine: Literal["weasyprint", "typst"] = Field(
+        default="typst",
+        description="Render engine: typst (invoice.typ, several times faster, tagged PDF/UA-1) or weasyprint "
+        "(HTML/CSS templates, invoice.html.j2); both render the same view model. Unset: weasyprint for a "
+        "tenant whose folder overrides the HTML template, typst otherwise",
+    )
     packaging: Literal["pdf", "zip"] = "pdf"
     retention_days: int = Field(default=3650, ge=1, le=36500)
     links_base_url: str | None = Field(default=None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._/-]*)?$")
@@ -151,6 +161,16 @@ class TenantConfig(_Config):
     )
     audit: AuditPolicy = Field(default_factory=AuditPolicy, description="Retention per record class, daily summary")
     signing: SigningPolicy | None = Field(default=None, description="PAdES signature and timestamps; None = neither")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_of_own_template(cls, data: Any) -> Any:
+        """A tenant that wrote its own HTML template keeps WeasyPrint unless it names an engine, so
+        making Typst the default changed no tenant's documents."""
+        if not isinstance(data, dict) or "engine" in data or data.get("directory") is None:
+            return data
+        own_html = (Path(data["directory"]) / "templates" / HTML_TEMPLATE).is_file()
+        return data | {"engine": "weasyprint"} if own_html else data
 
     @field_validator("payment_url_template")
     @classmethod

@@ -21,7 +21,7 @@ from weasyprint.text.fonts import FontConfiguration
 
 from factura.common.events import Customer, InvoiceCreatedV1, PostalAddress
 from factura.common.locales import day, money, number, percent
-from factura.common.tenants import TenantConfig
+from factura.common.tenants import HTML_TEMPLATE, TenantConfig
 from factura.renderer.einvoice import vat_breakdown
 from factura.renderer.fetcher import AssetFetcher
 from factura.renderer.strings import CATEGORIES, LABELS, tax_id_label
@@ -159,7 +159,7 @@ def template_dir(tenant: TenantConfig) -> Path | None:
 
 
 def render_html(invoice: InvoiceCreatedV1, tenant: TenantConfig) -> str:
-    return environment(template_dir(tenant)).get_template("invoice.html.j2").render(context(invoice, tenant))
+    return environment(template_dir(tenant)).get_template(HTML_TEMPLATE).render(context(invoice, tenant))
 
 
 @cache

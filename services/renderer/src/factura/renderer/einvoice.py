@@ -4,10 +4,12 @@ The customer gets one PDF/A-3b that a person reads and a machine books: the CII 
 from the same :class:`InvoiceCreatedV1` as the visible page, embedded as ``factur-x.xml``.
 
 Why these libraries: drafthorse models the CII tree field by field (no string templates that
-drift from the schema) and validates against the Factur-X XSD when serialising; factur-x does the
-PDF/A-3 part that is easy to get subtly wrong (file spec with ``/AFRelationship``, catalog
-``/AF``, XMP with the Factur-X extension schema). Both are synchronous and CPU-bound, like
-WeasyPrint: call them from the renderer's worker thread, not the event loop.
+drift from the schema) and validates against the Factur-X XSD when serialising; factur-x supplies
+what is easy to get subtly wrong in the PDF: the XMP with the Factur-X extension schema and the
+document metadata (:func:`facturx_xmp`, :func:`facturx_info`), and reads the XML back. The PDF/A-3
+attachment itself (file spec with ``/AFRelationship``, catalog ``/AF``) is written by the engine
+in its own pass (:func:`write_facturx` for WeasyPrint; the Typst engine likewise). All of it is
+synchronous and CPU-bound: call it from the renderer's worker process, not the event loop.
 
 Figures: the XML carries the invoice's own subtotal/tax_total/total. drafthorse does no
 arithmetic (it writes the Decimals it is given), so the only place where rounding can disagree is
@@ -20,8 +22,10 @@ import re
 import xml.etree.ElementTree as ET  # drafthorse builds its tree with the standard library
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Final
+from functools import partial
+from typing import Any, Final
 
 import facturx
 from drafthorse.models import NS_RAM
@@ -33,6 +37,7 @@ from drafthorse.models.trade import TradeSettlement
 from drafthorse.models.tradelines import LineItem
 from drafthorse.utils import validate_xml as xsd_validated
 from lxml import etree
+from weasyprint import Attachment
 
 from factura.common.events import EXEMPT_CATEGORIES, InvoiceCreatedV1, Line, PostalAddress, cents, line_category
 from factura.common.tenants import Seller
@@ -41,12 +46,15 @@ __all__ = [
     "AF_RELATIONSHIP",
     "FACTURX_FILENAME",
     "EInvoiceError",
+    "FacturxInfo",
     "VatGroup",
     "build_cii_xml",
-    "embed_xml",
     "extract_xml",
+    "facturx_info",
+    "facturx_xmp",
     "validate_xml",
     "vat_breakdown",
+    "write_facturx",
 ]
 
 #: BT-24: the Factur-X/ZUGFeRD 2 EN16931 profile (the same URN as plain EN 16931).
@@ -62,6 +70,10 @@ AF_RELATIONSHIP: Final = "alternative"
 _SCHEMA: Final = "FACTUR-X_EN16931"  # drafthorse's name for the Factur-X 1.0.07 EN16931 XSD
 _FLAVOR: Final = "factur-x"
 _LEVEL: Final = "en16931"
+_FX_URN: Final = "urn:factur-x:pdfa:CrossIndustryDocument:invoice:1p0#"  # Factur-X 1.0 XMP namespace
+_RDF: Final = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+#: The XMP namespaces WeasyPrint does not write itself: the PDF/A extension schema and its fx: values.
+_FX_NAMESPACES: Final = frozenset({_FX_URN, "http://www.aiim.org/pdfa/ns/extension/"})
 _INVOICE: Final = "380"  # UNTDID 1001 commercial invoice
 _UNIT: Final = "C62"  # UN/ECE rec 20 "one": our lines carry no unit of measure
 _SEPA_CREDIT_TRANSFER: Final = "58"  # UNTDID 4461
@@ -398,27 +410,77 @@ def validate_xml(xml: bytes) -> None:
         raise EInvoiceError(f"not a valid Factur-X EN16931 XML: {e}") from e
 
 
-def embed_xml(pdf_a3: bytes, xml: bytes) -> bytes:
-    """Attach the XML to a PDF/A-3b, making it a Factur-X EN16931 PDF.
+@dataclass(frozen=True)
+class FacturxInfo:
+    """The document metadata factur-x's own generator derives from the XML (seller, number, date).
 
-    The input must already be PDF/A-3 (WeasyPrint ``pdf_variant="pdf/a-3b"``): factur-x adds the
-    ``factur-x.xml`` file spec (``/AFRelationship`` :data:`AF_RELATIONSHIP`), the catalog ``/AF``
-    array and replaces the XMP with one declaring ``pdfaid:part=3``, ``conformance=B`` and the
-    Factur-X extension schema, but it does not convert fonts, colours or transparency. Title and
-    subject metadata are derived from the XML (seller, number, date) by the library.
+    PDF/A wants the document information dictionary and the XMP to agree (ISO 19005-3 6.6.2.3):
+    whoever writes one of them with these values writes the other from the same instance.
+    """
+
+    title: str
+    author: str
+    subject: str
+    keywords: str
+    #: ``xmp:CreatorTool`` / ``/Creator``: the factur-x library, as in its own output.
+    creator_tool: str
+
+
+def facturx_info(xml: bytes) -> FacturxInfo:
+    """Title, author, subject and keywords of a Factur-X PDF, as ``facturx.generate_from_binary`` sets them.
+
+    Uses factur-x's own (private, pinned) helpers rather than a copy, so our PDFs read like the
+    library's: "Seller: Invoice N" / "Invoice N dated YYYY-MM-DD issued by Seller".
     """
     try:
-        pdf: bytes = facturx.generate_from_binary(
-            pdf_a3,
-            xml,
-            flavor=_FLAVOR,
-            level=_LEVEL,
-            check_xsd=False,  # build_cii_xml already validated it against the same XSD
-            afrelationship=AF_RELATIONSHIP,
-        )
-    except Exception as e:
-        raise EInvoiceError(f"could not embed the Factur-X XML in the PDF: {e}") from e
-    return pdf
+        base = facturx.facturx._extract_base_info(etree.fromstring(xml), _FLAVOR)
+    except (etree.XMLSyntaxError, IndexError, ValueError) as e:
+        raise EInvoiceError(f"could not embed the XML, not a Factur-X CII invoice: {e}") from e
+    meta: dict[str, str] = facturx.facturx._base_info2pdf_metadata(base)
+    return FacturxInfo(meta["title"], meta["author"], meta["subject"], meta["keywords"], facturx.facturx.CREATOR)
+
+
+def _xmp_tree(xml: bytes, producer: str, created: datetime | None) -> Any:
+    """factur-x's XMP element tree (``x:xmpmeta``) for a Factur-X EN16931 PDF/A-3b."""
+    info = facturx_info(xml)
+    return facturx.generate_xmp_object(
+        {
+            "pdfa3_flavor": "B",
+            "title": info.title,
+            "author": info.author,
+            "subject": info.subject,
+            "producer": producer,
+            "creator_tool": info.creator_tool,
+            "timestamp": _xmp_date(created or datetime.now(UTC)),
+            "version": "1.0",
+            "documenttype": "INVOICE",
+            "xml_filename": FACTURX_FILENAME,
+            "xmp_level": facturx.facturx.FACTURX_LEVEL2xmp[_LEVEL],
+            "urn": _FX_URN,
+        }
+    )
+
+
+def _xmp_date(moment: datetime) -> str:
+    """An XMP date (ISO 8601 with offset, seconds), as factur-x writes ``xmp:CreateDate``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+def facturx_xmp(xml: bytes, *, producer: str = "pypdf", created: datetime | None = None) -> bytes:
+    """The complete XMP packet of a Factur-X EN16931 PDF/A-3b whose ``factur-x.xml`` is ``xml``.
+
+    Built by factur-x's own ``generate_xmp_object`` (what ``generate_from_binary`` writes):
+    ``pdfaid:part=3``/``conformance=B``, the ``fx:`` PDF/A extension schema declaration, and
+    ``fx:DocumentFileName=factur-x.xml``, ``DocumentType=INVOICE``, ``Version=1.0``,
+    ``ConformanceLevel=EN 16931``; dc:title/creator/description from :func:`facturx_info`.
+
+    For a post-pass that replaces an engine's XMP: set the PDF's ``/Producer`` to ``producer``,
+    ``/Creator`` to ``FacturxInfo.creator_tool``, ``/CreationDate``/``/ModDate`` to ``created``
+    and ``/Title``/``/Author``/``/Subject`` from :func:`facturx_info` (or drop them), since PDF/A
+    wants the info dictionary and the XMP to agree.
+    """
+    body = etree.tostring(_xmp_tree(xml, producer, created), encoding="utf-8").decode()
+    return f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n{body}\n<?xpacket end="w"?>'.encode()
 
 
 def extract_xml(pdf: bytes) -> bytes:
@@ -434,3 +496,68 @@ def extract_xml(pdf: bytes) -> bytes:
     if not xml:
         raise EInvoiceError(f"the PDF has no {FACTURX_FILENAME} (or zugferd-invoice.xml) attachment")
     return bytes(xml)
+
+
+def _fx_descriptions(xml: bytes, created: datetime) -> list[Any]:
+    """Only the Factur-X part of :func:`facturx_xmp`: the extension schema and the fx: values.
+
+    WeasyPrint writes pdfaid, producer, dc: and xmp: properties itself, from the same values as the
+    info dictionary; these two ``rdf:Description`` elements complete its packet.
+    """
+    rdf = _xmp_tree(xml, "-", created).find(f"{{{_RDF}}}RDF")
+    kept = []
+    for description in rdf.iterchildren():  # objectify: iterating an element itself walks its siblings
+        if any(etree.QName(child).namespace in _FX_NAMESPACES for child in description.iterchildren()):
+            description.set(f"{{{_RDF}}}about", "")  # as WeasyPrint's: one subject for the whole packet
+            kept.append(description)
+    return kept
+
+
+def write_facturx(document: Any, xml: bytes) -> bytes:
+    """A laid-out WeasyPrint document as a Factur-X EN16931 PDF/A-3b, in one WeasyPrint pass.
+
+    WeasyPrint 70 writes the ``factur-x.xml`` file spec with ``/AFRelationship``
+    :data:`AF_RELATIONSHIP` and lists it in the catalog ``/AF``; a finisher completes its XMP with
+    the Factur-X extension schema. No second parse and rewrite of the whole PDF through pypdf
+    (what ``facturx.generate_from_binary`` does, and this module did before). The document
+    metadata (title, author, subject, keywords, creator, dates) is factur-x's (:func:`facturx_info`),
+    written by WeasyPrint to both the info dictionary and the XMP so that they agree, as PDF/A
+    requires. ``document`` (laid out with ``pdf_variant="pdf/a-3b"``) has its metadata replaced.
+    """
+    info = facturx_info(xml)
+    now = datetime.now(UTC)
+    metadata = document.metadata
+    metadata.title, metadata.description, metadata.generator = info.title, info.subject, info.creator_tool
+    metadata.authors, metadata.keywords = [info.author], info.keywords.split(", ")
+    metadata.created = metadata.modified = _xmp_date(now)
+    # The MIME type (/Subtype text/xml, as Factur-X requires) comes from the name: WeasyPrint's own
+    # mimetypes table, not the system's, so it is the same on every machine (asserted in the tests).
+    attachment = Attachment(
+        string=xml,
+        name=FACTURX_FILENAME,
+        description="Factur-X XML file",
+        relationship=AF_RELATIONSHIP.capitalize(),
+        created=now,
+        modified=now,
+    )
+    finish = partial(_finish, _fx_descriptions(xml, now))
+    pdf: bytes = document.write_pdf(pdf_variant="pdf/a-3b", attachments=[attachment], finisher=finish)
+    return pdf
+
+
+def _finish(fx: list[Any], _document: Any, pdf: Any) -> None:
+    """Fix up WeasyPrint 70's PDF object tree (pydyf) before it is written.
+
+    * ``/AF`` lists each attachment twice (from the name tree and from the file spec): keep one.
+    * The XMP gets the Factur-X descriptions inside WeasyPrint's one ``rdf:RDF``. WeasyPrint's own
+      ``xmp_metadata`` option would append a second ``rdf:RDF``, which XMP does not allow and
+      readers ignore (pyHanko, re-serialising the XMP when it signs, dropped it).
+    """
+    af = pdf.catalog["AF"]  # pydyf Arrays of "n 0 R" strings
+    af[:] = list(dict.fromkeys(af))
+    stream = pdf.objects[int(pdf.catalog["Metadata"].split()[0])]
+    head, rest = b"".join(stream.stream).split(b"?>", 1)
+    body, tail = rest.rsplit(b"<?xpacket", 1)
+    xmpmeta = etree.fromstring(body)
+    xmpmeta.find(f"{{{_RDF}}}RDF").extend(fx)
+    stream.stream = [b"%s?>\n%s\n<?xpacket%s" % (head, etree.tostring(xmpmeta, encoding="utf-8"), tail)]

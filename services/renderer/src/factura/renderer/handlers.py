@@ -48,7 +48,7 @@ from factura.common.tenants import TenantConfig, TenantDirectory
 from factura.renderer.einvoice import EInvoiceError
 from factura.renderer.limits import DocumentRejected
 from factura.renderer.packaging import build_zip
-from factura.renderer.pipeline import ENGINE, Produced, produce
+from factura.renderer.pipeline import ENGINES, Produced, produce
 from factura.renderer.pool import RenderPool, WorkerDied
 from factura.renderer.settings import RenderLimits
 from factura.renderer.signing import SigningJobs, TimestampUnavailable
@@ -117,7 +117,8 @@ class RenderHandlers:
         self._pool = pool
         self._limits = limits
         self._worker_deaths: dict[tuple[str, str, date], int] = {}
-        RENDER_SECONDS.labels(ENGINE)  # every series a panel or an alert reads exists from startup
+        for engine in ENGINES:  # every series a panel or an alert reads exists from startup
+            RENDER_SECONDS.labels(engine)
         for outcome in ("rendered", "supplied", "rejected"):
             RENDERED.labels(outcome)
         for kind in ("outage", "bad_answer"):
@@ -206,7 +207,7 @@ class RenderHandlers:
                 del self._worker_deaths[next(iter(self._worker_deaths))]
             raise
         self._worker_deaths.pop(key, None)
-        RENDER_SECONDS.labels(ENGINE).observe(produced.seconds)
+        RENDER_SECONDS.labels(produced.engine).observe(produced.seconds)
         return produced
 
     async def _store_files(

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Final, get_args
 
 from factura.common.events import InvoiceCreatedV1, parse_event
 from factura.common.schemas import EXAMPLES_DIR
 from factura.common.tenants import Seller, TenantConfig
 from factura.renderer.document import layout, render_html
-from factura.renderer.einvoice import build_cii_xml, embed_xml
+from factura.renderer.einvoice import build_cii_xml, write_facturx
 from factura.renderer.limits import check_input, check_pages
 from factura.renderer.settings import RenderLimits
 from factura.renderer.signing import SigningJob, sign_and_stamp
+from factura.renderer.typst_engine import render_typst
 
-#: What turns an invoice into a PDF here (the ``engine`` label of ``factura_render_seconds``).
-ENGINE = "weasyprint"
+#: The engines a tenant can choose (``TenantConfig.engine``): the values of the ``engine`` label of
+#: ``factura_render_seconds``, one series each.
+ENGINES: Final[tuple[str, ...]] = get_args(TenantConfig.model_fields["engine"].annotation)
+#: The engine of a tenant that names none.
+ENGINE: Final[str] = TenantConfig.model_fields["engine"].default
 
 
 def warm_up_job() -> tuple[InvoiceCreatedV1, TenantConfig, RenderLimits]:
@@ -37,13 +42,17 @@ class Produced:
     seconds: float = 0.0
     #: RFC 3161 TimeStampResp (DER) over SHA-256(pdf), when the tenant timestamps its documents.
     timestamp: bytes | None = None
+    #: The engine that rendered it (the tenant's), for the ``engine`` label of the render metric.
+    engine: str = ENGINE
 
 
 def produce(
     invoice: InvoiceCreatedV1, tenant: TenantConfig, limits: RenderLimits, signing: SigningJob | None = None
 ) -> Produced:
-    """Limits → HTML → layout → page limit → PDF (PDF/A-3b with embedded EN 16931 XML if configured),
-    then, with a ``signing`` job, the PAdES signature and the detached timestamp (factura.renderer.signing).
+    """Limits → EN 16931 XML (if configured) → the tenant's engine: HTML → layout → page limit → PDF
+    with WeasyPrint, or one Typst compile then the page limit; PDF/A-3b with the XML embedded when
+    the tenant issues Factur-X. Then, with a ``signing`` job, the PAdES signature and the detached
+    timestamp (factura.renderer.signing).
 
     Raises :class:`~factura.renderer.limits.DocumentRejected` for an invoice that must not become a
     document (or a tenant signing setting that cannot be used), :class:`~factura.renderer.einvoice.EInvoiceError`
@@ -52,17 +61,18 @@ def produce(
     """
     started = time.perf_counter()
     check_input(invoice, limits)
-    einvoice = tenant.einvoice != "none" and tenant.seller is not None
-    document = layout(render_html(invoice, tenant), tenant, pdf_a=einvoice)
-    check_pages(len(document.pages), limits)
-    xml: bytes | None = None
-    if not einvoice or tenant.seller is None:
-        pdf = document.write_pdf()
+    seller = tenant.seller if tenant.einvoice != "none" else None
+    xml = build_cii_xml(invoice, seller) if seller is not None else None
+    if tenant.engine == "typst":
+        pdf, pages = render_typst(invoice, tenant, xml)
+        check_pages(pages, limits)
     else:
-        xml = build_cii_xml(invoice, tenant.seller)
-        pdf = embed_xml(document.write_pdf(pdf_variant="pdf/a-3b"), xml)
+        document = layout(render_html(invoice, tenant), tenant, pdf_a=xml is not None)
+        pages = len(document.pages)
+        check_pages(pages, limits)
+        pdf = document.write_pdf() if xml is None else write_facturx(document, xml)
     seconds = time.perf_counter() - started
     if signing is None:
-        return Produced(pdf, xml, len(document.pages), seconds)
+        return Produced(pdf, xml, pages, seconds, engine=tenant.engine)
     signed = sign_and_stamp(pdf, signing)
-    return Produced(signed.pdf, xml, len(document.pages), seconds, signed.timestamp)
+    return Produced(signed.pdf, xml, pages, seconds, signed.timestamp, tenant.engine)

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from factura.common.errors import DependencyDown
 from factura.common.metrics import counter
-from factura.renderer.pipeline import produce, warm_up_job
+from factura.renderer.pipeline import ENGINES, produce, warm_up_job
 
 T = TypeVar("T")
 DEPENDENCY = "render-pool"
@@ -50,7 +50,10 @@ class WorkerDied(DependencyDown):
 
 
 def _warm() -> int:
-    produce(*warm_up_job())
+    """One render per engine, so no tenant's first invoice pays for loading fonts and code."""
+    invoice, tenant, limits = warm_up_job()
+    for engine in ENGINES:
+        produce(invoice, tenant.model_copy(update={"engine": engine}), limits)
     return os.getpid()
 
 

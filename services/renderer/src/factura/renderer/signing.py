@@ -31,10 +31,12 @@ Failures, by whose they are:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import io
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,9 +72,8 @@ TSA = "tsa"
 #: The signature field pyHanko creates (invisible: zero-area widget, allowed by PDF/A-2/3).
 SIGNATURE_FIELD = "FacturaSignature"
 DIGEST = "sha256"
-#: pyHanko re-serialises the XMP with lxml, which would print the Factur-X properties as ``ns0:``
-#: while the PDF/A extension schema declares the prefix ``fx``: register it (idempotent).
-FACTURX_XMP_NS = "urn:factur-x:pdfa:CrossIndustryDocument:invoice:1p0#"
+#: A namespace declaration in XMP: ``xmlns:<prefix>="<uri>"``.
+_XMP_NAMESPACE = re.compile(rb'xmlns:([A-Za-z_][A-Za-z0-9_.-]*)="([^"]+)"')
 
 
 class TimestampUnavailable(DependencyDown):
@@ -195,7 +196,6 @@ def sign_and_stamp(pdf: bytes, job: SigningJob, timestamper: TimeStamper | None 
 
     ``timestamper`` replaces the HTTP client (tests pass pyHanko's in-process DummyTimeStamper).
     """
-    etree.register_namespace("fx", FACTURX_XMP_NS)
     signer = _signer(job) if job.sign else None
     stamper: CheckedTimeStamper | None = None
     if timestamper is not None or job.tsa_url is not None:
@@ -218,13 +218,28 @@ async def _sign_and_stamp(
             embed_validation_info=False,
         )
         out = io.BytesIO()
+        writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
+        _keep_xmp_prefixes(writer)
         pdf_signer = signers.PdfSigner(meta, signer=signer, timestamper=stamper)
-        await pdf_signer.async_sign_pdf(IncrementalPdfFileWriter(io.BytesIO(pdf)), output=out)
+        await pdf_signer.async_sign_pdf(writer, output=out)
         pdf = out.getvalue()
     if stamper is None:
         return Signed(pdf, None)
     response, _ = await stamper.response(hashlib.sha256(pdf).digest(), DIGEST)
     return Signed(pdf, response.dump())
+
+
+def _keep_xmp_prefixes(writer: IncrementalPdfFileWriter) -> None:
+    """pyHanko re-serialises the XMP with lxml, which prints a namespace it does not know as
+    ``ns0:``, while PDF/A extension schemas declare their prefixes (Factur-X's ``fx``, Typst's
+    ``pdfuaid``...): register every prefix the document's own XMP declares (idempotent)."""
+    if "/Metadata" not in writer.root:
+        return
+    # Read as pyHanko reads it (a MetadataStream, which it updates in place): a plain
+    # dereference would cache it as a bare stream, and pyHanko would then write a new XMP.
+    for prefix, uri in _XMP_NAMESPACE.findall(writer.root["/Metadata"].data):
+        with contextlib.suppress(ValueError):  # lxml refuses to rebind its reserved prefixes (xml, ns0...)
+            etree.register_namespace(prefix.decode(), uri.decode())
 
 
 class _CachedKeySigner(signers.SimpleSigner):
