@@ -541,7 +541,7 @@ def write_facturx(document: Any, xml: bytes) -> bytes:
         modified=now,
     )
     finish = partial(_finish, _fx_descriptions(xml, now))
-    pdf: bytes = document.write_pdf(pdf_variant="pdf/a-3b", attachments=[attachment], finisher=finish)
+    pdf: bytes = document.write_pdf(pdf_variant="pdf/a-3b", pdf_tags=True, attachments=[attachment], finisher=finish)
     return pdf
 
 

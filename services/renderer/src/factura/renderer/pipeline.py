@@ -70,7 +70,8 @@ def produce(
         document = layout(render_html(invoice, tenant), tenant, pdf_a=xml is not None)
         pages = len(document.pages)
         check_pages(pages, limits)
-        pdf = document.write_pdf() if xml is None else write_facturx(document, xml)
+        # Tagged (structure tree, /Marked): readable by assistive technology, at no measurable cost.
+        pdf = document.write_pdf(pdf_tags=True) if xml is None else write_facturx(document, xml)
     seconds = time.perf_counter() - started
     if signing is None:
         return Produced(pdf, xml, pages, seconds, engine=tenant.engine)
