@@ -401,8 +401,9 @@ async def test_default_tenant_gets_a_pdf_with_hash_tag_and_retention_rule(rig: R
     assert rule["Filter"] == {"Tag": {"Key": "retention-days", "Value": "3650"}}
 
 
-async def test_factur_x_tenant_gets_a_zip_of_pdf_a3_and_its_xml(rig: Rig) -> None:
-    toml = 'einvoice = "factur-x-en16931"\npackaging = "zip"\nretention_days = 1825\n'
+@pytest.mark.parametrize("engine", ["weasyprint", "typst"])
+async def test_factur_x_tenant_gets_a_zip_of_pdf_a3_and_its_xml(rig: Rig, engine: str) -> None:
+    toml = f'engine = "{engine}"\neinvoice = "factur-x-en16931"\npackaging = "zip"\nretention_days = 1825\n'
     toml += '[branding]\nlogo = "logo.png"\nprimary_color = "#15803d"\nlegal_footer = "CUI RO12345678"\n'
     tenant = rig.tenant(toml + SELLER_TOML)
     event = created(tenant, invoice())
@@ -523,10 +524,11 @@ async def test_hostile_text_is_printed_literally_and_fetches_nothing(rig: Rig, s
     ],
     ids=["max_lines", "max_pages", "max_text_bytes"],
 )
+@pytest.mark.parametrize("engine", ["weasyprint", "typst"])
 async def test_over_the_limits_is_rejected_and_nothing_is_stored(
-    rig: Rig, limits: RenderLimits, update: dict[str, Any], reason: FieldError
+    rig: Rig, limits: RenderLimits, update: dict[str, Any], reason: FieldError, engine: str
 ) -> None:
-    event = created(new_tenant(), invoice(**update))
+    event = created(rig.tenant(f'engine = "{engine}"\n'), invoice(**update))
     await rig.handle(event, limits)
 
     rejected = await rejected_of(rig, event)
