@@ -3,6 +3,7 @@ links, hit de-duplication), and the public link host (downloads, short links, op
 
 from __future__ import annotations
 
+import functools
 from contextlib import AsyncExitStack
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -17,7 +18,7 @@ from factura.common.tenants import TenantConfig, TenantDirectory
 from factura.renderer.download import download_router
 from factura.renderer.handlers import RenderHandlers
 from factura.renderer.pages import LinkPages
-from factura.renderer.pool import RenderPool
+from factura.renderer.pool import RenderPool, warm_engines
 from factura.renderer.settings import Settings
 from factura.renderer.signing import SigningJobs
 from factura.renderer.tracking import HitGuard, Tracker, tracking_router
@@ -54,7 +55,8 @@ async def bootstrap(settings: Settings, publisher: Publisher, stack: AsyncExitSt
     db = database(mongo, settings.mongo)
     await ensure_indexes(settings, db)
     shortlinks, guard = link_stores(settings, db)
-    pool = RenderPool(settings.workers)
+    engines = sorted({TenantConfig.default("default").engine, *(t.engine for t in tenants)})
+    pool = RenderPool(settings.workers, warm=functools.partial(warm_engines, engines))
     stack.callback(pool.close)
     await pool.warm_up()
     handlers = RenderHandlers(publisher, store, tenants, pool, settings.limits, signing=signing)

@@ -27,7 +27,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
@@ -49,10 +49,11 @@ class WorkerDied(DependencyDown):
         super().__init__(DEPENDENCY, "a render worker died; the pool is being replaced")
 
 
-def _warm() -> int:
-    """One render per engine, so no tenant's first invoice pays for loading fonts and code."""
+def warm_engines(engines: Iterable[str] = ENGINES) -> int:
+    """One render per engine in use, so no tenant's first invoice pays for loading fonts and code
+    (an engine no tenant uses is not warmed: its caches would only cost memory)."""
     invoice, tenant, limits = warm_up_job()
-    for engine in ENGINES:
+    for engine in engines:
         produce(invoice, tenant.model_copy(update={"engine": engine}), limits)
     return os.getpid()
 
@@ -94,7 +95,7 @@ class RenderPool:
     default; tests pass something cheaper).
     """
 
-    def __init__(self, workers: int = 0, warm: Callable[[], object] = _warm) -> None:
+    def __init__(self, workers: int = 0, warm: Callable[[], object] = warm_engines) -> None:
         self.workers = workers or os.cpu_count() or 1
         #: How many broken executors were replaced since start.
         self.replacements = 0
