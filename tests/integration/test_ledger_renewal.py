@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -26,7 +26,8 @@ from factura.common.ledger import Claim, DeliveryLedger, LedgerSettings
 from factura.common.mongo import Document
 from factura.devstack.config import StackConfig
 from tests.conftest import mongo_settings
-from tests.integration.test_ledger import accepted, cause
+from tests.integration.test_ledger import Sender as LedgerSender
+from tests.integration.test_ledger import cause
 
 pytestmark = pytest.mark.integration
 
@@ -35,25 +36,10 @@ RENEWED = LedgerSettings(lease_s=10.0, expiry_s=1.0, clock_margin_s=0.4)
 
 
 @dataclass
-class Sender:
-    ledger: DeliveryLedger
-    client: AsyncMongoClient[Document]
-    sent: list[str] = field(default_factory=list)
-    published: list[Envelope[Any]] = field(default_factory=list)
+class Sender(LedgerSender):
+    """A sender process with a MongoDB client of its own, so a test can cut it off alone."""
 
-    async def publish(self, event: Envelope[Any]) -> None:
-        self.published.append(event)
-
-    async def deliver(self, event: Envelope[Any], hold: Callable[[], Awaitable[None]] | None = None) -> None:
-        async def send(claim: Claim) -> Envelope[Any]:
-            if hold is not None:
-                await hold()
-            self.sent.append(str(event.event_id))
-            outcome = accepted(event)
-            await claim.record(outcome)
-            return outcome
-
-        await self.ledger.deliver_once(event, "email", send, self.publish, dependency="smtp")
+    client: AsyncMongoClient[Document] | None = None
 
 
 Make = Callable[[str, LedgerSettings], Sender]
@@ -78,7 +64,7 @@ async def rig(cfg: StackConfig) -> AsyncIterator[Rig]:
 
     def make(owner: str, settings_: LedgerSettings) -> Sender:
         c = client()
-        return Sender(DeliveryLedger(c[settings.database][name], settings_, owner=owner), c)
+        return Sender(DeliveryLedger(c[settings.database][name], settings_, owner=owner), client=c)
 
     try:
         yield Rig(make, client()[settings.database][name])
@@ -156,6 +142,7 @@ async def test_a_holder_that_cannot_renew_stops_before_another_owner_may_send(ri
 
     stuck = asyncio.create_task(holder.deliver(event, hang))
     await asyncio.wait_for(started.wait(), 10)
+    assert holder.client is not None
     await holder.client.close()  # the holder's MongoDB is gone: no renewal can be confirmed
 
     with pytest.raises(DependencyDown) as cut:

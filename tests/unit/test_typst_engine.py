@@ -17,20 +17,12 @@ from pypdf import PdfReader
 
 from factura.common.events import InvoiceCreatedV1, Line, parse_event
 from factura.common.schemas import EXAMPLES_DIR
-from factura.common.tenants import Seller, TenantConfig
+from factura.common.tenants import TenantConfig
 from factura.renderer.document import context
 from factura.renderer.einvoice import build_cii_xml
 from factura.renderer.typst_engine import TypstTemplateError, render_typst, view_model
+from tests.unit.test_einvoice import SELLER
 
-SELLER = Seller(
-    legal_name="Harinas del Sur S.A.",
-    vat_id="ESA41234567",
-    street="Calle de la Harina 12",
-    city="Sevilla",
-    postcode="41001",
-    country="ES",
-    iban="ES9121000418450200051332",
-)
 FACTURX = TenantConfig(tenant_id="harinas-sur", einvoice="factur-x-en16931", seller=SELLER, engine="typst")
 PLAIN = TenantConfig(tenant_id="acme", engine="typst")
 NS = {
