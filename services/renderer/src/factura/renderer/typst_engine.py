@@ -80,7 +80,8 @@ _FX: Final = "urn:factur-x:pdfa:CrossIndustryDocument:invoice:1p0#"
 class TypstTemplateError(ValueError):
     """The Typst template did not compile (a template bug, or a forbidden package or file).
 
-    A ValueError because the same template and data fail again: reject, do not retry.
+    Not the invoice's fault, so not a rejection: like a broken HTML template, the consumer loop
+    retries, then dead-letters the invoice, to be replayed once the tenant's template is fixed.
     """
 
 
