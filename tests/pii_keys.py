@@ -1,5 +1,7 @@
-"""The tenant KEKs tests encrypt customers' contact data with: derived from one test secret, like
-the devstack's (``PiiSettings.secret``), so any test can read what another component sealed."""
+"""The tenant KEKs tests encrypt customers' contact data with: derived from the devstack's own
+secret (``StackConfig.pii_secret``), because keys live in collections shared per tenant and
+customer (``customer_keys``, ``tenant_lookup_keys``): what the end-to-end stack's services sealed
+earlier in a session must unwrap in a later test, and the other way round."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from factura.common.pii import COLLECTION, FieldCipher, field_cipher, pii_keysto
 from factura.common.pii.lookup import COLLECTION as LOOKUP_KEYS
 from factura.common.pii.lookup import LookupKeys
 from factura.common.settings import PiiSettings
+from factura.devstack.config import StackConfig
 
-TEST_PII = PiiSettings(secret=SecretStr("test-only-pii-kek-secret-of-32-bytes"))
+TEST_PII = PiiSettings(secret=SecretStr(StackConfig.pii_secret))
 
 
 def pii_cipher(db: AsyncDatabase[Document]) -> FieldCipher:
