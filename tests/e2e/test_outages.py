@@ -2,9 +2,11 @@
 readiness says so, nothing is dead-lettered, and everything is delivered (once) and audited after
 the dependency comes back.
 
-Each outage lasts ``FACTURA_TEST_OUTAGE_S``: 30 s in ``make test``, three times the retry backoff
-cap and the Kafka session timeout (10 s each), so every retry path reaches its cap and a consumer
-that stopped polling would lose its partitions; ``make test-outages`` runs them for a full minute.
+Each outage lasts ``FACTURA_TEST_OUTAGE_S``: 15 s in ``make test``, more than twice the devstack's
+Kafka session timeout (6 s) and seven times its retry backoff cap (2 s), so every retry path
+reaches its cap and a consumer that stopped polling would lose its partitions; MongoDB's server
+selection (5 s) times out three times. S3 hangs for at least 25 s, past the S3 client's read
+timeout (20 s), so that timeout fires too. ``make test-outages`` runs them all for a full minute.
 
 The real local servers are stopped and started again on the same port, or frozen with SIGSTOP
 (devstack's ``stop_server``/``start_server``, ``pause_server``/``resume_server``); the services
@@ -32,7 +34,9 @@ from factura.devstack.stack import Stack
 from tests.e2e.test_flow import mails_to, sample, sms_to
 
 pytestmark = pytest.mark.e2e
-OUTAGE_S = float(os.environ.get("FACTURA_TEST_OUTAGE_S", "30"))
+OUTAGE_S = float(os.environ.get("FACTURA_TEST_OUTAGE_S", "15"))
+#: A hang must outlast the S3 client's read timeout (20 s) for its timeout path to run.
+S3_HANG_S = max(OUTAGE_S, 25.0)
 
 
 async def dead_lettered(cfg: StackConfig) -> int:
@@ -190,7 +194,7 @@ async def test_s3_hanging_pauses_rendering_and_mailing_then_delivers_everything(
         started = time.monotonic()
         await publish(cfg, batch)
         await wait_readiness(cfg, "renderer", ready=False, dependency="s3")
-        await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
+        await asyncio.sleep(max(0.0, S3_HANG_S - (time.monotonic() - started)))
         assert all(mails_to(cfg, s.payload["customer"]["email"]) == [] for s in batch)
     finally:
         await recovery(services, "s3", pause=True)
