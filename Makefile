@@ -6,7 +6,7 @@ UV ?= python3 -m uv
 STAMP := $(VENV)/.installed
 SRC := libs/common/src services/*/src devstack/src
 
-.PHONY: install lock lint fmt schemas test test-unit test-integration test-outages test-chaos up down status logs demo bench-render bench-consumer bench-sigkill bench-delivery bench-scheduler bench-audit bench-ingest dashboards clean
+.PHONY: install lock lint fmt schemas test test-unit test-integration test-outages test-chaos up down status logs demo bench bench-render bench-consumer bench-sigkill bench-delivery bench-scheduler bench-audit bench-ingest dashboards clean
 
 install: $(STAMP)
 
@@ -62,6 +62,9 @@ logs:
 
 demo: install
 	$(PY) -m factura.devstack.demo
+
+bench: install  ## end to end, ERP topic → SMTP 250, 1 000 then 10 000 invoices per render engine; stages, p99 at 70 %, 1/2/4 workers (long: about an hour here)
+	$(PY) -m benchmarks.bench_e2e
 
 bench-render: install  ## renderer full cost vs bare WeasyPrint, p50/p95, 2-core scaling, worker RSS (~3 min)
 	$(PY) -m benchmarks.bench_render
