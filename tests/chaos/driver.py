@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 from botocore.exceptions import ClientError
@@ -39,6 +38,7 @@ from factura.common.storage import DocumentStore
 from factura.common.topics import ERP_INVOICES
 from factura.devstack import procs
 from factura.devstack.config import SERVICES, StackConfig
+from factura.devstack.flow import invoice_timeline
 from factura.devstack.samples import TENANTS, Sample, invoice_payload
 from factura.devstack.stack import Stack
 from tests.chaos.checker import Evidence, Outcome, Planned, Report, judge, settled
@@ -356,6 +356,7 @@ class Audit:
 
     def __init__(self, client: httpx.AsyncClient, cfg: StackConfig) -> None:
         self._client = client
+        self._cfg = cfg
         self._url = cfg.service_url("audit") + "/v1"
         self._headers = {"Authorization": f"Bearer {cfg.audit_api_key()}"}
 
@@ -367,19 +368,7 @@ class Audit:
         return [json.loads(line) for line in response.text.splitlines() if line]
 
     async def timeline(self, tenant: str, invoice: str) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = []
-        params = {"tenant_id": tenant, "limit": "1000"}
-        while True:
-            url = f"{self._url}/invoices/{quote(invoice, safe='')}/timeline"
-            response = await self._client.get(url, params=params, headers=self._headers)
-            if response.status_code == 404:
-                return entries
-            response.raise_for_status()
-            page = response.json()
-            entries += page["entries"]
-            if not page.get("next_cursor"):
-                return entries
-            params["cursor"] = page["next_cursor"]
+        return await invoice_timeline(self._client, self._cfg, tenant, invoice)
 
     async def chain_ok(self, tenant: str) -> bool:
         response = await self._client.get(f"{self._url}/verify", params={"tenant_id": tenant}, headers=self._headers)

@@ -95,12 +95,19 @@ async def publish(cfg: StackConfig, samples: list[Sample]) -> None:
 
 
 async def timeline(client: httpx.AsyncClient, cfg: StackConfig, sample: Sample) -> list[dict[str, Any]]:
-    """Every entry of the invoice's timeline, page by page (in the order audit recorded them)."""
+    """Every entry of the sample invoice's timeline (in the order audit recorded them)."""
+    return await invoice_timeline(client, cfg, sample.tenant_id, sample.invoice_number)
+
+
+async def invoice_timeline(
+    client: httpx.AsyncClient, cfg: StackConfig, tenant_id: str, invoice_id: str
+) -> list[dict[str, Any]]:
+    """Every entry of an invoice's timeline, page by page; none for an invoice audit never saw."""
     entries: list[dict[str, Any]] = []
-    params = {"tenant_id": sample.tenant_id, "limit": "1000"}
+    params = {"tenant_id": tenant_id, "limit": "1000"}
     while True:
         response = await client.get(
-            f"{cfg.service_url('audit')}/v1/invoices/{quote(sample.invoice_number, safe='')}/timeline",
+            f"{cfg.service_url('audit')}/v1/invoices/{quote(invoice_id, safe='')}/timeline",
             params=params,
             headers={"Authorization": f"Bearer {cfg.audit_api_key()}"},
         )
