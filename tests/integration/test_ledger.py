@@ -2,7 +2,9 @@
 
 Two :class:`DeliveryLedger` instances with different owners and their own MongoDB clients stand
 for two sender processes (a zombie and the partition's new owner). Each test uses a collection of
-its own. The SMS tests talk to the devstack's Twilio-shaped capture server.
+its own. A claim expires ``expiry_s`` after it was taken or last renewed, and its holder renews it while
+the delivery runs (up to ``lease_s``). The SMS tests talk to the devstack's Twilio-shaped capture
+server.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -41,6 +43,8 @@ EXAMPLE = (EXAMPLES_DIR / "invoice.rendered.v1.json").read_bytes()
 LONG = LedgerSettings(lease_s=60, clock_margin_s=5)
 #: A lease short enough to watch expire: a delivery gets 0.6 s, another owner may take over after 1 s.
 SHORT = LedgerSettings(lease_s=1.0, clock_margin_s=0.4)
+#: A claim another owner may take over 1 s after its last renewal; a delivery may run up to 10 s.
+RENEWED = LedgerSettings(lease_s=10.0, expiry_s=1.0, clock_margin_s=0.4)
 
 
 def cause() -> Envelope[InvoiceRenderedV1]:
@@ -68,6 +72,8 @@ class Sender:
     """One sender process: its ledger, what it handed to the provider and what it published."""
 
     ledger: DeliveryLedger
+    #: Its own MongoDB client, when a test needs to cut this one sender off.
+    client: AsyncMongoClient[Document] | None = None
     sent: list[str] = field(default_factory=list)
     published: list[Envelope[Any]] = field(default_factory=list)
 
@@ -108,7 +114,8 @@ async def ledgers(cfg: StackConfig) -> AsyncIterator[Ledgers]:
         return c
 
     def make(owner: str, lease: LedgerSettings) -> Sender:
-        return Sender(DeliveryLedger(client()[settings.database][name], lease, owner=owner))
+        c = client()
+        return Sender(DeliveryLedger(c[settings.database][name], lease, owner=owner), c)
 
     try:
         yield Ledgers(name, make, client()[settings.database][name])
@@ -314,3 +321,114 @@ async def test_sms_provider_outage_and_bad_credentials_are_transient(cfg: StackC
     wrong = provider(cfg, http, auth_token=SecretStr("not-the-token"))
     with pytest.raises(DependencyDown, match="HTTP 401"):
         await wrong.send("+34612345678", "hola")
+
+
+# -- renewal: a crashed holder's claim is taken over after expiry_s, a live one keeps it up to lease_s --
+
+
+async def retry_until_sent(sender: Sender, event: Envelope[Any], timeout_s: float = 10) -> list[str]:
+    """The consumer loop's retries: deliver until it went through; the reasons it was told to wait."""
+    waits: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while not sender.sent:
+        try:
+            await sender.deliver(event)
+        except DependencyDown as e:
+            assert e.dependency == "ledger" and time.monotonic() < deadline, e
+            waits.append(e.detail)
+            await asyncio.sleep(0.05)
+    return waits
+
+
+async def test_a_crashed_holders_claim_is_taken_over_after_expiry_not_after_the_whole_lease(ledgers: Ledgers) -> None:
+    crashed, heir = ledgers.make("crashed", RENEWED), ledgers.make("heir", RENEWED)
+    event = cause()
+    claimed = await crashed.ledger.begin(f"{event.event_id}:email", event, "email")  # then the process dies
+    assert isinstance(claimed, Claim)
+    taken = time.monotonic()
+
+    waits = await retry_until_sent(heir, event)
+
+    assert waits and all("claim held by crashed" in w for w in waits)
+    assert RENEWED.expiry_s - 0.1 <= time.monotonic() - taken < RENEWED.lease_s / 2
+    assert heir.sent == [str(event.event_id)]
+
+
+async def test_a_live_holder_keeps_its_claim_past_expiry_by_renewing_it(ledgers: Ledgers) -> None:
+    holder, other = ledgers.make("holder", RENEWED), ledgers.make("other", RENEWED)
+    event = cause()
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_provider() -> None:
+        holding.set()
+        await release.wait()
+
+    first = asyncio.create_task(holder.deliver(event, slow_provider))
+    await asyncio.wait_for(holding.wait(), 10)
+    # Other owners keep being told to wait for three expiries' time: the holder renews.
+    refused = 0
+    until = time.monotonic() + 3 * RENEWED.expiry_s
+    while time.monotonic() < until:
+        with pytest.raises(DependencyDown, match="claim held by holder"):
+            await other.deliver(event)
+        refused += 1
+        await asyncio.sleep(0.1)
+    release.set()
+    await asyncio.wait_for(first, 10)
+    await other.deliver(event)  # done by now: re-publishes the holder's outcome
+
+    assert refused > 10 and holder.sent == [str(event.event_id)] and other.sent == []
+    assert [e.event_id for e in other.published] == [e.event_id for e in holder.published]
+
+
+async def test_a_holder_that_cannot_renew_stops_before_another_owner_may_send(ledgers: Ledgers) -> None:
+    holder, heir = ledgers.make("holder", RENEWED), ledgers.make("heir", RENEWED)
+    event = cause()
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def hang() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    stuck = asyncio.create_task(holder.deliver(event, hang))
+    await asyncio.wait_for(started.wait(), 10)
+    assert holder.client is not None
+    await holder.client.close()  # the holder's MongoDB is gone: no renewal can be confirmed
+
+    with pytest.raises(DependencyDown) as cut:
+        await asyncio.wait_for(stuck, 10)
+    assert cut.value.dependency == "ledger" and "could not be renewed" in cut.value.detail
+    assert stopped.is_set()
+    await retry_until_sent(heir, event)
+    assert holder.sent == [] and heir.sent == [str(event.event_id)]
+
+
+async def test_renewals_never_hold_a_claim_past_the_whole_lease(ledgers: Ledgers) -> None:
+    capped = LedgerSettings(lease_s=2.0, expiry_s=1.0, clock_margin_s=0.4)
+    holder, heir = ledgers.make("holder", capped), ledgers.make("heir", capped)
+    event = cause()
+    started = asyncio.Event()
+
+    async def hang() -> None:  # a provider that never answers, on a holder that renews fine
+        started.set()
+        await asyncio.Event().wait()
+
+    begun = time.monotonic()
+    stuck = asyncio.create_task(holder.deliver(event, hang))
+    await asyncio.wait_for(started.wait(), 10)
+    with pytest.raises(DependencyDown) as cut:
+        await asyncio.wait_for(stuck, 10)
+    assert cut.value.dependency == "smtp" and "within its lease" in cut.value.detail
+    assert time.monotonic() - begun >= capped.lease_s - capped.clock_margin_s - 0.1  # renewed past expiry_s
+    doc = await ledgers.deliveries.find_one({"_id": f"{event.event_id}:email"})
+    assert doc is not None and doc["lease_expires_ms"] == 0  # a failed attempt gives its claim back
+    await heir.deliver(event)
+    assert heir.sent == [str(event.event_id)]
+
+
+def test_the_clock_margin_must_leave_time_to_deliver() -> None:
+    with pytest.raises(ValidationError, match="clock_margin_s"):
+        LedgerSettings(lease_s=60, expiry_s=5, clock_margin_s=5)
