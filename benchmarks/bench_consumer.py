@@ -36,7 +36,7 @@ from factura.common.kafka.consumer import ConsumerLoop, Message
 from factura.common.kafka.producer import Publisher
 from factura.common.settings import KafkaSettings
 from factura.common.topics import ERP_INVOICES, ERP_PAYMENTS
-from factura.devstack.config import StackConfig
+from factura.devstack.config import FETCH_MAX_WAIT_MS, StackConfig
 from factura.devstack.stack import Stack
 
 RECORDS = int(os.environ.get("BENCH_RECORDS", "50000"))
@@ -97,6 +97,7 @@ async def raw(settings: KafkaSettings, topic: str) -> float:
         auto_offset_reset="earliest",
         max_poll_records=settings.max_poll_records,
         rebalance_timeout_ms=settings.rebalance_timeout_ms,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
     await consumer.start()
     next_commit = time.monotonic() + 0.5
@@ -176,6 +177,7 @@ async def main() -> None:
                 topic_prefix=cfg.topic_prefix,
                 idempotence=False,
                 rebalance_timeout_ms=3000,
+                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
                 retry_initial_s=0.05,
                 retry_max_s=0.5,
                 max_poll_records=int(os.environ.get("BENCH_MAX_POLL_RECORDS", "500")),

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from factura.common.settings import DEVSTACK_ENV, KafkaSettings, MongoSettings, S3Settings
 from factura.common.storage import DocumentStore
-from factura.devstack.config import StackConfig
+from factura.devstack.config import FETCH_MAX_WAIT_MS, StackConfig
 from factura.devstack.stack import Stack
 
 
@@ -71,6 +71,7 @@ def kafka_settings(cfg: StackConfig, prefix: str | None = None) -> KafkaSettings
         retry_max_s=0.2,
         retry_max_attempts=3,
         poll_timeout_ms=200,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
 
 

@@ -15,7 +15,7 @@ from factura.common.events import parse_event
 from factura.common.kafka.admin import ensure_topics
 from factura.common.kafka.producer import Publisher
 from factura.common.settings import KafkaSettings
-from factura.devstack.config import StackConfig
+from factura.devstack.config import FETCH_MAX_WAIT_MS, StackConfig
 from tests.conftest import kafka_settings
 
 
@@ -23,7 +23,13 @@ async def read_topic(
     bootstrap: str, topic: str, *, expect: int, timeout_s: float = 20.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record on ``topic`` (no group, from the start) once at least ``expect`` arrived."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+    )
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     deadline = time.monotonic() + timeout_s
@@ -41,7 +47,9 @@ async def read_all(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[
     """Everything on ``topic`` now: read up to the end offsets taken first, then until a fetch
     comes back empty, because the local broker (Tansu) reports too low an end offset when one
     produce request carried several records for a partition (they are fetched all the same)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=FETCH_MAX_WAIT_MS
+    )
     await consumer.start()
     try:
         await consumer.topics()

@@ -214,6 +214,7 @@ class Rig:
             bootstrap_servers=self.bus.settings.bootstrap_servers,
             auto_offset_reset="earliest",
             group_id=None,
+            fetch_max_wait_ms=self.bus.settings.fetch_max_wait_ms,
         )
         found: list[Envelope[Any]] = []
         deadline = time.monotonic() + WAIT_S

@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
-from factura.common.kafka.connection import client_kwargs
+from factura.common.kafka.connection import client_kwargs, consumer_kwargs
 from factura.common.kafka.consumer import ConsumerLoop
 from factura.common.kafka.producer import Publisher
 from factura.common.settings import KafkaSettings, ServiceSettings
@@ -37,6 +37,11 @@ def strimzi(**overrides: object) -> KafkaSettings:
 
 def test_the_default_is_plaintext_without_credentials() -> None:
     assert client_kwargs(KafkaSettings()) == {"bootstrap_servers": "127.0.0.1:9092", "security_protocol": "PLAINTEXT"}
+
+
+def test_consumers_get_the_connection_and_the_fetch_wait() -> None:
+    settings = KafkaSettings(fetch_max_wait_ms=50)
+    assert consumer_kwargs(settings) == client_kwargs(settings) | {"fetch_max_wait_ms": 50}
 
 
 def test_sasl_ssl_verifies_the_broker_and_sends_scram_credentials() -> None:
@@ -111,13 +116,15 @@ async def test_the_publisher_and_the_consumer_loop_connect_with_the_settings() -
 
 
 def test_every_aiokafka_client_in_the_product_takes_client_kwargs() -> None:
-    """One way to connect: each AIOKafka* construction in libs/common spreads ``client_kwargs``."""
+    """One way to connect: each AIOKafka* construction in libs/common spreads ``client_kwargs``
+    (consumers ``consumer_kwargs``, which adds their fetch settings to it)."""
     found = 0
     for path in (ROOT / "libs/common/src").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in CLIENTS:
                 found += 1
                 spread = [kw.value for kw in node.keywords if kw.arg is None]
-                assert any(ast.unparse(v).startswith("client_kwargs(") for v in spread), f"{path}:{node.lineno}"
+                way = "consumer_kwargs(" if node.func.id == "AIOKafkaConsumer" else "client_kwargs("  # type: ignore[attr-defined]
+                assert any(ast.unparse(v).startswith(way) for v in spread), f"{path}:{node.lineno}"
                 assert not any(kw.arg == "bootstrap_servers" for kw in node.keywords), f"{path}:{node.lineno}"
     assert found >= 4  # producer, consumer loop, admin, DLQ tool

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic_settings import SettingsConfigDict
 
-from factura.common.kafka.connection import client_kwargs
+from factura.common.kafka.connection import consumer_kwargs
 from factura.common.kafka.producer import Headers, Publisher
 from factura.common.settings import ServiceSettings
 from factura.common.topics import Topic, dead_letter_topics, resolve
@@ -69,7 +69,7 @@ class DeadLetterReader:
         self.dlq = dlq
         self._physical = dlq.physical(settings.kafka.topic_prefix)
         self._consumer = AIOKafkaConsumer(
-            **client_kwargs(settings.kafka),
+            **consumer_kwargs(settings.kafka),
             group_id=f"{settings.kafka.topic_prefix}{REPLAY_GROUP}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -36,6 +36,14 @@ class KafkaSettings(BaseModel):
     rebalance_timeout_ms: int = 10_000
     max_poll_records: int = 100
     poll_timeout_ms: int = 500
+    fetch_max_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        description=(
+            "Longest a fetch waits on the broker for data. Kafka answers as soon as data arrives; a "
+            "broker that does not wake waiting fetches (the local Tansu) adds this much per hop."
+        ),
+    )
     max_buffered_records: int = Field(
         default=2000, description="Records waiting in one partition's worker before fetching it pauses."
     )

@@ -1,8 +1,9 @@
 """The one way to connect to Kafka: bootstrap servers and security for every aiokafka client.
 
 Producers, consumers, the admin client and the DLQ tool all take their connection arguments
-from :func:`client_kwargs`, so turning on TLS and SASL (Strimzi's SCRAM-SHA-512 listener) is a
-settings change that reaches every client at once.
+from :func:`client_kwargs` (consumers from :func:`consumer_kwargs`, which adds the fetch
+settings), so turning on TLS and SASL (Strimzi's SCRAM-SHA-512 listener) is a settings change
+that reaches every client at once.
 """
 
 from __future__ import annotations
@@ -40,3 +41,8 @@ def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
             "sasl_plain_password": settings.sasl_password.get_secret_value(),
         }
     return kwargs
+
+
+def consumer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """:func:`client_kwargs` plus what only consumers take (how long a fetch may wait)."""
+    return client_kwargs(settings) | {"fetch_max_wait_ms": settings.fetch_max_wait_ms}

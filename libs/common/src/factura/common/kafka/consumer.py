@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from factura.common.kafka.connection import client_kwargs
+from factura.common.kafka.connection import consumer_kwargs
 from factura.common.kafka.deadletter import DeadLetters, DlqLimit
 from factura.common.kafka.partition import (
     Batched,
@@ -74,7 +74,7 @@ class ConsumerLoop:
             resolve(name).physical(prefix): (resolve(name), handler) for name, handler in routes.items()
         }
         self._consumer = AIOKafkaConsumer(
-            **client_kwargs(settings),
+            **consumer_kwargs(settings),
             group_id=f"{prefix}{group_id}",
             client_id=service,
             enable_auto_commit=False,
