@@ -74,8 +74,21 @@ def test_one_topic_resource_per_topic_and_dlq() -> None:
         assert spec["replicas"] == 3 and spec["config"]["min.insync.replicas"] == 2
         dlq = name.endswith(".dlq")
         assert spec["config"]["retention.ms"] == (30 if dlq else 7) * 24 * 3600 * 1000
-        assert spec["partitions"] == (3 if dlq or name in strimzi.COLD_TOPICS else 12)
+        assert spec["partitions"] == (3 if dlq or name in COLD else 12)
     assert topics["invoice.created"]["partitions"] == 12
+
+
+#: Topics with a message per exception rather than per invoice.
+COLD = {
+    "erp.cancellations",
+    "invoice.cancelled",
+    "payment.unmatched",
+    "delivery.exhausted",
+    "report.due",
+    "ticket.due",
+    "ticket.opened",
+    "ticket.failed",
+}
 
 
 def grants(doc: Doc, operation: str, kind: str = "topic") -> set[str]:

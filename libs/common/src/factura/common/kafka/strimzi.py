@@ -8,12 +8,9 @@ registry, the access table and the manifests cannot drift apart.
 
 Sizing (see ``docs/operations.md``, "Scale"):
 
-* **Partitions.** A consumer group runs at most one busy pod per partition, and partitions can be
-  added later only by re-hashing keys (one invoice's events would then briefly run out of order).
-  So every topic that carries at least one message per invoice gets 12 partitions up front: 12
-  pods of any consumer, and 1, 2, 3, 4 or 6 pods share them evenly. Topics with a message per
-  exception (cancellations, unmatched payments, exhausted deliveries, tickets, daily reports) and
-  the DLQs get 3: one per broker, enough for the few messages they carry.
+* **Partitions.** From the topic registry (:mod:`factura.common.topics`): a consumer group runs
+  at most one busy pod per partition, and partitions can be added later only by re-hashing keys
+  (one invoice's events would then briefly run out of order), so they are sized up front.
 * **Durability.** 3 replicas and ``min.insync.replicas`` 2 with the producers' ``acks=all``: a write
   is acknowledged on two brokers, and one broker may be down (or rolling) without refusing writes.
 * **Retention.** Events and inbound ERP topics keep 7 days: consumers run seconds behind, and a
@@ -36,15 +33,8 @@ import yaml
 
 from factura.common.kafka.access import SERVICES, ServiceAccess
 from factura.common.topics import (
-    DELIVERY_EXHAUSTED,
-    ERP_CANCELLATIONS,
-    INVOICE_CANCELLED,
-    PAYMENT_UNMATCHED,
+    COLD_PARTITIONS,
     REGISTRY,
-    REPORT_DUE,
-    TICKET_DUE,
-    TICKET_FAILED,
-    TICKET_OPENED,
     Topic,
 )
 
@@ -57,26 +47,9 @@ KAFKA_VERSION = "4.1.1"  # must be one the installed Strimzi operator supports
 METADATA_VERSION = "4.1-IV1"
 REPLICAS = 3
 MIN_INSYNC_REPLICAS = 2
-HOT_PARTITIONS = 12
-COLD_PARTITIONS = 3
-DLQ_PARTITIONS = 3
 DAY_MS = 24 * 3600 * 1000
 RETENTION_MS = 7 * DAY_MS
 DLQ_RETENTION_MS = 30 * DAY_MS
-#: Topics with a message per exception rather than per invoice.
-COLD_TOPICS = frozenset(
-    t.name
-    for t in (
-        ERP_CANCELLATIONS,
-        INVOICE_CANCELLED,
-        PAYMENT_UNMATCHED,
-        DELIVERY_EXHAUSTED,
-        REPORT_DUE,
-        TICKET_DUE,
-        TICKET_OPENED,
-        TICKET_FAILED,
-    )
-)
 OUT = Path("deploy/k8s/base/kafka")
 Doc = dict[str, Any]
 
@@ -88,12 +61,6 @@ def _labels() -> dict[str, str]:
 def dns_name(name: str) -> str:
     """A Kubernetes object name for a topic name (dots and underscores are not portable there)."""
     return re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")
-
-
-def partitions(topic: Topic) -> int:
-    if topic.dead_letters_of is not None:
-        return DLQ_PARTITIONS
-    return COLD_PARTITIONS if topic.name in COLD_TOPICS else HOT_PARTITIONS
 
 
 def retention_ms(topic: Topic) -> int:
@@ -176,7 +143,7 @@ def topics(prefix: str = "") -> list[Doc]:
             "metadata": {"name": dns_name(t.physical(prefix)), "labels": _labels()},
             "spec": {
                 "topicName": t.physical(prefix),
-                "partitions": partitions(t),
+                "partitions": t.partitions,
                 "replicas": REPLICAS,
                 "config": {
                     "min.insync.replicas": MIN_INSYNC_REPLICAS,
