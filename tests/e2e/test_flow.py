@@ -163,15 +163,20 @@ async def test_redelivered_events_store_once_and_send_once(services: Stack) -> N
 
 
 async def restart_mid_stream(services: Stack, sig: signal.Signals) -> list[Sample]:
-    """Publish a batch, stop the email sender with ``sig`` once the first mail is out, restart it."""
+    """Publish a batch, stop the email sender with ``sig`` once the first mail is out, restart it.
+
+    The batch is large enough that the renderer (the slowest stage) is still feeding the sender
+    when the first mail arrives, and the test checks that the stop came mid-stream.
+    """
     cfg = services.cfg
-    batch = [sample("email", email=f"r{i}.{uuid.uuid4().hex[:6]}@cliente.test") for i in range(12)]
+    batch = [sample("email", email=f"r{i}.{uuid.uuid4().hex[:6]}@cliente.test") for i in range(30)]
     await publish(cfg, batch)
     for _ in range(400):
-        if any(mails_to(cfg, s.payload["customer"]["email"]) for s in batch):
+        if sent := sum(1 for s in batch if mails_to(cfg, s.payload["customer"]["email"])):
             break
         await asyncio.sleep(0.05)
     services.stop_service("email-sender", sig)
+    assert 0 < sent < len(batch), f"the sender must stop mid-stream: {sent} of {len(batch)} mails were out"
     services.start_service("email-sender")
     seen = await wait_for_outcomes(cfg, batch, timeout_s=90)
     async with httpx.AsyncClient() as client:
