@@ -14,7 +14,10 @@ $(STAMP): requirements.lock libs/common/pyproject.toml services/*/pyproject.toml
 	./scripts/system-deps.sh
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv==0.13.9
 	$(UV) venv --quiet --allow-existing -p 3.11 $(VENV)
-	$(UV) pip install --quiet -p $(VENV) -r requirements.lock
+	$(UV) pip install --quiet --compile-bytecode -p $(VENV) -r requirements.lock
+	# Bytecode for our own (editable) packages too: where PYTHONDONTWRITEBYTECODE is set (this CI
+	# image) every process start would otherwise recompile ~1 600 modules (renderer: 5.2 s → 1.8 s).
+	$(PY) -m compileall -q -j 0 libs services devstack tests benchmarks >/dev/null
 	@touch $@
 
 lock:  ## re-pin every dependency (the output names no download host)
