@@ -44,7 +44,7 @@ test-unit: install
 test-outages: install  ## the e2e outage tests with each dependency down for a full minute (~5 min)
 	FACTURA_TEST_OUTAGE_S=60 $(VENV)/bin/pytest -q tests/e2e/test_outages.py
 
-test-chaos: install  ## chaos suite at full size: 1 000 invoices per scenario, 20-30 s outages, a table row per scenario (~40 min)
+test-chaos: install  ## chaos suite at full size: 1 000 invoices per scenario, 20-30 s outages, a table row per scenario (~45 min)
 	FACTURA_CHAOS_SCENARIOS=all FACTURA_CHAOS_INVOICES=1000 FACTURA_CHAOS_OUTAGE_S=30 FACTURA_CHAOS_BROKER_PAUSE_S=20 FACTURA_CHAOS_SETTLE_S=1200 \
 		$(VENV)/bin/pytest -q -o timeout=3600 tests/chaos
 

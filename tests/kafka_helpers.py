@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from factura.common.envelope import Envelope
 from factura.common.events import parse_event
@@ -94,12 +95,25 @@ class Bus(NamedTuple):
 
 @asynccontextmanager
 async def isolated(cfg: StackConfig, client_id: str = "test") -> AsyncIterator[Bus]:
-    """Topics and consumer groups of this test alone, created before anyone consumes them."""
+    """Topics and consumer groups of this test alone, created before anyone consumes them, and
+    deleted after: every client reads the metadata of every topic on the broker, so topics left
+    behind by earlier tests (42 per test) made each client start slower as the suite went on
+    (0.4 s at 4 000 topics, 1.2-1.8 s at 8 000)."""
     settings = kafka_settings(cfg, prefix=f"{cfg.topic_prefix}{uuid.uuid4().hex[:6]}.")
-    await ensure_topics(settings)
+    created = await ensure_topics(settings)
     publisher = Publisher(settings, client_id=client_id)
     await publisher.start()
     try:
         yield Bus(settings, publisher)
     finally:
         await publisher.stop()
+        await _delete_topics(settings, created)
+
+
+async def _delete_topics(settings: KafkaSettings, topics: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="test-cleanup")
+    await admin.start()
+    try:
+        await admin.delete_topics(topics)
+    finally:
+        await admin.close()

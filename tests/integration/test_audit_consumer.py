@@ -25,6 +25,7 @@ from factura.common.schemas import EXAMPLES_DIR
 from factura.common.settings import KafkaSettings
 from factura.devstack.config import StackConfig
 from tests.conftest import mongo_settings
+from tests.integration.test_consumer_loop import short_session
 from tests.kafka_helpers import isolated
 from tests.waiting import until, until_async
 
@@ -71,7 +72,8 @@ async def test_two_replicas_and_two_rebalances_store_each_event_once_in_one_chai
 
     duplicates = RECORDED.labels(kind="event", outcome="duplicate")
     try:
-        async with isolated(cfg) as (settings, publisher):
+        async with isolated(cfg) as (bus_settings, publisher):
+            settings = short_session(bus_settings)  # four joins, each half a session long on the local broker
             bodies = [event(n) for n in range(400)]
             topic = f"{settings.topic_prefix}delivery.failed"
             for n, body in enumerate(bodies[:200]):

@@ -29,7 +29,7 @@ from factura.common.delivery.suppression import SuppressionStore
 from factura.common.delivery.wiring import delivery_kit
 from factura.common.envelope import utcnow
 from factura.common.ledger import LedgerSettings
-from factura.common.mongo import Document
+from factura.common.mongo import Document, create_client
 from factura.common.pii import ERASED, FieldCipher, KeyStore, KeyStoreError, NoKeyStore, SecretKeyStore, Wrapped
 from factura.common.pii.lookup import LookupKeys
 from factura.common.pii.masking import PHONE
@@ -88,7 +88,7 @@ class Rig:
 @pytest.fixture
 async def rig(cfg: StackConfig) -> AsyncIterator[Rig]:
     settings = mongo_settings(cfg)
-    client: AsyncMongoClient[Document] = AsyncMongoClient(settings.url, tz_aware=True, serverSelectionTimeoutMS=1000)
+    client = create_client(settings, server_selection_ms=1000)
     try:
         yield Rig(client[settings.database], uuid.uuid4().hex[:8])
     finally:

@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
 from factura.common.delivery.links import LinkMaker
@@ -41,7 +40,7 @@ from factura.common.events import (
 from factura.common.kafka.consumer import Message
 from factura.common.ledger import DeliveryLedger
 from factura.common.links import LinkSigner
-from factura.common.mongo import Document
+from factura.common.mongo import Document, create_client
 from factura.common.schemas import EXAMPLES_DIR
 from factura.common.settings import LinkSettings
 from factura.common.shortlinks import ShortLinks
@@ -91,7 +90,7 @@ class Collections:
 @pytest.fixture
 async def collections(cfg: StackConfig) -> AsyncIterator[Collections]:
     settings = mongo_settings(cfg)
-    client: AsyncMongoClient[Document] = AsyncMongoClient(settings.url, tz_aware=True, serverSelectionTimeoutMS=2000)
+    client = create_client(settings, server_selection_ms=2000)
     db, suffix = client[settings.database], uuid.uuid4().hex[:8]
     try:
         yield Collections(db[f"deliveries_{suffix}"], db[f"suppressions_{suffix}"], db[f"short_links_{suffix}"])

@@ -28,7 +28,7 @@ from factura.common.envelope import Envelope
 from factura.common.errors import DependencyDown, ErrorKind, classify
 from factura.common.events import InvoiceRenderedV1, Notice, parse_event
 from factura.common.ledger import Claim, DeliveryLedger, LedgerSettings
-from factura.common.mongo import Document
+from factura.common.mongo import Document, create_client
 from factura.common.outcomes import delivered
 from factura.common.schemas import EXAMPLES_DIR
 from factura.devstack.config import StackConfig
@@ -109,7 +109,7 @@ async def ledgers(cfg: StackConfig) -> AsyncIterator[Ledgers]:
     clients: list[AsyncMongoClient[Document]] = []
 
     def client() -> AsyncMongoClient[Document]:
-        c: AsyncMongoClient[Document] = AsyncMongoClient(settings.url, tz_aware=True, serverSelectionTimeoutMS=1000)
+        c = create_client(settings, server_selection_ms=1000)
         clients.append(c)
         return c
 

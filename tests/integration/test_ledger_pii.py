@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from factura.common.delivery.sender import later_failure
 from factura.common.envelope import Envelope
 from factura.common.ledger import DeliveryLedger, OutcomeErased
-from factura.common.mongo import Document
+from factura.common.mongo import Document, create_client
 from factura.common.pii import FieldCipher, SecretKeyStore, is_token
 from factura.common.tenants import TenantDirectory
 from factura.devstack.config import StackConfig
@@ -47,7 +46,7 @@ class Rig:
 @pytest.fixture
 async def rig(cfg: StackConfig) -> AsyncIterator[Rig]:
     settings = mongo_settings(cfg)
-    client: AsyncMongoClient[Document] = AsyncMongoClient(settings.url, tz_aware=True, serverSelectionTimeoutMS=1000)
+    client = create_client(settings, server_selection_ms=1000)
     db = client[settings.database]
     suffix = uuid.uuid4().hex[:8]
     try:

@@ -21,14 +21,13 @@ import httpx
 import pytest
 import uvicorn
 from pydantic import SecretStr
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
 from factura.common.envelope import Envelope
 from factura.common.errors import DependencyDown
 from factura.common.kafka.consumer import ConsumerLoop, Message
 from factura.common.ledger import DeliveryLedger
-from factura.common.mongo import Document
+from factura.common.mongo import Document, create_client
 from factura.common.topics import TICKET_DUE
 from factura.common.webhooks import SIGNATURE_HEADER, sign_hmac
 from factura.devstack.config import StackConfig
@@ -84,7 +83,7 @@ class Env:
 async def env(cfg: StackConfig) -> AsyncIterator[Env]:
     """Topics of this test's own and a ledger collection of its own."""
     settings = mongo_settings(cfg)
-    mongo: AsyncMongoClient[Document] = AsyncMongoClient(settings.url, tz_aware=True, serverSelectionTimeoutMS=2000)
+    mongo = create_client(settings, server_selection_ms=2000)
     deliveries = mongo[settings.database][f"ticket_deliveries_{uuid.uuid4().hex[:8]}"]
     async with isolated(cfg, client_id="test-tickets") as bus, httpx.AsyncClient() as http:
         try:

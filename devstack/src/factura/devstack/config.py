@@ -195,7 +195,7 @@ def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
         p + "KAFKA__BOOTSTRAP_SERVERS": cfg.kafka_bootstrap,
         p + "KAFKA__TOPIC_PREFIX": cfg.topic_prefix,
         p + "KAFKA__IDEMPOTENCE": "false",  # Tansu cannot do InitProducerId
-        # Tansu holds group joins for the rebalance timeout; keep it short so services start fast.
+        # Tansu holds every group join for half the session timeout (3 s here); rebalances wait at most 2 s.
         p + "KAFKA__REBALANCE_TIMEOUT_MS": "2000",
         p + "KAFKA__SESSION_TIMEOUT_MS": "6000",
         p + "KAFKA__FETCH_MAX_WAIT_MS": str(SLOW_FETCH_MAX_WAIT_MS.get(name, FETCH_MAX_WAIT_MS)),

@@ -16,9 +16,13 @@ from factura.common.settings import MongoSettings
 Document = dict[str, Any]
 
 
-def create_client(settings: MongoSettings) -> AsyncMongoClient[Document]:
-    # tz_aware: datetimes come back as UTC-aware, like the ones we store.
-    return AsyncMongoClient(settings.url, tz_aware=True, serverSelectionTimeoutMS=5_000)
+def create_client(settings: MongoSettings, *, server_selection_ms: int = 5_000) -> AsyncMongoClient[Document]:
+    """The client every service uses. ``server_selection_ms`` is how long a call waits for a
+    reachable server before it fails as an outage (tests of outages shorten it).
+
+    tz_aware: datetimes come back as UTC-aware, like the ones we store.
+    """
+    return AsyncMongoClient(settings.url, tz_aware=True, serverSelectionTimeoutMS=server_selection_ms)
 
 
 def database(client: AsyncMongoClient[Document], settings: MongoSettings) -> AsyncDatabase[Document]:
