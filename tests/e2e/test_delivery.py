@@ -20,7 +20,7 @@ import pytest
 
 from factura.common.delivery.gsm import prepare
 from factura.common.webhooks import sign_hmac
-from factura.devstack.config import StackConfig
+from factura.devstack.config import SCANNER_WINDOW_S, StackConfig
 from factura.devstack.flow import publish, timeline
 from factura.devstack.samples import Outcome, Sample, invoice_payload
 from factura.devstack.smtp_capture import read_messages
@@ -231,7 +231,7 @@ async def test_a_scanner_hit_is_not_counted_as_an_open(services: Stack) -> None:
         [scan] = of(events, "delivery.opened")
         assert scan["data"]["automated"] is True and scan["data"]["automated_reason"]
         # A person opens it later, outside the window in which gateways scan every new message.
-        await asyncio.sleep(max(0.0, 11 - (time.monotonic() - sent_at)))
+        await asyncio.sleep(max(0.0, SCANNER_WINDOW_S + 1 - (time.monotonic() - sent_at)))
         assert (await client.get(pixel, headers={"User-Agent": BROWSER})).status_code == 200
     events = await events_until(cfg, s, lambda ev: len(of(ev, "delivery.opened")) == 2)
     human = [e for e in of(events, "delivery.opened") if not e["data"]["automated"]]

@@ -31,6 +31,9 @@ HOST = "127.0.0.1"
 #: of a core with every consumer at 50 ms, 19 % with this split, 9 % with all at 500 ms.
 FETCH_MAX_WAIT_MS = 100
 SLOW_FETCH_MAX_WAIT_MS = {"audit": 500, "scheduler": 500}
+#: Hits on a tracking link this soon after sending count as a mail gateway's scan (production 10 s):
+#: short here, so a demo or a test can open a mail "as a person" a few seconds after it arrives.
+SCANNER_WINDOW_S = 3.0
 #: Sample tenant configs (branding, e-invoice, packaging) shipped with the devstack.
 TENANTS_DIR = Path(__file__).resolve().parents[3] / "tenants"
 
@@ -253,6 +256,7 @@ def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
             p + "TSA__URL": cfg.tsa_url,
             p + "TSA__CA_FILE": str(cfg.pki_dir / "root.pem"),
             p + "SIGNING__SECRETS_DIR": str(cfg.signing_secrets_dir),
+            p + "TRACKING__SCANNER_WINDOW_S": str(SCANNER_WINDOW_S),
         }
     if name == "audit":
         env[p + "SIGNING_KEY_FILE"] = str(cfg.audit_signing_key)
