@@ -36,6 +36,14 @@ class KafkaSettings(BaseModel):
     rebalance_timeout_ms: int = 10_000
     max_poll_records: int = 100
     poll_timeout_ms: int = 500
+    linger_ms: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "How long a producer holds a record to batch it with others. Records sent while a request "
+            "is in flight batch anyway; every publish is awaited, so a linger adds to each hop."
+        ),
+    )
     fetch_max_wait_ms: int = Field(
         default=500,
         ge=0,

@@ -27,7 +27,7 @@ class Publisher:
             client_id=client_id,
             acks="all",
             enable_idempotence=settings.idempotence,
-            linger_ms=5,
+            linger_ms=settings.linger_ms,
             compression_type="gzip",
         )
 
