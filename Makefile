@@ -44,7 +44,7 @@ test-unit: install
 test-outages: install  ## the e2e outage tests with each dependency down for a full minute (~5 min)
 	FACTURA_TEST_OUTAGE_S=60 $(VENV)/bin/pytest -q tests/e2e/test_outages.py
 
-test-chaos: install  ## chaos suite at full size: 1 000 invoices per scenario, 20-30 s outages, a table row per scenario (~45 min)
+test-chaos: install  ## chaos suite at full size: 1 000 invoices per scenario, 20-30 s outages, a table row per scenario (~30 min)
 	FACTURA_CHAOS_SCENARIOS=all FACTURA_CHAOS_INVOICES=1000 FACTURA_CHAOS_OUTAGE_S=30 FACTURA_CHAOS_BROKER_PAUSE_S=20 FACTURA_CHAOS_SETTLE_S=1200 \
 		$(VENV)/bin/pytest -q -o timeout=3600 tests/chaos
 
@@ -66,7 +66,7 @@ logs:
 demo: install
 	$(PY) -m factura.devstack.demo
 
-bench: install  ## end to end, ERP topic → SMTP 250, 1 000 then 10 000 invoices per render engine; stages, p99 at 70 %, 1/2/4 workers (long: about an hour here)
+bench: install  ## end to end, ERP topic → SMTP 250, 1 000 then 10 000 invoices per render engine; stages, p99 at 70 %, 1/2/4 workers (long: about 45 minutes here)
 	$(PY) -m benchmarks.bench_e2e
 
 bench-render: install  ## renderer full cost vs bare WeasyPrint, p50/p95, 2-core scaling, worker RSS (~3 min)
