@@ -52,13 +52,14 @@ from unittest import mock
 
 import httpx
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import bench_consumer
 from benchmarks.bench_audit import Event, consumer_events, raw_insert
 from benchmarks.bench_audit import message as audit_message
 from benchmarks.bench_audit import publish as produce_events
 from benchmarks.bench_delivery import Tap, bare_smtp, percentile, s3_settings, store_documents
-from benchmarks.bench_render import warm
+from benchmarks.bench_render import load, warm
 from factura.audit.store import AuditDb
 from factura.common.events import InvoiceCreatedV1, parse_event
 from factura.common.mongo import create_client
@@ -107,11 +108,6 @@ STARTED = time.monotonic()
 
 def say(what: str) -> None:
     print(f"  [{time.monotonic() - STARTED:6.0f} s] {what}", flush=True)
-
-
-def load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min) {five:.2f} (5 min)"
 
 
 def epoch(value: datetime | str) -> float:
@@ -354,21 +350,18 @@ def read_accepted(inbox: Path, seen: set[str]) -> dict[str, float]:
     return accepted
 
 
-HANDLER_LINE = re.compile(r'^factura_handler_duration_seconds_(sum|count)\{topic="([^"]+)"\} (\S+)$', re.M)
-
-
 async def handler_seconds(cfg: StackConfig) -> dict[str, tuple[float, float]]:
     """Per service and topic, the consumer loop's ``handler_duration_seconds`` sum and count so far."""
-    out: dict[str, tuple[float, float]] = {}
+    totals: dict[tuple[str, str], float] = {}
     async with httpx.AsyncClient(timeout=10) as client:
         for name in ("ingest", "renderer", "email-sender", "audit"):
             text = (await client.get(cfg.service_url(name) + "/metrics")).text
-            for kind, topic, value in HANDLER_LINE.findall(text):
-                total, count = out.get(f"{name} {topic}", (0.0, 0.0))
-                out[f"{name} {topic}"] = (
-                    (total + float(value), count) if kind == "sum" else (total, count + float(value))
-                )
-    return out
+            for family in text_string_to_metric_families(text):
+                if family.name == "factura_handler_duration_seconds":
+                    for sample in family.samples:
+                        key = (f"{name} {sample.labels['topic']}", sample.name.rpartition("_")[2])
+                        totals[key] = totals.get(key, 0.0) + sample.value
+    return {key: (totals.get((key, "sum"), 0.0), totals.get((key, "count"), 0.0)) for key, _ in totals}
 
 
 def cpu_seconds(data_dir: Path) -> dict[str, float]:

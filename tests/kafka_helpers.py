@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from factura.common.envelope import Envelope
 from factura.common.events import parse_event
 from factura.common.kafka.admin import ensure_topics
+from factura.common.kafka.connection import client_kwargs
 from factura.common.kafka.producer import Publisher
 from factura.common.settings import KafkaSettings
 from factura.devstack.config import FETCH_MAX_WAIT_MS, StackConfig
@@ -111,7 +112,7 @@ async def isolated(cfg: StackConfig, client_id: str = "test") -> AsyncIterator[B
 
 
 async def _delete_topics(settings: KafkaSettings, topics: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="test-cleanup")
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), client_id="test-cleanup")
     await admin.start()
     try:
         await admin.delete_topics(topics)

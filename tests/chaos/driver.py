@@ -41,7 +41,7 @@ from factura.devstack import procs
 from factura.devstack.config import SERVICES, StackConfig
 from factura.devstack.flow import invoice_timeline
 from factura.devstack.samples import TENANTS, Sample, invoice_payload
-from factura.devstack.stack import Stack
+from factura.devstack.stack import ConsumerState, Stack
 from tests.chaos.checker import Evidence, Outcome, Planned, Report, judge, settled
 from tests.conftest import s3_settings
 
@@ -328,12 +328,18 @@ TAKEOVER_S = 60.0
 Partitions = frozenset[tuple[str, str]]
 
 
-async def _held(stack: Stack, name: str, index: int) -> Partitions:
-    """The partitions one process of a service holds (none while it cannot answer: ask again)."""
+async def _state(stack: Stack, name: str, index: int) -> ConsumerState | None:
+    """What one process of a service says of its consumer (None while it cannot answer: ask again)."""
     try:
-        return (await asyncio.to_thread(stack.consumer_state, name, index)).held
+        return await asyncio.to_thread(stack.consumer_state, name, index)
     except httpx.HTTPError:
-        return frozenset()
+        return None
+
+
+async def _held(stack: Stack, name: str, index: int) -> Partitions:
+    """The partitions one process of a service holds (none while it cannot answer)."""
+    state = await _state(stack, name, index)
+    return state.held if state is not None else frozenset()
 
 
 async def _two_shares(stack: Stack, name: str) -> tuple[Partitions, Partitions]:
@@ -348,25 +354,17 @@ async def _two_shares(stack: Stack, name: str) -> tuple[Partitions, Partitions]:
         await asyncio.sleep(0.5)
 
 
-async def _taken(stack: Stack, name: str, index: int) -> float | None:
-    """Records one process of a service took from Kafka so far (None while it cannot answer)."""
-    try:
-        return (await asyncio.to_thread(stack.consumer_state, name, index)).taken
-    except httpx.HTTPError:
-        return None
-
-
 async def _busy(stack: Stack, name: str, index: int) -> str:
     """Return as soon as the process took records from Kafka since the previous look (0.1 s apart):
     it has records in hand and, committing every 0.5 s, their offsets not committed yet. How it went."""
     started = time.monotonic()
-    before = await _taken(stack, name, index)
+    before = await _state(stack, name, index)
     while time.monotonic() - started < BUSY_WAIT_S:
         await asyncio.sleep(0.1)
-        taken = await _taken(stack, name, index)
-        if taken is not None and before is not None and taken > before:
-            return f"busy ({taken - before:.0f} records just taken)"
-        before = taken
+        now = await _state(stack, name, index)
+        if now is not None and before is not None and now.taken > before.taken:
+            return f"busy ({now.taken - before.taken:.0f} records just taken)"
+        before = now
     return f"idle (nothing taken in {BUSY_WAIT_S:.0f} s)"
 
 

@@ -128,27 +128,33 @@ async def within(seconds: float, awaitable: Awaitable[Any]) -> Any:
     return await asyncio.wait_for(awaitable, seconds)
 
 
+class HeldProvider:
+    """A provider call that stays in flight until the test releases it (a slow send)."""
+
+    def __init__(self) -> None:
+        self.holding, self.release = asyncio.Event(), asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.holding.set()
+        await self.release.wait()
+
+
 # -- the lease -----------------------------------------------------------------------------------
 
 
 async def test_a_live_claim_of_another_owner_is_not_sent_again(ledgers: Ledgers) -> None:
     a, b = ledgers.make("A", LONG), ledgers.make("B", LONG)
     event = cause()
-    holding, release = asyncio.Event(), asyncio.Event()
-
-    async def hold() -> None:
-        holding.set()
-        await release.wait()
-
-    first = asyncio.create_task(a.deliver(event, hold))
-    await within(10, holding.wait())
+    provider = HeldProvider()
+    first = asyncio.create_task(a.deliver(event, provider))
+    await within(10, provider.holding.wait())
 
     with pytest.raises(DependencyDown) as held:
         await b.deliver(event)
     assert held.value.dependency == "ledger" and "claim held by A" in held.value.detail
     assert classify(held.value) == (ErrorKind.TRANSIENT, "ledger")
 
-    release.set()
+    provider.release.set()
     await within(10, first)
     await b.deliver(event)  # the loop's retry: done by now, so B re-publishes A's outcome
 
@@ -357,14 +363,9 @@ async def test_a_crashed_holders_claim_is_taken_over_after_expiry_not_after_the_
 async def test_a_live_holder_keeps_its_claim_past_expiry_by_renewing_it(ledgers: Ledgers) -> None:
     holder, other = ledgers.make("holder", RENEWED), ledgers.make("other", RENEWED)
     event = cause()
-    holding, release = asyncio.Event(), asyncio.Event()
-
-    async def slow_provider() -> None:
-        holding.set()
-        await release.wait()
-
-    first = asyncio.create_task(holder.deliver(event, slow_provider))
-    await asyncio.wait_for(holding.wait(), 10)
+    provider = HeldProvider()
+    first = asyncio.create_task(holder.deliver(event, provider))
+    await within(10, provider.holding.wait())
     # Other owners keep being told to wait for three expiries' time: the holder renews.
     refused = 0
     until = time.monotonic() + 3 * RENEWED.expiry_s
@@ -373,8 +374,8 @@ async def test_a_live_holder_keeps_its_claim_past_expiry_by_renewing_it(ledgers:
             await other.deliver(event)
         refused += 1
         await asyncio.sleep(0.1)
-    release.set()
-    await asyncio.wait_for(first, 10)
+    provider.release.set()
+    await within(10, first)
     await other.deliver(event)  # done by now: re-publishes the holder's outcome
 
     assert refused > 10 and holder.sent == [str(event.event_id)] and other.sent == []

@@ -124,7 +124,8 @@ def test_every_aiokafka_client_in_the_product_takes_client_kwargs() -> None:
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in CLIENTS:
                 found += 1
                 spread = [kw.value for kw in node.keywords if kw.arg is None]
-                way = "consumer_kwargs(" if node.func.id == "AIOKafkaConsumer" else "client_kwargs("  # type: ignore[attr-defined]
+                consumer = isinstance(node.func, ast.Name) and node.func.id == "AIOKafkaConsumer"
+                way = "consumer_kwargs(" if consumer else "client_kwargs("
                 assert any(ast.unparse(v).startswith(way) for v in spread), f"{path}:{node.lineno}"
                 assert not any(kw.arg == "bootstrap_servers" for kw in node.keywords), f"{path}:{node.lineno}"
     assert found >= 4  # producer, consumer loop, admin, DLQ tool

@@ -189,11 +189,16 @@ class StackConfig:
         return cls(**data | {"data_dir": Path(data["data_dir"]), "tenants_dir": Path(data["tenants_dir"])})
 
 
+def env_prefix(name: str) -> str:
+    """The prefix of a service's settings in the environment (its ``ServiceSettings.env_prefix``)."""
+    return f"FACTURA_{name.upper().replace('-', '_')}_"
+
+
 def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
     """The settings (``FACTURA_<SERVICE>_...``) that point one service at this stack."""
     if name not in SERVICES:
         raise ValueError(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
-    p = f"FACTURA_{name.upper().replace('-', '_')}_"
+    p = env_prefix(name)
     env = {
         p + "KAFKA__BOOTSTRAP_SERVERS": cfg.kafka_bootstrap,
         p + "KAFKA__TOPIC_PREFIX": cfg.topic_prefix,
@@ -297,7 +302,7 @@ def replica_env(name: str, index: int, cfg: StackConfig, http_port: int) -> dict
     * the renderer's pool: the first replica already has one render process per core, so this
       one gets a single process instead of doubling the CPU-bound processes on the same cores.
     """
-    p = f"FACTURA_{name.upper().replace('-', '_')}_"
+    p = env_prefix(name)
     env = service_env(name, cfg) | {p + "HTTP__PORT": str(http_port)}
     if name == "ingest":
         env[p + "SFTP__ENABLED"] = "false"
