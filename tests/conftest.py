@@ -69,6 +69,7 @@ def kafka_settings(cfg: StackConfig, prefix: str | None = None) -> KafkaSettings
         # Tansu holds a group join for half the session: 1.5 s here instead of 3 s per join.
         session_timeout_ms=3000,
         heartbeat_interval_ms=600,
+        leave_group_on_stop=False,  # as in the devstack: Tansu wedges a group on a LeaveGroup mid-join
         retry_initial_s=0.05,
         retry_max_s=0.2,
         retry_max_attempts=3,

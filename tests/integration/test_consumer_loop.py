@@ -6,7 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -50,10 +50,10 @@ async def running(
 def short_session(settings: KafkaSettings) -> KafkaSettings:
     """For a test that restarts a member of one group: a 2 s session, heartbeats every 0.5 s.
 
-    The local broker (Tansu) opens a group at generation 0, and aiokafka sends LeaveGroup only from
-    generation 1, so a stopped first member stays in the group until its session expires and the
-    restarted one waits for that (6 s with the tests' usual session). Tansu also holds each join for
-    half the session. Real Kafka starts at generation 1: there the member leaves at once.
+    A stopped member does not leave the group here (``leave_group_on_stop`` is off for the local
+    broker, Tansu: see ``_stay_in_group`` in the consumer loop), so the restarted one waits until
+    the old session expires (6 s with the tests' usual session). Tansu also holds each join for
+    half the session.
     """
     return settings.model_copy(update={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500})
 
@@ -174,3 +174,33 @@ async def test_stop_during_backoff_leaves_the_message_uncommitted(cfg: StackConf
         async with running(settings, publisher, handler):
             await until(lambda: len(calls) == 2)
     assert calls == ["pending", "pending"]
+
+
+async def test_a_member_stopping_while_another_joins_leaves_the_group_working(cfg: StackConfig) -> None:
+    """A rolling restart's pattern: the new member joins, the old one stops gracefully at once.
+
+    On Tansu 0.6, a LeaveGroup sent while the other member's join is pending wedges the group for
+    good (the departed member stays its leader), so the joiner never gets a partition. With
+    ``leave_group_on_stop`` off (devstack and tests) the old member expires like a crashed one and
+    the joiner takes over. The old member heartbeats only every 3 s, so its stop lands before it
+    hears of the join (a heartbeat in between would let it rejoin, and hide the case)."""
+    seen: list[str] = []
+
+    async def handler(message: Message[Envelope[Any]]) -> None:
+        seen.append(message.value.data.invoice_number)
+
+    async with isolated(cfg) as (bus_settings, publisher):
+        slow_beat = bus_settings.model_copy(update={"session_timeout_ms": 6000, "heartbeat_interval_ms": 3000})
+        async with AsyncExitStack() as old_member:
+            old = await old_member.enter_async_context(running(slow_beat, publisher, handler))
+            # Another member comes and goes (a LeaveGroup in a stable group is safe), so the old one is
+            # past generation 0: aiokafka sends no LeaveGroup before that.
+            leaving = bus_settings.model_copy(update={"leave_group_on_stop": True})
+            async with running(leaving, publisher, handler) as passing:
+                await until(lambda: bool(passing.partitions))
+            await until(lambda: len(old.partitions) == 12)
+            async with running(bus_settings, publisher, handler):
+                await asyncio.sleep(0.3)  # the new member's JoinGroup is out and held by the broker
+                await old_member.aclose()
+                await send(publisher, bus_settings, event_bytes("after"))
+                await until(lambda: seen == ["after"], timeout_s=30)

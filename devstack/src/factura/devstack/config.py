@@ -206,6 +206,8 @@ def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
         # Tansu holds every group join for half the session timeout (3 s here); rebalances wait at most 2 s.
         p + "KAFKA__REBALANCE_TIMEOUT_MS": "2000",
         p + "KAFKA__SESSION_TIMEOUT_MS": "6000",
+        # Tansu wedges a group when a LeaveGroup arrives while another member joins (consumer.py, _stay_in_group).
+        p + "KAFKA__LEAVE_GROUP_ON_STOP": "false",
         p + "KAFKA__FETCH_MAX_WAIT_MS": str(SLOW_FETCH_MAX_WAIT_MS.get(name, FETCH_MAX_WAIT_MS)),
         p + "KAFKA__RETRY_MAX_S": "2",
         p + "HTTP__PORT": str(cfg.port(name)),

@@ -34,6 +34,14 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     rebalance_timeout_ms: int = 10_000
+    leave_group_on_stop: bool = Field(
+        default=True,
+        description=(
+            "A graceful stop sends LeaveGroup, so the group rebalances at once, not after the session "
+            "timeout. Off for Tansu 0.6 (the devstack and tests): a LeaveGroup while another member "
+            "joins wedges the group for good; a member that just goes silent expires cleanly."
+        ),
+    )
     max_poll_records: int = 100
     poll_timeout_ms: int = 500
     linger_ms: int = Field(

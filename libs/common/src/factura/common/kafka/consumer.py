@@ -108,6 +108,11 @@ class ConsumerLoop:
         """The poll loop turned recently (liveness: a wedged loop gets the process restarted)."""
         return time.monotonic() - self.last_poll < self._settings.liveness_s
 
+    @property
+    def partitions(self) -> frozenset[TopicPartition]:
+        """The partitions this member holds now (one worker each)."""
+        return frozenset(self._workers)
+
     async def broker_reachable(self) -> None:
         """Readiness: the broker answers a metadata request (the caller applies the deadline)."""
         await self._consumer.topics()
@@ -122,6 +127,8 @@ class ConsumerLoop:
         finally:
             lag.cancel()
             await self._release(list(self._workers))
+            if not self._settings.leave_group_on_stop:
+                _stay_in_group(self._consumer)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._consumer.stop(), self._settings.drain_timeout_s)
             log.info("consumer stopped")
@@ -284,6 +291,30 @@ class ConsumerLoop:
             CONSUMER_LAG.labels(topic=self._routes[tp.topic][0].name, partition=str(tp.partition)).set(
                 max(0, end - committed)
             )
+
+
+def _stay_in_group(consumer: AIOKafkaConsumer) -> None:
+    """Make ``consumer.stop()`` close without a LeaveGroup: the member expires after its session
+    timeout, as a crashed one does, and the group rebalances then.
+
+    For Tansu 0.6 (``leave_group_on_stop`` off). When a LeaveGroup arrives while another member is
+    joining, Tansu removes the member but keeps it as the group's leader (its coordinator's leave
+    path clears the leader only in a stable group). The leader never syncs, so no member ever gets
+    an assignment again, a restarted one included; the group is wedged for good. A member that goes
+    silent is expired and replaced as leader correctly.
+
+    aiokafka has no switch for this. Its static membership skips the leave, but Tansu then does not
+    hand a dead member's partitions over, so the coordinator's leave step is replaced for this one
+    consumer (aiokafka's version is pinned in the lock file).
+    """
+    coordinator = consumer._coordinator
+    if coordinator is None:  # never started
+        return
+
+    async def forget_membership() -> None:
+        coordinator.reset_generation()
+
+    coordinator._maybe_leave_group = forget_membership
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
