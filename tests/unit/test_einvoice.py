@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import facturx
 import pytest
+from drafthorse.utils import validate_xml as drafthorse_validated
 from lxml import etree
 from pypdf import PdfReader
 from pypdf.generic import ArrayObject, DictionaryObject, PdfObject, StreamObject
@@ -193,6 +195,28 @@ def test_pdf_carries_the_xml() -> None:
     assert info.author == _xmp_value(xmp, XMP_DC, "creator") == expected.author
     assert info.subject == _xmp_value(xmp, XMP_DC, "description") == expected.subject
     assert info.producer == _xmp_value(xmp, XMP_PDF, "Producer")
+
+
+def test_pdf_is_byte_for_byte_what_pydyf_writes_without_kept_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keeping each object's bytes (pydyf hashes them for the PDF/A /ID) changes no byte of the PDF."""
+    now = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+
+    class Fixed(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Fixed:
+            return cls.fromtimestamp(now.timestamp(), tz)
+
+    monkeypatch.setattr(einvoice, "datetime", Fixed)
+    xml = build_cii_xml(invoice(), SELLER)
+    kept = write_facturx(HTML(string=PAGE).render(pdf_variant="pdf/a-3b"), xml)
+    monkeypatch.setattr(einvoice, "_serialised_once", lambda kind: kind)
+    assert kept == write_facturx(HTML(string=PAGE).render(pdf_variant="pdf/a-3b"), xml)
+
+
+def test_xml_is_serialised_as_drafthorse_validates_it() -> None:
+    """The XSD compiled once checks and writes what drafthorse's own ``validate_xml`` does."""
+    xml = build_cii_xml(invoice(), SELLER)
+    assert xml == drafthorse_validated(etree.tostring(etree.fromstring(xml)), "FACTUR-X_EN16931")
 
 
 def test_facturx_xmp_is_a_whole_packet_for_a_post_pass() -> None:
