@@ -27,6 +27,7 @@ scaling_2core=... peak_mb=...`` (WeasyPrint) followed by a few more figures and 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import math
 import os
@@ -482,6 +483,11 @@ async def interleaved(
     }
     for i in range(case.warmup + case.samples):
         keep = i >= case.warmup
+        if i == case.warmup:
+            # Warm: freeze this process's heap as pool.warm_engines freezes the render workers', so the
+            # bare calls made here and the full ones made there pay for garbage collection alike.
+            gc.collect()
+            gc.freeze()
         for k, rig in enumerate(rigs):
             bare_ms = timed(bare_calls[rig.engine])
             if rig.engine == "weasyprint" and steps is not None:

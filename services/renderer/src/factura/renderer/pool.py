@@ -21,6 +21,7 @@ forkserver exits too (``tests/integration/test_render_pool.py`` checks both).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -51,10 +52,16 @@ class WorkerDied(DependencyDown):
 
 def warm_engines(engines: Iterable[str] = ENGINES) -> int:
     """One render per engine in use, so no tenant's first invoice pays for loading fonts and code
-    (an engine no tenant uses is not warmed: its caches would only cost memory)."""
+    (an engine no tenant uses is not warmed: its caches would only cost memory).
+
+    What the warm-up loaded stays for the worker's life, so it is then moved out of the garbage
+    collector's sight (``gc.freeze``): otherwise every full collection during a render walks the
+    fonts, stylesheets and modules again."""
     invoice, tenant, limits = warm_up_job()
     for engine in engines:
         produce(invoice, tenant.model_copy(update={"engine": engine}), limits)
+    gc.collect()
+    gc.freeze()
     return os.getpid()
 
 
