@@ -352,16 +352,21 @@ def read_accepted(inbox: Path, seen: set[str]) -> dict[str, float]:
 
 async def handler_seconds(cfg: StackConfig) -> dict[str, tuple[float, float]]:
     """Per service and topic, the consumer loop's ``handler_duration_seconds`` sum and count so far."""
-    totals: dict[tuple[str, str], float] = {}
+    out: dict[str, tuple[float, float]] = {}
     async with httpx.AsyncClient(timeout=10) as client:
         for name in ("ingest", "renderer", "email-sender", "audit"):
             text = (await client.get(cfg.service_url(name) + "/metrics")).text
             for family in text_string_to_metric_families(text):
-                if family.name == "factura_handler_duration_seconds":
-                    for sample in family.samples:
-                        key = (f"{name} {sample.labels['topic']}", sample.name.rpartition("_")[2])
-                        totals[key] = totals.get(key, 0.0) + sample.value
-    return {key: (totals.get((key, "sum"), 0.0), totals.get((key, "count"), 0.0)) for key, _ in totals}
+                if family.name != "factura_handler_duration_seconds":
+                    continue
+                for sample in family.samples:
+                    key = f"{name} {sample.labels['topic']}"
+                    total, count = out.get(key, (0.0, 0.0))
+                    if sample.name.endswith("_sum"):
+                        out[key] = (total + sample.value, count)
+                    elif sample.name.endswith("_count"):
+                        out[key] = (total, count + sample.value)
+    return out
 
 
 def cpu_seconds(data_dir: Path) -> dict[str, float]:
