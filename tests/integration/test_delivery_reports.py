@@ -37,7 +37,7 @@ from factura.common.delivery.api import AdminSettings, suppression_router
 from factura.common.delivery.gsm import prepare
 from factura.common.delivery.journal import WebhookLog
 from factura.common.delivery.links import LinkMaker
-from factura.common.delivery.sender import Sender
+from factura.common.delivery.sender import Job, Sender, Sent, request_of
 from factura.common.delivery.suppression import SuppressionStore
 from factura.common.envelope import Envelope
 from factura.common.events import (
@@ -49,7 +49,7 @@ from factura.common.events import (
 )
 from factura.common.http import Server
 from factura.common.kafka.consumer import Message
-from factura.common.ledger import DeliveryLedger
+from factura.common.ledger import Claim, DeliveryLedger
 from factura.common.links import LinkSigner
 from factura.common.mongo import Document, create_client, database
 from factura.common.schemas import EXAMPLES_DIR
@@ -156,17 +156,21 @@ class Rig:
         """A ledger on the shared deliveries collection, as one sender process holds it."""
         return DeliveryLedger(self.deliveries, owner=owner)
 
-    def sms_sender(self, status_callback: str | None = None) -> Sender:
-        """The SMS sender's delivery path, on the capture server, as its bootstrap wires it."""
+    def sms_channel(self, status_callback: str | None = None) -> SmsChannel:
+        """The SMS adapter on the capture server, as the sms-sender's bootstrap wires it."""
         settings = ProviderSettings(
             base_url=self.cfg.sms_url,
             account_sid=self.cfg.sms_account_sid,
             auth_token=SecretStr(self.cfg.sms_auth_token),
             timeout_s=5,
         )
+        return SmsChannel(SmsProvider(settings, self.http), self.links, status_callback)
+
+    def sms_sender(self, status_callback: str | None = None) -> Sender:
+        """The SMS sender's delivery path, on the capture server, as its bootstrap wires it."""
         return Sender(
             producer=SMS_PRODUCER,
-            adapters=[SmsChannel(SmsProvider(settings, self.http), self.links, status_callback)],
+            adapters=[self.sms_channel(status_callback)],
             ledger=self.ledger("sms-sender"),
             publisher=self.bus.publisher,
             tenants=self.tenants,
@@ -259,6 +263,10 @@ class Rig:
         assert response.status_code == 200, response.text
         [failed] = await self.failed(sent)
         return failed
+
+    async def texts_to(self, phone: str) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = (await self.http.get(f"{self.cfg.sms_url}/_capture/messages")).json()
+        return [e for e in entries if e["to"] == phone]
 
     async def captured_sms(self, sid: str) -> dict[str, Any]:
         entries: list[dict[str, Any]] = (await self.http.get(f"{self.cfg.sms_url}/_capture/messages")).json()
@@ -387,6 +395,44 @@ async def test_the_sms_sender_takes_over_in_one_gsm7_segment_with_two_short_link
     resolved = [await rig.shortlinks.resolve(i) for i in ids]
     assert sorted(link.kind for link in resolved if link is not None) == ["download", "payment"]
     assert "Harinas del Sur" in sms["body"] and "F-2026-000123" in sms["body"]
+
+
+async def dead_sms_attempt(rig: Rig, failed: Envelope[DeliveryFailedV2], *, reached_provider: bool) -> list[str]:
+    """A sender process that claimed ``failed``'s SMS and died: before the provider got it, or
+    between the provider's 2xx and its "done" write. Its lease has run out. The sids it got."""
+    key = f"{failed.event_id}:sms"
+    assert isinstance(await rig.ledger("dead-sms-sender").begin(key, failed, "sms"), Claim)
+    sids: list[str] = []
+    if reached_provider:
+        tenant = rig.tenants.get(failed.tenant_id)
+        request = request_of(failed, tenant)
+        assert request is not None and request.channel == "sms"
+        phone = request.notice.invoice.customer.phone
+        assert phone is not None
+        job = Job(failed, "sms", request.notice, request.chain, tenant, phone, key)
+
+        async def dies_before_recording(sent: Sent) -> None:
+            sids.append(sent.provider_message_id)
+
+        await rig.sms_channel().send(job, dies_before_recording)
+    await rig.deliveries.update_one({"_id": key}, {"$set": {"lease_expires_ms": 0}})
+    return sids
+
+
+@pytest.mark.parametrize("reached_provider", [True, False])
+async def test_a_retry_asks_the_provider_and_sends_what_a_dead_sender_did_not(rig: Rig, reached_provider: bool) -> None:
+    phone = f"+346{uuid.uuid4().int % 10**8:08d}"
+    failed = await rig.hard_bounced(phone=phone)
+    earlier = await dead_sms_attempt(rig, failed, reached_provider=reached_provider)
+
+    await rig.handle(rig.sms_sender(), failed)
+
+    [succeeded] = await rig.published("delivery.succeeded", failed)
+    assert isinstance(succeeded.data, DeliverySucceededV2) and succeeded.data.channel == "sms"
+    texts = await rig.texts_to(phone)
+    assert [t["sid"] for t in texts] == [succeeded.data.provider_message_id]  # one text, whoever sent it
+    assert [t["sid"] for t in texts if t["sid"] in earlier] == earlier
+    assert (succeeded.data.segments, succeeded.data.encoding) == (1, "gsm7")
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -221,6 +222,25 @@ async def test_an_expired_claim_is_taken_over_after_its_holder_was_stopped(ledge
 
     await zombie.deliver(event)  # the zombie's redelivery finds the heir's record
     assert zombie.sent == [] and [e.event_id for e in zombie.published] == [accepted(event).event_id]
+
+
+async def test_a_retry_knows_since_when_a_provider_may_already_hold_the_message(ledgers: Ledgers) -> None:
+    """What the sender asks the provider before it sends again (``ChannelAdapter.accepted_earlier``)."""
+    first, heir = ledgers.make("first", LONG), ledgers.make("heir", LONG)
+    event = cause()
+    key = f"{event.event_id}:email"
+    asked = datetime.now(UTC)
+    claimed = await first.ledger.begin(key, event, "email")
+    assert isinstance(claimed, Claim) and claimed.retry_since is None  # a first attempt asks nobody
+    await ledgers.deliveries.update_one({"_id": key}, {"$set": {"lease_expires_ms": 0}})  # it died; its lease ran out
+
+    taken = await heir.ledger.begin(key, event, "email")
+    again = await heir.ledger.begin(f"{key}-never-claimed", event, "email")
+
+    assert isinstance(taken, Claim) and taken.retry_since is not None
+    margin = timedelta(seconds=LONG.clock_margin_s)
+    assert asked - margin - timedelta(seconds=1) <= taken.retry_since <= asked - margin + timedelta(seconds=1)
+    assert isinstance(again, Claim) and again.retry_since is None
 
 
 async def test_a_claim_from_before_leases_is_taken_over(ledgers: Ledgers) -> None:

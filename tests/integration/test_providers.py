@@ -11,6 +11,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -24,6 +25,8 @@ from factura.common.errors import DependencyDown
 from factura.common.http import Server
 from factura.devstack.config import StackConfig
 from factura.devstack.sms_capture import twilio_signature
+from factura.devstack.stack import Stack
+from factura.sms_sender import provider as provider_module
 from factura.sms_sender.provider import ProviderRefusal, SmsProvider
 from factura.sms_sender.push import PushProvider
 from factura.sms_sender.settings import ProviderSettings, PushSettings, VoiceSettings
@@ -154,6 +157,82 @@ async def test_sms_status_callbacks_say_delivered_or_undelivered(
         lost_to,
     )
     assert signed(ok, ok_url, cfg) and signed(lost, lost_url, cfg)
+
+
+# -- SMS: asking the provider what an earlier attempt sent ---------------------------------------
+
+
+async def test_the_sms_list_finds_a_message_by_number_text_and_time(cfg: StackConfig, http: httpx.AsyncClient) -> None:
+    provider, to = sms(cfg, http), number("+3461")
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    sid = await provider.send(to, "Factura F-1 pagada")
+    await provider.send(to, "Factura F-2 pagada")
+    with pytest.raises(ProviderRefusal):
+        await provider.send(number("+1312555"), "Factura F-1 pagada")
+
+    assert await provider.find(to, "Factura F-1 pagada", before) == sid
+    assert await provider.find(to, "Factura F-3 pagada", before) is None  # another text
+    assert await provider.find(number("+3461"), "Factura F-1 pagada", before) is None  # another number
+    assert await provider.find(to, "Factura F-1 pagada", datetime.now(UTC) + timedelta(seconds=2)) is None
+    listed = await http.get(
+        f"{cfg.sms_url}/2010-04-01/Accounts/{cfg.sms_account_sid}/Messages.json",
+        params={"To": to},
+        auth=(cfg.sms_account_sid, cfg.sms_auth_token),
+    )
+    assert [m["body"] for m in listed.json()["messages"]] == ["Factura F-2 pagada", "Factura F-1 pagada"]
+
+
+async def test_the_sms_list_is_read_page_by_page(
+    cfg: StackConfig, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(provider_module, "_PAGE_SIZE", 2)
+    provider, to = sms(cfg, http), number("+3461")
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    first = await provider.send(to, "primero")
+    for n in range(4):
+        await provider.send(to, f"siguiente {n}")
+
+    assert await provider.find(to, "primero", before) == first  # on the third page, newest first
+
+
+async def test_the_sms_list_survives_a_restart_of_the_provider(
+    cfg: StackConfig, infra: Stack, http: httpx.AsyncClient
+) -> None:
+    provider, to = sms(cfg, http), number("+3461")
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    sid = await provider.send(to, "antes del reinicio")
+    await asyncio.to_thread(infra.stop_server, "sms")
+    try:
+        with pytest.raises(DependencyDown) as down:  # while it is away: not "no", but "not now"
+            await provider.find(to, "antes del reinicio", before)
+        assert down.value.dependency == "sms"
+    finally:
+        await asyncio.to_thread(infra.start_server, "sms")
+
+    assert await provider.find(to, "antes del reinicio", before) == sid
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(200, b"<html>maintenance</html>"), (200, b'{"message": "no list here"}'), (503, b"{}"), (404, b"{}")],
+)
+async def test_an_sms_list_that_cannot_be_read_is_not_taken_for_no(
+    http: httpx.AsyncClient, status: int, body: bytes
+) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        writer.write(head.encode() + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = ProviderSettings(base_url=f"http://127.0.0.1:{port}", account_sid="AC1", auth_token="t", timeout_s=2)
+    async with server:
+        with pytest.raises(DependencyDown) as down:
+            await SmsProvider(settings, http).find("+34611111111", "hola", datetime.now(UTC))
+    assert down.value.dependency == "sms"
 
 
 # -- voice ---------------------------------------------------------------------------------------

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from typing import Any, cast
 
 import pytest
 from prometheus_client import REGISTRY
 
 from factura.common import metrics
-from factura.common.delivery.sender import Accepted, Job, Refused, Sender
+from factura.common.delivery.sender import Accepted, Job, Refused, Sender, Sent
 from factura.common.delivery.suppression import SuppressionStore
 from factura.common.envelope import Envelope
 from factura.common.errors import DependencyDown
@@ -37,9 +38,13 @@ class Adapter:
     async def send(self, job: Job, accepted: Accepted) -> None:
         raise self.error
 
+    async def accepted_earlier(self, job: Job, since: datetime) -> Sent | None:
+        raise AssertionError("a first attempt asks the provider nothing")
+
 
 class Claim:
     key = "ledger-key"
+    retry_since = None
     outcome: Envelope[Any] | None = None
 
 

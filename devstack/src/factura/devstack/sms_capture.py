@@ -5,8 +5,10 @@ The sms-sender only ever sees base URLs and credentials, so pointing it here exe
 HTTP clients: Basic or bearer auth, form or JSON requests, the providers' error bodies, 429 with
 ``Retry-After``, and signed status callbacks. Every message, call and push (sent or refused) is
 recorded in memory (``GET /_capture/messages``, ``/_capture/calls``, ``/_capture/pushes``) and in
-``sms.jsonl``, ``calls.jsonl`` and ``push.jsonl`` so tests and the demo can see what would have
-reached a phone. Throttled requests (429) create nothing, as with the real providers.
+``sms.jsonl``, ``calls.jsonl`` and ``push.jsonl`` (read back when the server restarts) so tests and
+the demo can see what would have reached a phone. Throttled requests (429) create nothing, as with
+the real providers. Twilio's message list (``GET .../Messages.json``) answers what the sms-sender
+asks before it retries a delivery: did an earlier attempt's message get through?
 
 Rules, by the ``To`` number's prefix (see :class:`ProviderConfig`):
 
@@ -46,7 +48,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 from xml.etree import ElementTree as ET
 
 import httpx
@@ -171,11 +173,21 @@ class _Capture:
 
     def __init__(self, cfg: ProviderConfig) -> None:
         self.cfg = cfg
-        self.logs: dict[str, list[dict[str, Any]]] = {"sms": [], "calls": [], "push": [], "tickets": []}
-        self._tickets_opened = 0
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        # A restarted capture remembers what it took, as a real provider does across its deploys.
+        self.logs: dict[str, list[dict[str, Any]]] = {
+            kind: self._journal(kind) for kind in ("sms", "calls", "push", "tickets")
+        }
+        self._tickets_opened = sum(1 for t in self.logs["tickets"] if t.get("status") == 201)
         self._flaky_answered: set[str] = set()  # idempotency keys already answered 503
         self._callbacks: set[asyncio.Task[None]] = set()  # held so pending ones are not garbage-collected
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def _journal(self, kind: str) -> list[dict[str, Any]]:
+        path = self.cfg.data_dir / f"{kind}.jsonl"
+        if not path.exists():
+            return []
+        with path.open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
 
     def record(self, kind: str, entry: dict[str, Any]) -> None:
         self.logs[kind].append(entry)
@@ -237,6 +249,42 @@ class _Capture:
                 params |= {"MessageStatus": "delivered"}
             self.callback(url, params)
         return JSONResponse(message, status_code=201)
+
+    async def messages(self, account_sid: str, request: Request) -> JSONResponse:
+        """Twilio's message list: newest first, filtered by ``To`` and ``From``, ``PageSize`` a page.
+
+        Like Twilio's, it lists what the provider took; the refusals (400s) recorded for the tests
+        are not messages there.
+        """
+        if not _authorized(request, self.cfg, account_sid):
+            return _error(20003, "Authenticate", 401)
+        query = request.query_params
+        try:
+            size, page = min(int(query.get("PageSize", "50")), 1000), int(query.get("Page", "0"))
+        except ValueError:
+            return _error(20001, "Invalid paging parameters", 400)
+        if size < 1 or page < 0:
+            return _error(20001, "Invalid paging parameters", 400)
+        listed = [
+            m
+            for m in reversed(self.logs["sms"])
+            if m["error_code"] is None
+            and m["account_sid"] == account_sid
+            and query.get("To", m["to"]) == m["to"]
+            and query.get("From", m["from"]) == m["from"]
+        ]
+        path = f"/2010-04-01/Accounts/{account_sid}/Messages.json"
+        filters = "".join(f"{name}={quote(query[name])}&" for name in ("To", "From") if name in query)
+        following = f"{path}?{filters}PageSize={size}&Page={page + 1}" if len(listed) > (page + 1) * size else None
+        return JSONResponse(
+            {
+                "messages": listed[page * size : (page + 1) * size],
+                "page": page,
+                "page_size": size,
+                "next_page_uri": following,
+                "uri": f"{path}?{filters}PageSize={size}&Page={page}",
+            }
+        )
 
     async def call(self, account_sid: str, request: Request) -> JSONResponse:
         form = await self._twilio_form(request, account_sid, _MISSING_CALL)
@@ -361,6 +409,7 @@ def create_app(cfg: ProviderConfig) -> FastAPI:
 
     app.add_exception_handler(_Answer, answer)
     app.post("/2010-04-01/Accounts/{account_sid}/Messages.json")(capture.message)
+    app.get("/2010-04-01/Accounts/{account_sid}/Messages.json")(capture.messages)
     app.post("/2010-04-01/Accounts/{account_sid}/Calls.json")(capture.call)
     app.post("/v1/projects/{project_id}/messages:send")(capture.push)
     app.post("/_helpdesk/tickets")(capture.ticket)

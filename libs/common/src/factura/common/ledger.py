@@ -42,6 +42,12 @@ The remaining duplicate window, i.e. the only ways one delivery is handed to a p
 3. a holder frozen (stopped, swapped out) past its deadline, or clocks further apart than
    ``clock_margin_s``: the lease expires while the holder can still send.
 
+The first two close where the provider can be asked what it took: a claim taken over (from a
+dead owner, or this process's own failed attempt) carries :attr:`Claim.retry_since`, the first
+claim's time, and the sender asks the provider whether it accepted the message since then before
+it sends again (``ChannelAdapter.accepted_earlier``; the delivery is then recorded, not sent). A
+provider that cannot be asked leaves them open.
+
 Claims are compared with each process's wall clock (``lease_expires_ms``, epoch milliseconds,
 stored as a number: nx-27017 turns datetimes written by ``$set`` into strings).
 
@@ -61,6 +67,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Self
 
 from prometheus_client import Histogram
@@ -137,12 +144,18 @@ def customer_of(event: Envelope[Any]) -> str | None:
 class Claim:
     """This process's lease on one delivery; hand the outcome to :meth:`record` once the provider accepted."""
 
-    def __init__(self, ledger: DeliveryLedger, key: str, channel: str, lease_ends_ms: int) -> None:
+    def __init__(
+        self, ledger: DeliveryLedger, key: str, channel: str, lease_ends_ms: int, retry_since: datetime | None = None
+    ) -> None:
         self._ledger = ledger
         self.key = key
         self.channel = channel
         #: Wall-clock end of the whole lease (epoch ms): renewals never store a later expiry.
         self.lease_ends_ms = lease_ends_ms
+        #: None on a delivery's first attempt. On a later one, an earlier attempt may have reached
+        #: the provider without its "done" being written (it died, or lost the provider's answer):
+        #: ask the provider what it accepted since then before sending again.
+        self.retry_since = retry_since
         self.outcome: Envelope[Any] | None = None
 
     async def record(self, outcome: Envelope[Any]) -> None:
@@ -367,6 +380,7 @@ class DeliveryLedger:
                     "owner": self.owner,
                     "lease_expires_ms": expires,
                     "claimed_at": utcnow(),
+                    "first_claimed_ms": now,
                     "attempts": 1,
                 }
             )
@@ -394,7 +408,7 @@ class DeliveryLedger:
                     log.warning(
                         "took over an expired delivery claim", extra={"key": key, "previous_owner": taken.get("owner")}
                     )
-                return Claim(self, key, channel, lease_ends)
+                return Claim(self, key, channel, lease_ends, self._retry_since(taken))
         doc = await self._deliveries.find_one({"_id": key})
         if doc is not None and doc.get("state") == "done":
             return await self._stored(doc, "outcome")
@@ -402,6 +416,13 @@ class DeliveryLedger:
             raise DependencyDown("ledger", f"claim {key} vanished while being claimed")
         remaining = (int(doc.get("lease_expires_ms", 0)) - now) / 1000
         raise DependencyDown("ledger", f"claim held by {doc.get('owner')} for {max(remaining, 0):.1f} s more")
+
+    def _retry_since(self, taken: Document) -> datetime:
+        """Since when a provider may hold this delivery: its first claim, less the clock margin
+        (the claim's host and the provider may keep different time). The epoch for a claim
+        written before ``first_claimed_ms`` was."""
+        first_ms = int(taken.get("first_claimed_ms", 0)) - int(self._settings.clock_margin_s * 1000)
+        return datetime.fromtimestamp(max(first_ms, 0) / 1000, UTC)
 
     async def finish(self, key: str, channel: str, outcome: Envelope[Any]) -> Envelope[Any]:
         """Record ``outcome`` as done and return the outcome to publish.

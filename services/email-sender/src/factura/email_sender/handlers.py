@@ -9,12 +9,16 @@ Anything that says "not now" raises ``DependencyDown("smtp", ...)`` and the mess
 
 The ledger records "done" from inside the SMTP conversation: after the relay's 250 to DATA and
 before QUIT (see :meth:`SmtpMailer.send`), so QUIT's round trip is outside the duplicate window.
+Before a retried attempt sends, the relay is asked whether it already holds the message (by its
+deterministic Message-ID, :mod:`factura.email_sender.relay_lookup`) when ``smtp.lookup_url`` says
+where; a relay that cannot be asked is not, and the retry sends.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import datetime
 from typing import Final
 
 from botocore.exceptions import ClientError
@@ -24,6 +28,7 @@ from factura.common.delivery.sender import Accepted, Job, Refused, Sent
 from factura.common.events import Channel, Customer, DocumentRef, FailureReason
 from factura.common.storage import MISSING_CODES, DocumentStore, error_code
 from factura.email_sender.message import EmailLinks, build_email
+from factura.email_sender.relay_lookup import RelayLookup
 from factura.email_sender.smtp import DEPENDENCY, Mailer, Undeliverable
 
 PRODUCER: Final = "email-sender"
@@ -51,12 +56,20 @@ class EmailChannel:
     dependency = DEPENDENCY
 
     def __init__(
-        self, *, store: DocumentStore, mailer: Mailer, links: LinkMaker, default_sender: tuple[str, str]
+        self,
+        *,
+        store: DocumentStore,
+        mailer: Mailer,
+        links: LinkMaker,
+        default_sender: tuple[str, str],
+        lookup: RelayLookup | None = None,
     ) -> None:
+        """``lookup``: the relay's message search, asked before a retry sends; None: the relay has none."""
         self._store = store
         self._mailer = mailer
         self._links = links
         self._default_sender = default_sender
+        self._lookup = lookup
 
     def address(self, customer: Customer) -> str | None:
         return customer.email
@@ -91,8 +104,7 @@ class EmailChannel:
         )
         attachment = (await self._attachment(document), document) if attach and document is not None else None
         links = await self._links.for_job(job, short=False)
-        sender = job.tenant.sender
-        mid = message_id(job, sender.from_address if sender else self._default_sender[1])
+        mid = self._message_id(job)
         try:
             mail = build_email(
                 notice=notice,
@@ -116,3 +128,18 @@ class EmailChannel:
             await self._mailer.send(mail, on_accepted)
         except Undeliverable as e:
             raise Refused(refusal_reason(e), e.text, code=e.code, enhanced_code=e.enhanced_code) from e
+
+    def _message_id(self, job: Job) -> str:
+        sender = job.tenant.sender
+        return message_id(job, sender.from_address if sender else self._default_sender[1])
+
+    async def accepted_earlier(self, job: Job, since: datetime) -> Sent | None:
+        """The message, if the relay's search finds its Message-ID captured since ``since``; None
+        without a search (``smtp.lookup_url`` unset: a plain relay keeps no list of what it took,
+        and the retry sends again). ``DependencyDown("smtp")`` when the search cannot tell."""
+        if self._lookup is None:
+            return None
+        mid = self._message_id(job)
+        if await self._lookup.accepted(mid, since) is None:
+            return None
+        return Sent(provider_message_id=mid)

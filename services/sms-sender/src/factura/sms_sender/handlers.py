@@ -11,9 +11,10 @@ message waits for the provider.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Final, TypedDict
 
-from factura.common.delivery.gsm import prepare
+from factura.common.delivery.gsm import SmsBody, prepare
 from factura.common.delivery.links import LinkMaker, MessageLinks
 from factura.common.delivery.sender import Accepted, Job, Refused, Sent
 from factura.common.events import Channel, Customer, Locale
@@ -80,15 +81,29 @@ class SmsChannel:
     def address(self, customer: Customer) -> str | None:
         return customer.phone
 
-    async def send(self, job: Job, accepted: Accepted) -> None:
+    async def _body(self, job: Job) -> SmsBody:
         links = await self._links.for_job(job, short=True)
-        text = sms_text(**wording(job, links))
-        body = prepare(text, transliterate=job.tenant.delivery.sms_transliterate)
+        return prepare(sms_text(**wording(job, links)), transliterate=job.tenant.delivery.sms_transliterate)
+
+    async def send(self, job: Job, accepted: Accepted) -> None:
+        body = await self._body(job)
         try:
             sid = await self._provider.send(job.recipient, body.text, status_callback=self._status_callback)
         except ProviderRefusal as e:
             raise refused(e) from e
         await accepted(Sent(sid, units=body.segments, segments=body.segments, encoding=body.encoding))
+
+    async def accepted_earlier(self, job: Job, since: datetime) -> Sent | None:
+        """The provider's message to this number with this very text since ``since``, if any.
+
+        The text is the same on every attempt (its short links are derived from the delivery's
+        ledger key), so a match is this delivery, not another message to the same phone.
+        """
+        body = await self._body(job)
+        sid = await self._provider.find(job.recipient, body.text, since)
+        if sid is None:
+            return None
+        return Sent(sid, units=body.segments, segments=body.segments, encoding=body.encoding)
 
 
 class VoiceChannel:
@@ -116,6 +131,10 @@ class VoiceChannel:
             raise refused(e) from e
         await accepted(Sent(sid))
 
+    async def accepted_earlier(self, job: Job, since: datetime) -> Sent | None:
+        """Not asked: a call that went through was heard; calling again is the lesser harm than none."""
+        return None
+
 
 class PushChannel:
     channel: Channel = "push"
@@ -139,6 +158,10 @@ class PushChannel:
             raise refused(e, dead_address=True) from e
         await accepted(Sent(name))
 
+    async def accepted_earlier(self, job: Job, since: datetime) -> Sent | None:
+        """Not asked: FCM keeps no list of the messages it took."""
+        return None
+
 
 class UnconfiguredChannel:
     """A channel this deployment has no provider for: its turn is a recorded refusal and the
@@ -155,3 +178,7 @@ class UnconfiguredChannel:
 
     async def send(self, job: Job, accepted: Accepted) -> None:
         raise Refused("provider_error", f"no {self.channel} provider is configured on this deployment")
+
+    async def accepted_earlier(self, job: Job, since: datetime) -> Sent | None:
+        """Nothing was ever sent: there is no provider."""
+        return None

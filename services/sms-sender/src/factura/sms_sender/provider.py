@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import ClassVar, Final
 
 import httpx
@@ -28,7 +30,6 @@ from factura.sms_sender.settings import ProviderSettings
 DEPENDENCY: Final = "sms"
 #: Answers that refuse the account or the credentials, not the message.
 _NOT_THE_MESSAGE: Final = frozenset({401, 403, 404})
-#: The longest wait a provider's ``Retry-After`` may impose on a partition.
 #: Twilio error codes that say this recipient cannot take this message; any other refusal is a
 #: ``provider_error``. Region permissions (21408, 21215) are account settings, but they refuse one
 #: country's numbers only: waiting would stall every other message behind them, so they refuse.
@@ -44,7 +45,20 @@ REFUSAL_REASONS: Final[dict[int, FailureReason]] = {
     21614: "not_mobile",  # 'To' number is not a mobile number (a landline)
 }
 
+#: Messages per page of a list, and how many pages a lookup reads at most (Twilio allows 1 000 a page).
+_PAGE_SIZE: Final = 50
+_MAX_PAGES: Final = 20
+
 log = logging.getLogger(__name__)
+
+
+def _created(message: dict[str, object]) -> datetime:
+    """A listed message's ``date_created`` (RFC 2822, as Twilio gives it); DependencyDown if unreadable."""
+    value = message.get("date_created")
+    try:
+        return parsedate_to_datetime(str(value))
+    except (TypeError, ValueError) as e:
+        raise DependencyDown(DEPENDENCY, f"a listed message has no readable date_created: {value!r}") from e
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,20 @@ class TwilioClient:
             raise ProviderRefusal(status, None, text)
         raise ProviderRefusal(status, code, text, REFUSAL_REASONS.get(code, "provider_error"))
 
+    async def _get_json(self, url: str, params: dict[str, str] | None) -> dict[str, object]:
+        """GET a resource; anything but a 2xx JSON object is :class:`DependencyDown` (not now)."""
+        try:
+            response = await self._client.get(url, params=params, auth=self._auth, timeout=self._s.timeout_s)
+        except httpx.TransportError as e:
+            raise DependencyDown(self.dependency, f"{type(e).__name__}: {e}") from e
+        if not 200 <= response.status_code < 300:
+            wait = retry_after(response.headers.get("retry-after"))
+            raise DependencyDown(self.dependency, f"provider answered HTTP {response.status_code}", retry_after_s=wait)
+        payload = json_object(response)
+        if not payload:
+            raise DependencyDown(self.dependency, "provider answered something that is not a JSON object")
+        return payload
+
     async def probe(self) -> None:
         """Readiness: GET the account resource with our credentials, within the provider timeout.
 
@@ -124,6 +152,34 @@ class TwilioClient:
 
 class SmsProvider(TwilioClient):
     dependency = DEPENDENCY
+
+    async def find(self, to: str, body: str, since: datetime) -> str | None:
+        """The sid of a message with exactly ``body`` that the provider took for ``to`` since ``since``.
+
+        Twilio's message list (``GET Messages.json?To=&From=``), newest first, read page by page
+        until the messages are older than ``since``. A message whose status is ``failed`` never
+        left the provider and does not count. Anything but a readable list raises
+        :class:`DependencyDown`: an answer we cannot read is no "no".
+        """
+        url: str | None = f"{self._account_url}/Messages.json"
+        params: dict[str, str] | None = {"To": to, "From": self._s.from_number, "PageSize": str(_PAGE_SIZE)}
+        for _ in range(_MAX_PAGES):
+            if url is None:
+                return None
+            page = await self._get_json(url, params)
+            messages = page.get("messages")
+            if not isinstance(messages, list):
+                raise DependencyDown(self.dependency, "the message list has no 'messages'")
+            for message in messages:
+                if not isinstance(message, dict):
+                    raise DependencyDown(self.dependency, f"a listed message is not an object: {message!r}")
+                if _created(message) < since:
+                    return None
+                if message.get("body") == body and message.get("status") != "failed":
+                    return str(message.get("sid", ""))
+            following = page.get("next_page_uri")
+            url, params = (f"{self._s.base_url}{following}" if isinstance(following, str) else None), None
+        raise DependencyDown(self.dependency, f"more than {_MAX_PAGES} pages of messages to {to} since {since}")
 
     async def send(self, to: str, body: str, *, status_callback: str | None = None) -> str:
         """The provider's message id (``""`` if it named none) once it accepted the message (a 2xx).

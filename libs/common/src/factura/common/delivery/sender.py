@@ -21,9 +21,11 @@ waits for the provider and never falls back for it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
@@ -66,6 +68,12 @@ PROVIDER_ERRORS = counter(
     "(not now: the message waits) or timeout (no answer in time: the message waits).",
     ("channel", "kind"),
 )
+FOUND_EARLIER = counter(
+    "delivery_found_accepted_total",
+    "Retried deliveries the provider said it had already accepted from an earlier attempt "
+    "(one that died before recording it): recorded as delivered, not sent again.",
+    ("channel",),
+)
 ProviderErrorKind = Literal["refused", "transient", "timeout"]
 #: Refusals raised before any provider was asked (the stored document, the message itself).
 _NOT_PROVIDER: frozenset[FailureReason] = frozenset(
@@ -77,6 +85,8 @@ _FAMILIES = ("invoice", "reminder", "receipt")
 REQUEST_TOPICS = ("invoice.rendered", "reminder.due", "receipt.due", "report.due", "delivery.failed")
 #: The addressee id of a daily summary (the owner is no customer of the tenant's).
 PROCESS_OWNER = "process-owner"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -207,6 +217,15 @@ class ChannelAdapter(Protocol):
         """
         ...
 
+    async def accepted_earlier(self, job: Job, since: datetime) -> Sent | None:
+        """Asked before a retry sends: the message, if the provider accepted it since ``since``
+        (from an earlier attempt that died or lost the provider's answer before "done" was
+        written). None when the provider has no such message, or cannot be asked.
+
+        Raises ``DependencyDown`` when the provider cannot answer now.
+        """
+        ...
+
 
 async def publish_outcome(publisher: Publisher, outcome: Envelope[Any], producer: str) -> None:
     """Publish an outcome, and ``delivery.exhausted`` after a failure that leaves no channel."""
@@ -234,6 +253,7 @@ class Sender:
         self._suppressions = suppressions
         for channel in self._adapters:  # so that rates and ratios read 0 from startup, not "no data"
             SEND_SECONDS.labels(channel)
+            FOUND_EARLIER.labels(channel)
             for kind in ("refused", "transient", "timeout"):
                 PROVIDER_ERRORS.labels(channel, kind)
             for purpose in _FAMILIES:
@@ -286,10 +306,6 @@ class Sender:
         recipient = adapter.address(notice.invoice.customer)
         if recipient is None:
             return failed("no_address", f"customer has no address for {channel}", None)
-        suppressed = await self._suppressions.find(event.tenant_id, recipient)
-        if suppressed is not None:
-            since = f"{suppressed.since:%Y-%m-%d}"
-            return failed("suppressed", f"{recipient} is suppressed since {since} ({suppressed.reason})", recipient)
         job = Job(event, channel, notice, request.chain, tenant, recipient, claim.key)
 
         async def accepted(sent: Sent) -> None:
@@ -309,6 +325,18 @@ class Sender:
                 )
             )
 
+        if claim.retry_since is not None and (earlier := await adapter.accepted_earlier(job, claim.retry_since)):
+            FOUND_EARLIER.labels(channel).inc()
+            log.warning(
+                "the provider already accepted this message from an earlier attempt; recorded, not sent again",
+                extra={"key": claim.key, "provider_message_id": earlier.provider_message_id},
+            )
+            await accepted(earlier)
+            return _accepted_outcome(claim, adapter)
+        suppressed = await self._suppressions.find(event.tenant_id, recipient)
+        if suppressed is not None:
+            since = f"{suppressed.since:%Y-%m-%d}"
+            return failed("suppressed", f"{recipient} is suppressed since {since} ({suppressed.reason})", recipient)
         started = time.perf_counter()
         try:
             await adapter.send(job, accepted)
@@ -334,9 +362,13 @@ class Sender:
                 e.reason, e.detail, recipient, code=e.code, enhanced_code=e.enhanced_code, evidence=e.evidence
             )
         SEND_SECONDS.labels(channel).observe(time.perf_counter() - started)
-        if claim.outcome is None:
-            raise RuntimeError(f"the {channel} adapter returned without reporting the message accepted")
-        return claim.outcome
+        return _accepted_outcome(claim, adapter)
+
+
+def _accepted_outcome(claim: Claim, adapter: ChannelAdapter) -> Envelope[Any]:
+    if claim.outcome is None:
+        raise RuntimeError(f"the {adapter.channel} adapter returned without reporting the message accepted")
+    return claim.outcome
 
 
 def _down_kind(error: DependencyDown) -> ProviderErrorKind:
