@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from factura.devstack import prometheus
-from factura.devstack.config import ALL, EXTRAS, INFRA, SERVICES, StackConfig
+from factura.devstack.config import ALL, EXTRAS, INFRA, SECOND_PORTS, SERVICES, StackConfig
 from factura.devstack.stack import Stack, StackError
 
 
@@ -27,7 +27,9 @@ def _env_port(name: str) -> int | None:
 
 
 def _config(args: argparse.Namespace) -> StackConfig:
-    ports = {f"{n.replace('-', '_')}_port": getattr(args, f"{n.replace('-', '_')}_port") for n in ALL + EXTRAS}
+    ports = {
+        f"{n.replace('-', '_')}_port": getattr(args, f"{n.replace('-', '_')}_port") for n in ALL + EXTRAS + SECOND_PORTS
+    }
     return StackConfig(
         data_dir=args.data_dir,
         topic_prefix=args.topic_prefix,
@@ -45,7 +47,7 @@ def _where(cfg: StackConfig, name: str) -> str:
         case "s3":
             return f"{cfg.s3_url} (bucket {cfg.s3_bucket})"
         case "smtp":
-            return f"127.0.0.1:{cfg.smtp_port} -> Maildir {cfg.maildir}"
+            return f"127.0.0.1:{cfg.smtp_port} -> Maildir {cfg.maildir}, search API {cfg.smtp_api_url}"
         case "sms":
             return f"{cfg.sms_url} (captured: {cfg.sms_url}/_capture/messages)"
         case _:
@@ -142,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--data-dir", type=Path, default=Path(".data"), help="default: .data in the cwd")
     common.add_argument("--topic-prefix", default="")
     common.add_argument("--mongo-database", default="factura")
-    for name in ALL + EXTRAS:
+    for name in ALL + EXTRAS + SECOND_PORTS:
         common.add_argument(f"--{name}-port", type=int, default=_env_port(name))
 
     parser = argparse.ArgumentParser(prog="python -m factura.devstack", description=__doc__)

@@ -23,6 +23,8 @@ SERVICES = ("ingest", "renderer", "email-sender", "sms-sender", "scheduler", "au
 ALL = INFRA + SERVICES
 #: Processes a stack may also run (started on request, not by ``up``'s default set): ports, pid files.
 EXTRAS = ("prometheus",)
+#: Second ports of a process (each a ``<name>_port`` field): the SMTP capture's Mailpit-compatible search API.
+SECOND_PORTS = ("smtp-api",)
 HOST = "127.0.0.1"
 #: Consumers' fetch wait on the local broker. Tansu answers a fetch late (it does not wake a waiting
 #: fetch when data arrives): per hop p50 138 ms at Kafka's 500 ms, 21 ms at 100, 10 ms at 20. Each
@@ -54,6 +56,7 @@ class StackConfig:
     mongo_port: int = 27017
     s3_port: int = 9000
     smtp_port: int = 2525
+    smtp_api_port: int = 8025  # Mailpit's HTTP port
     sms_port: int = 8090
     tsa_port: int = 3180
     ingest_port: int = 8101
@@ -90,10 +93,11 @@ class StackConfig:
         """A config on ports that are free right now, so parallel test runs never collide."""
         with ExitStack() as held:
             # Keep every socket bound until all are picked so no port is handed out twice.
-            socks = [held.enter_context(socket.socket()) for _ in ALL + EXTRAS]
+            names = ALL + EXTRAS + SECOND_PORTS
+            socks = [held.enter_context(socket.socket()) for _ in names]
             for s in socks:
                 s.bind((HOST, 0))
-            ports = {_attr(name): s.getsockname()[1] for name, s in zip(ALL + EXTRAS, socks, strict=True)}
+            ports = {_attr(name): s.getsockname()[1] for name, s in zip(names, socks, strict=True)}
         return cls(data_dir=data_dir, topic_prefix=topic_prefix, mongo_database=mongo_database, **ports)
 
     def port(self, name: str) -> int:
@@ -166,6 +170,11 @@ class StackConfig:
         return f"http://{HOST}:{self.s3_port}"
 
     @property
+    def smtp_api_url(self) -> str:
+        """Base URL of the SMTP capture's Mailpit-compatible search API (``/api/v1/search``)."""
+        return f"http://{HOST}:{self.smtp_api_port}"
+
+    @property
     def sms_url(self) -> str:
         """Base URL of the Twilio-shaped capture server (``/_capture/messages`` lists what it got)."""
         return f"http://{HOST}:{self.sms_port}"
@@ -229,6 +238,7 @@ def service_env(name: str, cfg: StackConfig) -> dict[str, str]:
             p + "SMTP__HOST": HOST,
             p + "SMTP__PORT": str(cfg.smtp_port),
             p + "SMTP__SECURITY": "none",  # the capture server on loopback; see docs/operations.md for TLS
+            p + "SMTP__LOOKUP_URL": cfg.smtp_api_url,  # asked before a retried delivery sends again
             p + "WEBHOOKS__HMAC_SECRETS": json.dumps([cfg.webhook_secret]),
             p + "ADMIN__TOKENS": json.dumps([cfg.admin_token]),
         }

@@ -207,10 +207,10 @@ class Stack:
     def stop_server(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
         """Take an infra server away: its process (group) is gone when this returns, the port refuses.
 
-        Its data stays where it was: nx-27017's SQLite files (``mongo``), the SMTP capture's Maildir,
-        the SMS capture's ``sms.jsonl`` (its ``/_capture/messages`` list starts empty again). Objects
-        in moto (``s3``) and everything in the broker (``kafka``) live in memory and are lost: use
-        :meth:`pause_server` for an outage they must survive.
+        Its data stays where it was, and the restarted server reads it back: nx-27017's SQLite files
+        (``mongo``), the SMTP capture's Maildir (its search index), the SMS capture's journals
+        (``sms.jsonl``...). Objects in moto (``s3``) and everything in the broker (``kafka``) live in
+        memory and are lost: use :meth:`pause_server` for an outage they must survive.
         """
         self._check_server(name)
         self.stop_service(name, sig)
@@ -394,6 +394,7 @@ class Stack:
             case "smtp":
                 argv = [sys.executable, "-m", "factura.devstack.smtp_capture", "--host", HOST, "--port", port]
                 argv += ["--maildir", str(cfg.maildir), "--bounce-domain", cfg.bounce_domain]
+                argv += ["--api-port", str(cfg.smtp_api_port)]
             case "tsa":
                 argv = [sys.executable, "-m", "factura.devstack.tsa", "--host", HOST, "--port", port]
                 argv += ["--pki-dir", str(cfg.pki_dir)]
@@ -415,6 +416,7 @@ class Stack:
                 health.http_200(cfg.s3_url + "/moto-api/")
             case "smtp":
                 health.smtp(HOST, cfg.smtp_port)
+                health.http_200(cfg.smtp_api_url + "/healthz")
             case "sms":
                 health.http_200(cfg.sms_url + "/healthz")
             case "tsa":

@@ -49,10 +49,28 @@ class SmtpSettings(BaseModel):
     )
     password: SecretStr | None = None
     username: str | None = Field(default=None, validate_default=True)  # after password: checks it
-    timeout_s: float = Field(default=30.0, description="Per SMTP command, and for the whole readiness probe")
+    timeout_s: float = Field(
+        default=30.0, description="Per SMTP command, per lookup request, and for the whole readiness probe"
+    )
+    lookup_url: str | None = Field(
+        default=None,
+        description="Base URL of the relay's Mailpit-compatible message search (`/api/v1/search`), asked before "
+        "a retried delivery sends again whether an earlier attempt's message was accepted (found: recorded "
+        "as delivered, not sent again); its certificate is checked like the relay's. Unset: not asked (a "
+        "relay without such an API, e.g. Postfix or SES: the duplicate window documented in the ledger stays)",
+    )
     local_hostname: str | None = Field(default=None, description="Name sent in EHLO; default: this host's FQDN")
     from_address: str = "invoices@factura.example"
     from_name: str = "Factura"
+
+    @field_validator("lookup_url")
+    @classmethod
+    def _lookup_is_http(cls, url: str | None) -> str | None:
+        if not url:  # an empty env var means "not asked"
+            return None
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("lookup_url must be an http:// or https:// URL")
+        return url.rstrip("/")
 
     @field_validator("start_tls")
     @classmethod
