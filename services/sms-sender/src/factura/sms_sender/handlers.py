@@ -132,7 +132,7 @@ class VoiceChannel:
         await accepted(Sent(sid))
 
     async def accepted_earlier(self, job: Job, since: datetime) -> Sent | None:
-        """Not asked: a call that went through was heard; calling again is the lesser harm than none."""
+        """Not asked (Twilio's call list is not searched yet): a retry after a crash may ring twice."""
         return None
 
 
