@@ -34,8 +34,8 @@ import os
 import re
 import signal
 import ssl
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -43,10 +43,11 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+
+from factura.common.http import server as http_server
 
 log = logging.getLogger("factura.devstack.smtp")
 
@@ -243,14 +244,6 @@ def create_api(index: MessageIndex) -> FastAPI:
     return app
 
 
-class _ApiServer(uvicorn.Server):
-    """uvicorn without its own signal handling: :func:`serve` owns SIGTERM and SIGINT for SMTP and HTTP."""
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def serve(
     host: str,
     port: int,
@@ -280,8 +273,7 @@ async def serve(
         if api_port is None:
             await stop.wait()
             return
-        config = uvicorn.Config(create_api(handler.index), host=host, port=api_port, log_config=None, access_log=False)
-        api = _ApiServer(config)
+        api = http_server(create_api(handler.index), host, api_port)  # serve() owns SIGTERM and SIGINT
         log.info("SMTP capture search API on http://%s:%d, %d messages indexed", host, api_port, handler.index.total)
         # A port already in use ends the process (uvicorn raises SystemExit); so does SIGTERM.
         serving, stopping = asyncio.create_task(api.serve()), asyncio.create_task(stop.wait())

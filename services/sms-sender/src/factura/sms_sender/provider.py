@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 import httpx
 
@@ -97,14 +97,16 @@ class TwilioClient:
     def _auth(self) -> tuple[str, str]:
         return self._s.account_sid, self._s.auth_token.get_secret_value()
 
-    async def _create(self, resource: str, form: dict[str, str]) -> str:
-        """POST ``form`` to ``<account>/<resource>.json``; the new resource's sid (``""`` if none)."""
+    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One authenticated call within the provider timeout; no answer at all is :class:`DependencyDown`."""
         try:
-            response = await self._client.post(
-                f"{self._account_url}/{resource}.json", data=form, auth=self._auth, timeout=self._s.timeout_s
-            )
+            return await self._client.request(method, url, auth=self._auth, timeout=self._s.timeout_s, **kwargs)
         except httpx.TransportError as e:  # connect/read/write errors, timeouts, broken HTTP
             raise DependencyDown(self.dependency, f"{type(e).__name__}: {e}") from e
+
+    async def _create(self, resource: str, form: dict[str, str]) -> str:
+        """POST ``form`` to ``<account>/<resource>.json``; the new resource's sid (``""`` if none)."""
+        response = await self._request("POST", f"{self._account_url}/{resource}.json", data=form)
         status = response.status_code
         if 200 <= status < 300:
             sid = json_object(response).get("sid")
@@ -123,10 +125,7 @@ class TwilioClient:
 
     async def _get_json(self, url: str, params: dict[str, str] | None) -> dict[str, object]:
         """GET a resource; anything but a 2xx JSON object is :class:`DependencyDown` (not now)."""
-        try:
-            response = await self._client.get(url, params=params, auth=self._auth, timeout=self._s.timeout_s)
-        except httpx.TransportError as e:
-            raise DependencyDown(self.dependency, f"{type(e).__name__}: {e}") from e
+        response = await self._request("GET", url, params=params)
         if not 200 <= response.status_code < 300:
             wait = retry_after(response.headers.get("retry-after"))
             raise DependencyDown(self.dependency, f"provider answered HTTP {response.status_code}", retry_after_s=wait)
@@ -142,10 +141,7 @@ class TwilioClient:
         credentials; the local capture server has no account resource and answers 404, which
         still proves it is up.
         """
-        try:
-            response = await self._client.get(f"{self._account_url}.json", auth=self._auth, timeout=self._s.timeout_s)
-        except httpx.TransportError as e:
-            raise DependencyDown(self.dependency, f"{type(e).__name__}: {e}") from e
+        response = await self._request("GET", f"{self._account_url}.json")
         if response.status_code in (401, 403, 429) or response.status_code >= 500:
             raise DependencyDown(self.dependency, f"provider answered HTTP {response.status_code}")
 
