@@ -15,14 +15,18 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
 
 import pytest
 
 from factura.common.errors import DependencyDown
 from factura.renderer.pipeline import Produced, produce, warm_up_job
 from factura.renderer.pool import RenderPool
+from factura.renderer.scratch import PREFIX
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +111,56 @@ async def test_a_killed_worker_fails_its_job_as_transient_and_the_next_renders_s
     await pool.check()
 
 
+#: How much of a message a worker killed mid-message has written to its pipe.
+HALF_SENT_BYTES = 512
+
+
+def dies_mid_message(size: int) -> bytes:
+    """Job: a PDF-sized result, from a worker that SIGKILLs itself once it has written
+    :data:`HALF_SENT_BYTES` of whatever it sends next (its outcome), as a kill can land mid-write."""
+    send = Connection._send  # type: ignore[attr-defined]  # private: the one call every write goes through
+
+    def send_then_die(self: Connection, buf: bytes, *args: object) -> None:
+        send(self, bytes(buf[:HALF_SENT_BYTES]), *args)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    Connection._send = send_then_die  # type: ignore[attr-defined]
+    return b"%PDF-" + bytes(size)
+
+
+async def test_a_worker_killed_while_sending_its_outcome_never_hangs_the_pool(pool: RenderPool) -> None:
+    """The chaos run's wedge: a worker killed half-way through sending a PDF back left CPython's
+    executor thread waiting in ``recv()`` for the rest, for ever, the pool never marked broken.
+    Outcomes now travel as files and the pipe carries a path, which is written whole or not at all."""
+    old = pool.pids()
+
+    try:  # the outcome is complete in the pipe before the worker dies, or the job is lost with it
+        result = await asyncio.wait_for(pool.run(dies_mid_message, 2_000_000), DEADLINE_S)
+        assert result == b"%PDF-" + bytes(2_000_000)
+    except DependencyDown as lost:
+        assert lost.dependency == "render-pool"
+
+    produced = await render_until_done(pool)
+    assert produced.pdf.startswith(b"%PDF-")
+    assert pool.replacements == 1
+    assert set(pool.pids()).isdisjoint(old)
+
+
+async def test_outcomes_and_temporary_files_stay_in_the_scratch_folder_of_the_current_workers(pool: RenderPool) -> None:
+    first = pool.scratch
+    assert Path(await pool.run(tempfile.gettempdir)) == first
+    await pool.run(produce, *warm_up_job())
+    assert {p.name.rsplit("-", 1)[0] for p in first.iterdir()} == {"factura-typst", "factura-typst-packages"}
+    # (the warm-up's Typst projects: the outcome files are removed once read)
+
+    os.kill(pool.pids()[0], signal.SIGKILL)
+    await eventually(lambda: replaced(pool), "the pool is replaced")
+
+    assert pool.scratch != first
+    assert not first.exists()  # the dead set's folder went with it
+    assert Path(await pool.run(tempfile.gettempdir)) == pool.scratch
+
+
 async def test_readiness_fails_while_the_pool_is_broken_and_recovers_without_traffic() -> None:
     pool = RenderPool(1, warm=os.getpid)
     try:
@@ -155,6 +209,11 @@ async def _retrying(pool: RenderPool) -> int:
                 raise
 
 
+async def replaced(pool: RenderPool) -> bool:
+    """Probes readiness (which starts the replacement of a broken pool) until one is ready."""
+    return await ready(pool) and pool.replacements == 1
+
+
 async def _not(check: Awaitable[bool]) -> bool:
     return not await check
 
@@ -168,7 +227,8 @@ async def main():
     pool = RenderPool(2, warm=os.getpid)
     await pool.warm_up()
     server = forkserver._forkserver._forkserver_pid
-    print(json.dumps({"workers": pool.pids(), "forkserver": server}), flush=True)
+    scratch = str(pool.scratch.parent)
+    print(json.dumps({"workers": pool.pids(), "forkserver": server, "scratch": scratch}), flush=True)
     await asyncio.Event().wait()
 
 asyncio.run(main())
@@ -176,7 +236,8 @@ asyncio.run(main())
 
 
 def test_no_render_process_outlives_a_sigkilled_owner() -> None:
-    """``kill -9`` of the renderer: its workers and its forkserver exit by themselves."""
+    """``kill -9`` of the renderer: its workers and its forkserver exit by themselves, and the next
+    pool to start removes the scratch folder it could not."""
     # subprocess, not asyncio: the workers inherit the owner's stdout, and asyncio's wait() would
     # wait for that pipe to close, i.e. for the very processes this test is about
     owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE)
@@ -193,6 +254,11 @@ def test_no_render_process_outlives_a_sigkilled_owner() -> None:
 
         lingering = wait_exited([*started["workers"], started["forkserver"]])
         assert lingering == []
+        scratch = Path(started["scratch"])
+        assert scratch.name.startswith(PREFIX)
+        assert scratch.exists()
+        RenderPool(1).close()
+        assert not scratch.exists()
     finally:
         owner.kill()
         owner.wait()

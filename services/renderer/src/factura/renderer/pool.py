@@ -16,6 +16,14 @@ consecutive deaths, so a poison invoice cannot stall its partition for ever.
 Each worker also watches the process that owns the pool and exits when it is gone, so a
 SIGKILLed renderer leaves no render process behind: once its workers have exited, the
 forkserver exits too (``tests/integration/test_render_pool.py`` checks both).
+
+A job's outcome (the PDF, or the exception) does not come back through the executor's result pipe
+but through a file in the pool's scratch folder (:mod:`factura.renderer.scratch`); the pipe only
+carries the file's path. A message longer than the pipe's atomic write (``PIPE_BUF``, 4 KiB; a PDF
+is far longer) is written in several pieces, and a worker SIGKILLed between two of them leaves half
+a message, which CPython's executor thread then waits for in ``recv()`` for ever. Blocked there, it
+never sees the death either: the pool hangs without ever being marked broken, and nothing replaces
+it. A path is one short write, all or nothing.
 """
 
 from __future__ import annotations
@@ -25,17 +33,22 @@ import gc
 import logging
 import multiprocessing
 import os
+import pickle
 import select
+import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from factura.common.errors import DependencyDown
 from factura.common.metrics import counter
 from factura.renderer.pipeline import ENGINES, produce, warm_up_job
+from factura.renderer.scratch import Scratch
 
 T = TypeVar("T")
 DEPENDENCY = "render-pool"
@@ -65,8 +78,10 @@ def warm_engines(engines: Iterable[str] = ENGINES) -> int:
     return os.getpid()
 
 
-def _exit_with_owner(owner: int) -> None:
-    """Worker initializer: start a thread that ends this worker as soon as ``owner`` has exited."""
+def _init_worker(owner: int, scratch: str) -> None:
+    """Worker initializer: temporary files (outcomes, Typst projects) go to the pool's scratch
+    folder, and a thread ends this worker as soon as ``owner`` has exited."""
+    tempfile.tempdir = scratch
     threading.Thread(target=_watch_owner, args=(owner,), name="watch-owner", daemon=True).start()
 
 
@@ -87,6 +102,65 @@ def _watch_owner(owner: int) -> None:
                 pass  # it exists, under another user
     select.select([fd], [], [])
     os._exit(1)
+
+
+def _spooled(fn: Callable[..., object], args: tuple[object, ...]) -> str:
+    """In a worker: ``fn(*args)``, its outcome pickled to a file in the scratch folder; returns the
+    file's path (see the module docstring for why not the result itself)."""
+    outcome: tuple[bool, object, str]
+    try:
+        outcome = (True, fn(*args), "")
+    except Exception as e:  # noqa: BLE001 - re-raised in the caller, as the executor would
+        outcome = (False, e, traceback.format_exc())
+    try:
+        data = pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
+    except Exception as e:  # noqa: BLE001 - say so, rather than lose the outcome
+        failure = RuntimeError(f"a render worker could not send back its {type(outcome[1]).__name__}: {e!r}")
+        data = pickle.dumps((False, failure, outcome[2]), pickle.HIGHEST_PROTOCOL)
+    fd, path = tempfile.mkstemp(prefix="outcome-")
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    return path
+
+
+class RemoteTraceback(Exception):
+    """The worker's traceback of an exception raised in a render worker: set as its ``__cause__``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+async def _call(executor: ProcessPoolExecutor, fn: Callable[..., object], *args: object) -> object:
+    """``fn(*args)`` in one of the executor's workers, its outcome read back from the scratch folder."""
+    future = executor.submit(_spooled, fn, args)
+    try:
+        path = await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_discard)  # the caller gave up, the worker may still finish
+        raise
+    return _outcome(Path(path))
+
+
+def _outcome(path: Path) -> object:
+    """The value a worker left in ``path`` (removed once read), or its exception raised here.
+
+    Not worth a thread: the file was written a moment ago and is read from the page cache."""
+    try:
+        ok, value, remote = pickle.loads(path.read_bytes())
+    except FileNotFoundError as e:  # its workers were replaced, their folder removed, before it was read
+        raise WorkerDied from e
+    finally:
+        path.unlink(missing_ok=True)
+    if ok:
+        return value
+    error = cast(BaseException, value)
+    error.__cause__ = RemoteTraceback(remote)
+    raise error
+
+
+def _discard(future: Future[str]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        Path(future.result()).unlink(missing_ok=True)
 
 
 def _is_broken(executor: ProcessPoolExecutor) -> bool:
@@ -112,6 +186,7 @@ class RenderPool:
         # replacement worker does not import WeasyPrint & co. again. The list is read when the
         # process's forkserver starts, so the first pool's setting is the one in effect.
         self._context.set_forkserver_preload(["__main__", "factura.renderer.pipeline"])
+        self._scratch = Scratch()
         self._executor = self._new_executor()
         self._ready = False  # the current executor has been warmed
         self._starting: asyncio.Task[ProcessPoolExecutor] | None = None
@@ -121,8 +196,8 @@ class RenderPool:
         return ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=self._context,
-            initializer=_exit_with_owner,
-            initargs=(os.getpid(),),
+            initializer=_init_worker,
+            initargs=(os.getpid(), str(self._scratch.current)),
         )
 
     async def warm_up(self) -> None:
@@ -133,7 +208,7 @@ class RenderPool:
         """``fn(*args)`` in a worker; :class:`DependencyDown` if the pool broke under this job."""
         executor = await self._current()
         try:
-            return await asyncio.wrap_future(executor.submit(fn, *args))
+            return cast(T, await _call(executor, fn, *args))
         except BrokenProcessPool as e:
             if executor is self._executor:
                 self._replace_soon()  # so the retry, and readiness, find a fresh pool sooner
@@ -152,6 +227,11 @@ class RenderPool:
         if not self._ready:
             raise DependencyDown(DEPENDENCY, "render workers are starting")
 
+    @property
+    def scratch(self) -> Path:
+        """The folder of the current workers' temporary files (removed when they are replaced)."""
+        return self._scratch.current
+
     def pids(self) -> list[int]:
         """Process ids of the current executor's workers."""
         return list(self._executor._processes or ())  # private: no public way to list a pool's processes
@@ -161,6 +241,7 @@ class RenderPool:
         if self._starting is not None:
             self._starting.cancel()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._scratch.close()
 
     async def _current(self) -> ProcessPoolExecutor:
         """The warmed executor; waits for the one start or replacement in progress, if any."""
@@ -188,12 +269,13 @@ class RenderPool:
             if _is_broken(self._executor):
                 log.warning("a render worker died; replacing the render pool")
                 self._executor.shutdown(wait=False, cancel_futures=True)
+                self._scratch.renew()
                 self._executor = self._new_executor()
                 self.replacements += 1
                 REPLACEMENTS.inc()
             executor = self._executor
             # one job per worker: each submit beyond the idle ones spawns the next process
-            await asyncio.gather(*(asyncio.wrap_future(executor.submit(self._warm)) for _ in range(self.workers)))
+            await asyncio.gather(*(_call(executor, self._warm) for _ in range(self.workers)))
             self._ready = executor is self._executor and not _is_broken(executor)
             if not self._ready:
                 raise BrokenProcessPool("a render worker died while the pool was warming up")
