@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,6 +160,20 @@ async def test_outcomes_and_temporary_files_stay_in_the_scratch_folder_of_the_cu
     assert pool.scratch != first
     assert not first.exists()  # the dead set's folder went with it
     assert Path(await pool.run(tempfile.gettempdir)) == pool.scratch
+
+
+async def test_a_scratch_folder_that_cannot_be_written_is_an_outage_not_a_failure() -> None:
+    """Disk full, or the folder removed under the pool: the invoice waits (the consumer loop pauses
+    on DependencyDown), it is never failed and dead-lettered."""
+    pool = RenderPool(1, warm=os.getpid)
+    try:
+        await pool.warm_up()
+        shutil.rmtree(pool.scratch)
+        with pytest.raises(DependencyDown, match="scratch folder cannot be written: FileNotFoundError") as down:
+            await pool.run(os.getpid)
+        assert down.value.dependency == "render-pool"
+    finally:
+        pool.close()
 
 
 async def test_readiness_fails_while_the_pool_is_broken_and_recovers_without_traffic() -> None:

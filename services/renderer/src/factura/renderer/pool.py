@@ -117,10 +117,20 @@ def _spooled(fn: Callable[..., object], args: tuple[object, ...]) -> str:
     except Exception as e:  # noqa: BLE001 - say so, rather than lose the outcome
         failure = RuntimeError(f"a render worker could not send back its {type(outcome[1]).__name__}: {e!r}")
         data = pickle.dumps((False, failure, outcome[2]), pickle.HIGHEST_PROTOCOL)
-    fd, path = tempfile.mkstemp(prefix="outcome-")
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
+    path = ""
+    try:
+        fd, path = tempfile.mkstemp(prefix="outcome-")
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+    except OSError as e:  # a full disk is an outage: the invoice waits, it is not failed
+        if path:
+            Path(path).unlink(missing_ok=True)
+        raise ScratchUnwritable(f"{type(e).__name__}: {e}") from None
     return path
+
+
+class ScratchUnwritable(Exception):
+    """A worker could not write its outcome to the scratch folder (disk full, folder removed)."""
 
 
 class RemoteTraceback(Exception):
@@ -138,6 +148,8 @@ async def _call(executor: ProcessPoolExecutor, fn: Callable[..., object], *args:
     except asyncio.CancelledError:
         future.add_done_callback(_discard)  # the caller gave up, the worker may still finish
         raise
+    except ScratchUnwritable as e:
+        raise DependencyDown(DEPENDENCY, f"the scratch folder cannot be written: {e}") from e
     return _outcome(Path(path))
 
 
