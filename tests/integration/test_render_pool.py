@@ -27,7 +27,7 @@ import pytest
 from factura.common.errors import DependencyDown
 from factura.renderer.pipeline import Produced, produce, warm_up_job
 from factura.renderer.pool import RenderPool
-from factura.renderer.scratch import PREFIX
+from factura.renderer.scratch import PREFIX, Scratch
 
 pytestmark = pytest.mark.integration
 
@@ -117,8 +117,10 @@ HALF_SENT_BYTES = 512
 
 
 def dies_mid_message(size: int) -> bytes:
-    """Job: a PDF-sized result, from a worker that SIGKILLs itself once it has written
-    :data:`HALF_SENT_BYTES` of whatever it sends next (its outcome), as a kill can land mid-write."""
+    """Job: a PDF-sized result, from a worker that SIGKILLs itself in its next write to a pipe (its
+    reply), after at most :data:`HALF_SENT_BYTES` of it, as a kill can land mid-write. A reply the
+    executor sends in pieces (a long one: a 4-byte header, then the body) is cut after the header;
+    one that fits (a path) arrives whole."""
     send = Connection._send  # type: ignore[attr-defined]  # private: the one call every write goes through
 
     def send_then_die(self: Connection, buf: bytes, *args: object) -> None:
@@ -132,7 +134,8 @@ def dies_mid_message(size: int) -> bytes:
 async def test_a_worker_killed_while_sending_its_outcome_never_hangs_the_pool(pool: RenderPool) -> None:
     """The chaos run's wedge: a worker killed half-way through sending a PDF back left CPython's
     executor thread waiting in ``recv()`` for the rest, for ever, the pool never marked broken.
-    Outcomes now travel as files and the pipe carries a path, which is written whole or not at all."""
+    Outcomes now travel as files and the pipe carries only a path: one write, shorter than
+    :data:`HALF_SENT_BYTES` (so whole here) and than ``PIPE_BUF`` (so whole or nothing anywhere)."""
     old = pool.pids()
 
     try:  # the outcome is complete in the pipe before the worker dies, or the job is lost with it
@@ -158,20 +161,29 @@ async def test_outcomes_and_temporary_files_stay_in_the_scratch_folder_of_the_cu
     await eventually(lambda: replaced(pool), "the pool is replaced")
 
     assert pool.scratch != first
-    assert not first.exists()  # the dead set's folder went with it
     assert Path(await pool.run(tempfile.gettempdir)) == pool.scratch
+    # the dead set's folder goes at the next replacement (an outcome in it may not have been read)
+    os.kill(pool.pids()[0], signal.SIGKILL)
+    await eventually(lambda: replaced(pool, 2), "the pool is replaced again")
+    assert not first.exists()
 
 
-async def test_a_scratch_folder_that_cannot_be_written_is_an_outage_not_a_failure() -> None:
-    """Disk full, or the folder removed under the pool: the invoice waits (the consumer loop pauses
-    on DependencyDown), it is never failed and dead-lettered."""
+async def test_a_scratch_folder_that_cannot_be_written_is_an_outage_that_ends_by_itself() -> None:
+    """Disk full (here: a file where the folder should be), the invoice waits (the consumer loop
+    pauses on DependencyDown), it is never failed; and a folder removed under the pool, as a /tmp
+    cleaner would, is made again."""
     pool = RenderPool(1, warm=os.getpid)
     try:
         await pool.warm_up()
         shutil.rmtree(pool.scratch)
-        with pytest.raises(DependencyDown, match="scratch folder cannot be written: FileNotFoundError") as down:
+        pool.scratch.write_bytes(b"")
+        with pytest.raises(DependencyDown, match="scratch folder cannot be written: NotADirectoryError") as down:
             await pool.run(os.getpid)
         assert down.value.dependency == "render-pool"
+
+        pool.scratch.unlink()
+        assert await pool.run(os.getpid) in pool.pids()
+        assert pool.scratch.is_dir()
     finally:
         pool.close()
 
@@ -224,9 +236,9 @@ async def _retrying(pool: RenderPool) -> int:
                 raise
 
 
-async def replaced(pool: RenderPool) -> bool:
+async def replaced(pool: RenderPool, times: int = 1) -> bool:
     """Probes readiness (which starts the replacement of a broken pool) until one is ready."""
-    return await ready(pool) and pool.replacements == 1
+    return await ready(pool) and pool.replacements == times
 
 
 async def _not(check: Awaitable[bool]) -> bool:
@@ -250,12 +262,13 @@ asyncio.run(main())
 """
 
 
-def test_no_render_process_outlives_a_sigkilled_owner() -> None:
+def test_no_render_process_outlives_a_sigkilled_owner(tmp_path: Path) -> None:
     """``kill -9`` of the renderer: its workers and its forkserver exit by themselves, and the next
     pool to start removes the scratch folder it could not."""
     # subprocess, not asyncio: the workers inherit the owner's stdout, and asyncio's wait() would
     # wait for that pipe to close, i.e. for the very processes this test is about
-    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # its own temp dir: no other pool sweeps it meanwhile
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, env=env)
     assert owner.stdout is not None
     lingering: list[int] = []
     try:
@@ -270,9 +283,10 @@ def test_no_render_process_outlives_a_sigkilled_owner() -> None:
         lingering = wait_exited([*started["workers"], started["forkserver"]])
         assert lingering == []
         scratch = Path(started["scratch"])
+        assert scratch.parent == tmp_path
         assert scratch.name.startswith(PREFIX)
         assert scratch.exists()
-        RenderPool(1).close()
+        Scratch(tmp_path).close()  # what a pool does when it starts
         assert not scratch.exists()
     finally:
         owner.kill()

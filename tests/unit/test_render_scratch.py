@@ -55,15 +55,20 @@ def test_a_lock_held_elsewhere_keeps_the_folder(tmp_path: Path) -> None:
     assert sweep(tmp_path) == [folder]
 
 
-def test_renew_gives_an_empty_folder_and_removes_the_previous(tmp_path: Path) -> None:
+def test_a_replaced_sets_folder_is_removed_at_the_next_replacement(tmp_path: Path) -> None:
+    """Not at once: a job that finished just before its set broke may not have been read yet."""
     scratch = Scratch(tmp_path)
     try:
         first = scratch.current
-        (first / "factura-typst-x").mkdir()
+        (first / "outcome-1").write_bytes(b"finished, not read yet")
         second = scratch.renew()
         assert second == scratch.current != first
-        assert not first.exists()
         assert list(second.iterdir()) == []
+        assert (first / "outcome-1").exists()
+        third = scratch.renew()
+        assert not first.exists()
+        assert second.exists() and third.exists()
     finally:
         scratch.close()
     assert not scratch.path.exists()
+    scratch.close()  # twice is harmless (the lock's file descriptor is not closed again)

@@ -110,18 +110,28 @@ def _spooled(fn: Callable[..., object], args: tuple[object, ...]) -> str:
     outcome: tuple[bool, object, str]
     try:
         outcome = (True, fn(*args), "")
-    except Exception as e:  # noqa: BLE001 - re-raised in the caller, as the executor would
+    except BaseException as e:  # noqa: BLE001 - re-raised in the caller, as the executor would
         outcome = (False, e, traceback.format_exc())
     try:
         data = pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
     except Exception as e:  # noqa: BLE001 - say so, rather than lose the outcome
         failure = RuntimeError(f"a render worker could not send back its {type(outcome[1]).__name__}: {e!r}")
         data = pickle.dumps((False, failure, outcome[2]), pickle.HIGHEST_PROTOCOL)
+    try:
+        return _write_outcome(data)
+    except FileNotFoundError:  # the folder was removed under the pool (a /tmp cleaner): make it again
+        Path(tempfile.gettempdir()).mkdir(mode=0o700, parents=True, exist_ok=True)
+        return _write_outcome(data)
+
+
+def _write_outcome(data: bytes) -> str:
     path = ""
     try:
         fd, path = tempfile.mkstemp(prefix="outcome-")
         with os.fdopen(fd, "wb") as file:
             file.write(data)
+    except FileNotFoundError:
+        raise
     except OSError as e:  # a full disk is an outage: the invoice waits, it is not failed
         if path:
             Path(path).unlink(missing_ok=True)
@@ -159,7 +169,9 @@ def _outcome(path: Path) -> object:
     Not worth a thread: the file was written a moment ago and is read from the page cache."""
     try:
         ok, value, remote = pickle.loads(path.read_bytes())
-    except FileNotFoundError as e:  # its workers were replaced, their folder removed, before it was read
+    except FileNotFoundError as e:  # removed under the pool: nobody died, the invoice is simply retried
+        raise DependencyDown(DEPENDENCY, "a render outcome was removed before it was read") from e
+    except Exception as e:  # as when the executor cannot read a result: that worker is suspect
         raise WorkerDied from e
     finally:
         path.unlink(missing_ok=True)

@@ -5,8 +5,9 @@ shutdown) or by SIGKILL, so no ``atexit`` handler runs and a ``TemporaryDirector
 behind. Nor can a SIGKILLed renderer. So every pool gets one folder, ``factura-render-*`` under the
 system temp dir, with an exclusive ``flock`` held for as long as the pool's process lives (the
 kernel releases it when that process dies, however it dies); each set of workers gets an empty
-sub-folder of it, removed when that set is replaced; and each pool that starts removes the folders
-whose lock nobody holds any more, i.e. those of pools that died without closing.
+sub-folder of it, removed at the replacement after the one that retired it (not at once: a job
+that finished just before its set broke may not have been read yet); and each pool that starts
+removes the folders whose lock nobody holds any more, i.e. those of pools that died without closing.
 """
 
 from __future__ import annotations
@@ -40,16 +41,24 @@ class Scratch:
         staging.rename(self.path)
         self._generation = 0
         self.current = self._make(0)
+        self._retired: Path | None = None
+        self._closed = False
 
     def renew(self) -> Path:
-        """An empty sub-folder for a new set of workers; the replaced set's sub-folder is removed
-        (what is left in it, results nobody will read and the dead workers' projects, is garbage)."""
-        shutil.rmtree(self.current, ignore_errors=True)
+        """An empty sub-folder for a new set of workers. The set before the replaced one has its
+        sub-folder removed now: what is left there (outcomes nobody will read, dead workers'
+        projects) is garbage by then."""
+        if self._retired is not None:
+            shutil.rmtree(self._retired, ignore_errors=True)
+        self._retired = self.current
         self._generation += 1
         self.current = self._make(self._generation)
         return self.current
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         shutil.rmtree(self.path, ignore_errors=True)
         os.close(self._lock)
 
@@ -73,7 +82,8 @@ def sweep(base: Path) -> list[Path]:
             continue  # its pool is alive
         else:
             shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
+            if not folder.exists():
+                removed.append(folder)
         finally:
             os.close(fd)
     return removed
