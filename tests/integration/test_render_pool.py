@@ -177,7 +177,7 @@ async def test_a_scratch_folder_that_cannot_be_written_is_an_outage_that_ends_by
         await pool.warm_up()
         shutil.rmtree(pool.scratch)
         pool.scratch.write_bytes(b"")
-        with pytest.raises(DependencyDown, match="scratch folder cannot be written: NotADirectoryError") as down:
+        with pytest.raises(DependencyDown, match="scratch folder cannot be written") as down:
             await pool.run(os.getpid)
         assert down.value.dependency == "render-pool"
 

@@ -117,21 +117,13 @@ def _spooled(fn: Callable[..., object], args: tuple[object, ...]) -> str:
     except Exception as e:  # noqa: BLE001 - say so, rather than lose the outcome
         failure = RuntimeError(f"a render worker could not send back its {type(outcome[1]).__name__}: {e!r}")
         data = pickle.dumps((False, failure, outcome[2]), pickle.HIGHEST_PROTOCOL)
-    try:
-        return _write_outcome(data)
-    except FileNotFoundError:  # the folder was removed under the pool (a /tmp cleaner): make it again
-        Path(tempfile.gettempdir()).mkdir(mode=0o700, parents=True, exist_ok=True)
-        return _write_outcome(data)
-
-
-def _write_outcome(data: bytes) -> str:
     path = ""
     try:
-        fd, path = tempfile.mkstemp(prefix="outcome-")
+        folder = Path(tempfile.gettempdir())
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # made again if removed under the pool
+        fd, path = tempfile.mkstemp(prefix="outcome-", dir=folder)
         with os.fdopen(fd, "wb") as file:
             file.write(data)
-    except FileNotFoundError:
-        raise
     except OSError as e:  # a full disk is an outage: the invoice waits, it is not failed
         if path:
             Path(path).unlink(missing_ok=True)
@@ -140,7 +132,7 @@ def _write_outcome(data: bytes) -> str:
 
 
 class ScratchUnwritable(Exception):
-    """A worker could not write its outcome to the scratch folder (disk full, folder removed)."""
+    """A worker could not write its outcome to the scratch folder (disk full)."""
 
 
 class RemoteTraceback(Exception):
@@ -253,7 +245,7 @@ class RenderPool:
 
     @property
     def scratch(self) -> Path:
-        """The folder of the current workers' temporary files (removed when they are replaced)."""
+        """The folder of the current workers' temporary files (removed one replacement after theirs)."""
         return self._scratch.current
 
     def pids(self) -> list[int]:
